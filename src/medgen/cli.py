@@ -1,0 +1,109 @@
+"""`medgen` command line: a thin front door over medgen.stages (the same code dvc and Prefect run).
+
+Errors a user can act on (MedgenError) print as one line `medgen: error: ...` and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from medgen import __version__, stages
+from medgen.config import Config, load_config
+from medgen.errors import MedgenError
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
+    common.add_argument("--profile", default=None, help="profile from params.yaml (default: its `profile`, or $MEDGEN_PROFILE)")
+    common.add_argument(
+        "-S", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a parameter (repeatable; same syntax as `dvc exp run -S`)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="medgen", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"medgen {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    stage = sub.add_parser("stage", parents=[common], help="run one pipeline stage")
+    stage.add_argument("name", help=f"one of: {', '.join(stages.STAGES)}")
+    pipe = sub.add_parser("pipeline", parents=[common], help="run stages in order under one parent MLflow run")
+    pipe.add_argument("--only", nargs="+", default=None, metavar="STAGE", help="run just these stages (in pipeline order)")
+    sub.add_parser("config", parents=[common], help="print the resolved configuration as JSON")
+    sub.add_parser("stages", help="list the pipeline stages in order")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.params, profile=args.profile, overrides=args.overrides)
+
+
+def run_pipeline(cfg: Config, only: list[str] | None = None) -> dict[str, Any]:
+    """Run stages in order; each stage run nests under one parent run in medgen/<flag>/pipeline."""
+    import mlflow
+
+    from medgen import tracking
+
+    names = list(stages.STAGES) if not only else [s for s in stages.STAGES if s in only]
+    for name in only or ():
+        stages.get(name)  # unknown names fail before anything runs
+    results: dict[str, Any] = {}
+    with tracking.stage_run(cfg, "pipeline") as parent:
+        previous = os.environ.get(tracking.PARENT_ENV)
+        os.environ[tracking.PARENT_ENV] = parent.info.run_id
+        try:
+            for name in names:
+                results[name] = stages.get(name)(cfg)
+        finally:
+            if previous is None:
+                os.environ.pop(tracking.PARENT_ENV, None)
+            else:
+                os.environ[tracking.PARENT_ENV] = previous
+        mlflow.set_tag("medgen.stages", ",".join(names))
+    return results
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "stages":
+        print("\n".join(stages.STAGES))
+        return 0
+    cfg = _load(args)
+    if args.command == "config":
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    if args.command == "stage":
+        metrics = stages.get(args.name)(cfg)
+    else:
+        metrics = run_pipeline(cfg, args.only)
+    print(json.dumps(metrics, indent=2, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return dispatch(args)
+    except MedgenError as exc:
+        print(f"medgen: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("medgen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

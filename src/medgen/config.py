@@ -1,0 +1,196 @@
+"""params.yaml -> frozen, validated dataclasses.
+
+Layout of params.yaml: top-level ``profile`` and ``seed``, one mapping per section (one section per
+dataclass below), and ``profiles.<name>``: flat ``section.key: value`` overrides applied on top of the
+defaults when that profile is active. Command-line overrides use the same ``section.key=value`` syntax
+as ``dvc exp run -S`` and are applied last. Unknown keys and out-of-range values raise ConfigError
+naming the key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from medgen.errors import ConfigError
+
+PROFILE_ENV = "MEDGEN_PROFILE"
+SOURCE_ENV = "MEDGEN_DATA_SOURCE"
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    section: ClassVar[str] = "data"
+    flag: str = "breastmnist"  # a MedMNIST 2D flag, or any name for a custom npz (then set n_classes)
+    size: int = 28  # MedMNIST+ also ships 64/128/224
+    n_classes: int = 0  # 0 = take it from medmnist's INFO for the flag
+    source: str = ""  # local npz used when raw_dir has none; empty -> $MEDGEN_DATA_SOURCE -> download
+    download: bool = True
+    raw_dir: str = "data/raw"
+    prepared_dir: str = "data/prepared"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.flag) and self.flag.isidentifier(), "data.flag", f"must be a plain name, got {self.flag!r}")
+        _require(self.size in (28, 64, 128, 224), "data.size", f"must be 28, 64, 128 or 224, got {self.size}")
+        _require(self.n_classes == 0 or self.n_classes >= 2, "data.n_classes", "must be 0 (auto) or >= 2")
+
+    @property
+    def raw_path(self) -> Path:
+        return Path(self.raw_dir) / f"{self.flag}.npz"
+
+    @property
+    def prepared_path(self) -> Path:
+        return Path(self.prepared_dir) / f"{self.flag}.npz"
+
+    def source_path(self) -> str:
+        """The local source npz: the param, else the environment variable, else '' (download)."""
+        return self.source or os.environ.get(SOURCE_ENV, "")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    section: ClassVar[str] = "tracking"
+    # Empty -> $MLFLOW_TRACKING_URI -> sqlite:///<store_dir>/mlflow.db (artifacts under <store_dir>/artifacts)
+    mlflow_uri: str = ""
+    store_dir: str = "mlruns"
+    # Empty -> $MEDGEN_OPTUNA_STORAGE -> sqlite:///<store_dir>/optuna.db
+    optuna_storage: str = ""
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    section: ClassVar[str] = "prepare"
+    montage_per_class: int = 36  # images per class montage (a square number reads best)
+    metrics: str = "metrics/prepare.json"
+    plots_dir: str = "plots/prepare"
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.montage_per_class <= 400, "prepare.montage_per_class", "must be in 1..400")
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str = "full"
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_TOP_LEVEL = ("profile", "seed")
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if f.name not in _TOP_LEVEL}
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check a YAML value against the dataclass annotation; lists become tuples (configs are frozen)."""
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        _require(isinstance(value, bool), key, f"expected true/false, got {value!r}")
+    elif hint is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        _require(ok, key, f"expected a number, got {value!r}")
+        value = float(value)
+    elif hint is str:
+        _require(isinstance(value, str), key, f"expected a string, got {value!r}")
+    elif origin is tuple:
+        _require(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
+        (item_hint, _ellipsis) = typing.get_args(hint)
+        value = tuple(_coerce(f"{key}[{i}]", v, item_hint) for i, v in enumerate(value))
+    return value
+
+
+def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
+    _require(isinstance(values, dict), name, f"must be a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        _require(key in known, f"{name}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+    kwargs = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'section.key=value' -> ('section.key', value); the value is parsed as YAML, as dvc -S does."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    _require(bool(key), text, "override has an empty key")
+    return key, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _apply(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    _require(len(parts) in (1, 2), dotted, "expected 'key' or 'section.key'")
+    if len(parts) == 1:
+        _require(parts[0] in _TOP_LEVEL, dotted, f"unknown top-level key (known: {', '.join(_TOP_LEVEL)})")
+        tree[parts[0]] = value
+        return
+    section, key = parts
+    _require(section in _section_types(), dotted, f"unknown section {section!r}")
+    tree.setdefault(section, {})
+    _require(isinstance(tree[section], dict), section, "must be a mapping")
+    tree[section][key] = value
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    _require(isinstance(tree, dict), str(path), "top level must be a mapping")
+    return tree
+
+
+def build_config(
+    tree: dict[str, Any], profile: str | None = None, overrides: typing.Sequence[str] = ()
+) -> Config:
+    """Defaults <- params tree <- profile overrides <- command-line overrides, then validate."""
+    tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
+    profiles = tree.pop("profiles", {}) or {}
+    _require(isinstance(profiles, dict), "profiles", "must be a mapping of profile name -> overrides")
+    active = profile or os.environ.get(PROFILE_ENV) or tree.get("profile", "full")
+    _require(isinstance(active, str), "profile", f"expected a name, got {active!r}")
+    _require(active == "full" or active in profiles, "profile", f"unknown profile {active!r} (known: full, {', '.join(profiles)})")
+    for dotted, value in (profiles.get(active) or {}).items():
+        _apply(tree, dotted, value)
+    for text in overrides:
+        _apply(tree, *parse_override(text))
+    tree["profile"] = active
+    sections = _section_types()
+    for key in tree:
+        _require(key in sections or key in _TOP_LEVEL, key, f"unknown key (known: {', '.join([*_TOP_LEVEL, *sections])})")
+    seed = _coerce("seed", tree.get("seed", Config.seed), int)
+    _require(seed >= 0, "seed", "must be >= 0")
+    built = {name: _build_section(name, cls, tree.get(name) or {}) for name, cls in sections.items()}
+    return Config(profile=active, seed=seed, **built)
+
+
+def load_config(
+    path: str | Path = "params.yaml", profile: str | None = None, overrides: typing.Sequence[str] = ()
+) -> Config:
+    """Load params.yaml (default: the one in the working directory) into a validated Config."""
+    return build_config(read_params(path), profile=profile, overrides=overrides)

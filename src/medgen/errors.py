@@ -1,0 +1,13 @@
+"""Project exceptions. Each message is one line a user can act on; the CLI prints it and exits 1."""
+
+
+class MedgenError(Exception):
+    """Base class for every error medgen reports to a user."""
+
+
+class ConfigError(MedgenError):
+    """params.yaml, a profile or an override is wrong; the message names the key."""
+
+
+class DataError(MedgenError):
+    """A dataset file is missing, truncated or does not follow the MedMNIST layout."""

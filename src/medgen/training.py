@@ -1,0 +1,79 @@
+"""Pieces every fit loop shares: seeding, device choice, early stopping, self-describing checkpoints."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medgen.io import atomic_write_bytes
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA). Called once at the top of every stage's run()."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else CPU. 'cuda' without a GPU is an error, not a silent CPU run."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        from medgen.errors import ConfigError
+
+        raise ConfigError(f"device={preference!r} but no CUDA device is available (use 'auto' or 'cpu')")
+    return torch.device(preference)
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when the monitored value has not improved by min_delta for `patience` epochs."""
+
+    patience: int
+    mode: str = "max"  # "max" for accuracy/AUC, "min" for losses
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int = -1
+    _bad: int = field(default=0, repr=False)
+
+    def improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        delta = value - self.best if self.mode == "max" else self.best - value
+        return delta > self.min_delta
+
+    def step(self, value: float, epoch: int) -> bool:
+        """Record one epoch's value; True means stop now."""
+        if self.improved(value):
+            self.best, self.best_epoch, self._bad = value, epoch, 0
+        else:
+            self._bad += 1
+        return self._bad >= self.patience
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, Any], metrics: dict[str, Any], **extra: Any) -> Path:
+    """{"state_dict", "config", "metrics", ...}: enough to rebuild and judge the model without the run."""
+    buffer = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "config": config, "metrics": metrics, **extra}, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """weights_only=True: checkpoints hold tensors and plain data, never pickled code."""
+    from medgen.errors import MedgenError
+
+    path = Path(path)
+    if not path.exists():
+        raise MedgenError(f"{path}: checkpoint not found (run the stage that writes it first)")
+    return torch.load(path, map_location=map_location, weights_only=True)

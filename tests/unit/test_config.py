@@ -1,0 +1,85 @@
+import dataclasses
+
+import pytest
+
+from medgen.config import build_config, load_config, parse_override
+from medgen.errors import ConfigError
+
+from tests.conftest import ROOT
+
+
+def test_repository_params_load_with_defaults():
+    cfg = load_config(ROOT / "params.yaml", profile="full")
+    assert cfg.data.flag == "breastmnist"
+    assert cfg.data.size == 28
+    assert cfg.prepare.metrics == "metrics/prepare.json"
+
+
+def test_config_is_frozen():
+    cfg = build_config({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.data.flag = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "tree, key",
+    [
+        ({"data": {"flga": "breastmnist"}}, "data.flga"),
+        ({"nosuch": {}}, "nosuch"),
+        ({"data": {"size": 30}}, "data.size"),
+        ({"data": {"size": "28"}}, "data.size"),
+        ({"prepare": {"montage_per_class": 0}}, "prepare.montage_per_class"),
+        ({"seed": -1}, "seed"),
+        ({"data": {"download": "yes"}}, "data.download"),
+    ],
+)
+def test_bad_params_name_the_key(tree, key):
+    with pytest.raises(ConfigError, match=rf"^{key}:"):
+        build_config(tree)
+
+
+def test_override_applies_and_parses_yaml_values():
+    cfg = build_config({}, overrides=["data.size=64", "prepare.montage_per_class=9", "data.download=false", "seed=7"])
+    assert (cfg.data.size, cfg.prepare.montage_per_class, cfg.data.download, cfg.seed) == (64, 9, False, 7)
+
+
+@pytest.mark.parametrize("text", ["data.size", "=3", "a.b.c=1"])
+def test_malformed_override_is_rejected(text):
+    with pytest.raises(ConfigError):
+        build_config({}, overrides=[text])
+
+
+def test_override_of_unknown_key_fails():
+    with pytest.raises(ConfigError, match="data.nope"):
+        build_config({}, overrides=["data.nope=1"])
+
+
+def test_parse_override_keeps_strings():
+    assert parse_override("data.flag=pathmnist") == ("data.flag", "pathmnist")
+
+
+def test_profile_applies_its_overrides_and_cli_wins():
+    tree = {"profiles": {"smoke": {"prepare.montage_per_class": 4}}}
+    assert build_config(tree, profile="smoke").prepare.montage_per_class == 4
+    assert build_config(tree, profile="full").prepare.montage_per_class == 36
+    cfg = build_config(tree, profile="smoke", overrides=["prepare.montage_per_class=9"])
+    assert cfg.prepare.montage_per_class == 9 and cfg.profile == "smoke"
+
+
+def test_profile_from_environment(monkeypatch):
+    monkeypatch.setenv("MEDGEN_PROFILE", "smoke")
+    assert build_config({"profiles": {"smoke": {}}}).profile == "smoke"
+
+
+def test_unknown_profile_fails():
+    with pytest.raises(ConfigError, match="unknown profile 'tiny'"):
+        build_config({"profiles": {"smoke": {}}}, profile="tiny")
+
+
+def test_missing_and_invalid_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
