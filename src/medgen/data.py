@@ -208,12 +208,24 @@ def _download(cfg: DataConfig, raw: Path) -> None:
 
 
 def to_tensors(split: Split, device: str = "cpu"):
-    """uint8 (N, H, W[, C]) -> float32 tensor (N, C, H, W) in [0, 1], labels int64 (N,)."""
+    """uint8 (N, H, W[, C]) -> float32 tensor (N, C, H, W) in [-1, 1], labels int64 (N,).
+
+    [-1, 1] is the one model-input convention in medgen: a tanh generator's output feeds the
+    classifier unchanged, and exported ONNX models document it in their metadata.
+    """
     import torch
 
-    images = torch.from_numpy(split.images).float().div_(255.0)
+    images = torch.from_numpy(split.images).float().div_(127.5).sub_(1.0)
     images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
     return images.contiguous().to(device), torch.from_numpy(split.labels).to(device)
+
+
+def to_uint8(images) -> np.ndarray:
+    """Inverse of to_tensors for images: float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W[, C])."""
+    import torch
+
+    array = images.detach().cpu().float().clamp(-1, 1).add(1).mul(127.5).round().to(dtype=torch.uint8).numpy()
+    return array[:, 0] if array.shape[1] == 1 else array.transpose(0, 2, 3, 1)
 
 
 def class_counts(labels: np.ndarray, n_classes: int) -> dict[str, int]:

@@ -139,3 +139,13 @@ def test_cli_reports_truncated_file_in_one_line_and_writes_nothing(workdir):
     assert "Traceback" not in result.stderr
     assert not (workdir / "data").exists() or not list((workdir / "data").rglob("*.npz"))
     assert not (workdir / "metrics" / "prepare.json").exists()
+
+
+def test_tensor_round_trip_is_exact():
+    from medgen.data import Split, to_tensors, to_uint8
+
+    images = np.arange(2 * 28 * 28, dtype=np.int64).reshape(2, 28, 28).astype(np.uint8)
+    x, y = to_tensors(Split(images, np.array([0, 1])))
+    assert tuple(x.shape) == (2, 1, 28, 28) and float(x.min()) == -1.0 and float(x.max()) == 1.0
+    assert np.array_equal(to_uint8(x), images)
+    assert y.tolist() == [0, 1]
