@@ -66,6 +66,9 @@ class TrackingConfig:
     store_dir: str = "mlruns"
     # Empty -> $MEDGEN_OPTUNA_STORAGE -> sqlite:///<store_dir>/optuna.db
     optuna_storage: str = ""
+    # MLflow run that stage runs nest under when no run is active in this thread (Prefect passes it as
+    # an override; threads lose MLflow's thread-local active run). Empty -> $MEDGEN_PARENT_RUN_ID.
+    parent_run_id: str = ""
 
 
 @dataclass(frozen=True)

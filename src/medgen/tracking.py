@@ -90,7 +90,8 @@ def flat_params(cfg: Config, *sections: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def stage_run(cfg: Config, stage: str, params_sections: tuple[str, ...] = ()) -> Iterator[Any]:
-    """One MLflow run per stage execution; nested under $MEDGEN_PARENT_RUN_ID when set.
+    """One MLflow run per stage execution, nested under the active run, tracking.parent_run_id or
+    $MEDGEN_PARENT_RUN_ID (in that order) when one is given.
 
     An exception inside the block marks the run FAILED and propagates.
     """
@@ -101,7 +102,7 @@ def stage_run(cfg: Config, stage: str, params_sections: tuple[str, ...] = ()) ->
     # Parent: the active run in this thread (`medgen pipeline`), else $MEDGEN_PARENT_RUN_ID (a Prefect
     # flow or another process). MLflow allows a parent in another experiment; the UI links them.
     active = mlflow.active_run()
-    parent = None if active else (os.environ.get(PARENT_ENV) or None)
+    parent = None if active else (cfg.tracking.parent_run_id or os.environ.get(PARENT_ENV) or None)
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=stage, tags=base_tags(cfg, stage),
         nested=active is not None, parent_run_id=parent,

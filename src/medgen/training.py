@@ -77,3 +77,40 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.exists():
         raise MedgenError(f"{path}: checkpoint not found (run the stage that writes it first)")
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def save_model(
+    path: str | Path, model: torch.nn.Module, init_kwargs: dict[str, Any], config: dict[str, Any],
+    metrics: dict[str, Any], **extra: Any,
+) -> Path:
+    """A checkpoint that rebuilds its own module: class path + constructor kwargs + weights.
+
+    Export and serving load any medgen model this way (`load_model`) without knowing its stage.
+    init_kwargs must be plain data (numbers, strings, lists, dicts) so weights_only loading works.
+    """
+    cls = type(model)
+    spec = {"class": f"{cls.__module__}.{cls.__qualname__}", "kwargs": init_kwargs}
+    return save_checkpoint(path, model, config=config, metrics=metrics, model=spec, **extra)
+
+
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu", allowed_prefixes: tuple[str, ...] = ("medgen.",)
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the module saved by `save_model` (in eval mode) and return it with its checkpoint dict.
+
+    Only classes under `allowed_prefixes` are imported: a checkpoint names code, it must not choose any.
+    """
+    import importlib
+
+    from medgen.errors import MedgenError
+
+    checkpoint = load_checkpoint(path, map_location)
+    spec = checkpoint.get("model")
+    if not isinstance(spec, dict) or "class" not in spec:
+        raise MedgenError(f"{path}: not a medgen model checkpoint (no model class recorded)")
+    if not spec["class"].startswith(allowed_prefixes):
+        raise MedgenError(f"{path}: refusing to import model class {spec['class']!r}")
+    module_name, _, class_name = spec["class"].rpartition(".")
+    model = getattr(importlib.import_module(module_name), class_name)(**spec["kwargs"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(map_location).eval(), checkpoint
