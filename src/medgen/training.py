@@ -61,10 +61,10 @@ class EarlyStopping:
         return self._bad >= self.patience
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, Any], metrics: dict[str, Any], **extra: Any) -> Path:
+def save_checkpoint(path: str | Path, module: torch.nn.Module, config: dict[str, Any], metrics: dict[str, Any], **extra: Any) -> Path:
     """{"state_dict", "config", "metrics", ...}: enough to rebuild and judge the model without the run."""
     buffer = io.BytesIO()
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     torch.save({"state_dict": state, "config": config, "metrics": metrics, **extra}, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
 
