@@ -42,3 +42,26 @@ def save_figure(fig, path: str | Path) -> Path:
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def arms_figure(per_arm: dict[str, dict[str, list[float]]]):
+    """One panel per metric: each arm's per-seed test values (dots) and mean ± std (bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(per_arm)
+    metric_names = list(next(iter(per_arm.values())))
+    fig, axes = plt.subplots(1, len(metric_names), figsize=(4.5 * len(metric_names), 4), squeeze=False)
+    for ax, name in zip(axes[0], metric_names):
+        for i, arm in enumerate(arms):
+            values = np.asarray(per_arm[arm][name], dtype=float)
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            ax.errorbar(i, values.mean(), yerr=std, fmt="s", capsize=6, color="C0")
+            ax.scatter(np.full(len(values), i + 0.15), values, s=14, color="C1", zorder=3)
+        ax.set_xticks(range(len(arms)), arms, rotation=20)
+        ax.set_title(f"test {name} (mean ± std over seeds)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
