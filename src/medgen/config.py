@@ -112,7 +112,7 @@ class RepresentConfig:
     prune_warmup_epochs: int = 3
     # Latent exploration: a VAE with a 2-D latent decoded over linspace(-scale, scale, grid_n)^2
     explore_method: str = "vae_conv"
-    explore_epochs: int = 20
+    explore_epochs: int = 40
     explore_lr: float = 1e-3
     grid_n: int = 15
     grid_scale: float = 2.5

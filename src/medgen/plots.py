@@ -57,12 +57,13 @@ def comparison_table(entries: dict, objective: str):
     columns = ("latent_dim", "k", f"cv_{objective}", "val_acc", "test_acc", "test_balanced_acc", "test_auc")
     methods = list(entries)
     cells = [[_cell(entries[m].get(c)) for c in columns] for m in methods]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 4.5 + 0.3 * len(methods)), height_ratios=(0.6 + 0.1 * len(methods), 1.6))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 4.5 + 0.3 * len(methods)), height_ratios=(0.3 * len(methods), 3))
     top.axis("off")
     table = top.table(cellText=cells, rowLabels=methods, colLabels=columns, loc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     table.auto_set_column_width(list(range(len(columns))))
+    table.scale(1.2, 1.4)
     values = [entries[m].get("test_balanced_acc", float("nan")) for m in methods]
     bottom.bar(methods, values, color=["#888888" if m in ("pca", "isomap") else "#3b75af" for m in methods])
     bottom.axhline(0.5, color="red", linestyle="--", linewidth=1, label="chance / majority class (0.5)")

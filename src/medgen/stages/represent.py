@@ -240,7 +240,7 @@ def reconstructions(cfg: Config, arrays: Arrays, models: dict[str, Any], explore
     images = arrays.x["test"][: cfg.represent.n_recon]
     ae = next((m for m in ("ae_conv", "ae_dense") if m in models), None)
     vae = next((m for m in ("vae_conv", "vae_dense") if m in models), None)
-    chosen = {m: models[m] for m in (ae, vae) if m} or {}
+    chosen = {m: models[m] for m in (ae, vae) if m}
     if vae is None:
         chosen["vae (2-D latent)"] = explore_vae
     rows = {"test images": data.to_uint8(images)}
@@ -263,13 +263,21 @@ def summary(entries: dict[str, dict]) -> dict[str, float]:
 
 def run(cfg: Config) -> dict[str, Any]:
     set_seed(cfg.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.represent.threads)
+    try:  # restore: later stages in the same process (`medgen pipeline`) choose their own
+        return _run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: Config) -> dict[str, Any]:
     rc = cfg.represent
-    torch.set_num_threads(rc.threads)
     device = pick_device(rc.device)
     out_dir = Path(rc.plots_dir)
     with tracking.stage_run(cfg, "represent", params_sections=("represent",)) as stage:
         arrays = load_arrays(cfg)
-        validate(rc, arrays)
+        validate(rc, arrays)  # before any training
         entries, models = {}, {}
         for method in rc.methods:
             entries[method], model = study_method(cfg, method, arrays, stage.info.run_id, device)
