@@ -25,3 +25,15 @@ def test_select_keeps_pipeline_order_and_rejects_unknown_names():
     assert select(None)[0] == "prepare"
     with pytest.raises(MedgenError, match="unknown stage"):
         select(["prepare", "nope"])
+
+
+@pytest.mark.parametrize("study", ["represent", "generate"])
+def test_study_flows_run_prepare_then_their_stage_once_it_exists(study):
+    from flows.pipeline import study_stages
+    from medgen import stages
+
+    if study in stages.STAGES:
+        assert study_stages(study) == ["prepare", study]
+    else:  # not merged yet: the flow fails before any run, naming the known stages
+        with pytest.raises(MedgenError, match=f"unknown stage '{study}'"):
+            study_stages(study)
