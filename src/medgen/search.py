@@ -63,7 +63,7 @@ def open_study(
         url,
         heartbeat_interval=60,
         grace_period=180,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
         engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
     )
     name = study_name(cfg.data.flag, stage, suffix)
