@@ -121,6 +121,16 @@ def test_upload_over_size_limit_is_413(client, test_images):
     assert client.post("/classify", json=GOOD).status_code == 200
 
 
+def test_decompression_bomb_is_refused(client):
+    """A small PNG that decodes to 64 megapixels is refused from its header, before decoding."""
+    buffer = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) < runtime.MAX_UPLOAD_BYTES
+    response = client.post("/classify", content=buffer.getvalue(), headers={"content-type": "image/png"})
+    assert response.status_code == 413 and "pixels" in response.json()["error"]
+    assert client.post("/classify", json=GOOD).status_code == 200
+
+
 BAD_GENERATE = [
     ({"label": 2, "n": 4}, 422), ({"label": -1, "n": 4}, 422), ({"n": 4}, 422), ({"label": 0, "n": 0}, 422),
     ({"label": 0, "n": 257}, 422), ({"label": 0, "n": 2.5}, 422), ({"label": True, "n": 4}, 422),
