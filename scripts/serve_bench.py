@@ -53,11 +53,18 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def start_server(model_dir: Path) -> tuple[subprocess.Popen, str]:
+def npy_bytes(images: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, images)
+    return buffer.getvalue()
+
+
+def start_server(model_dir: Path, batcher: str = "greedy") -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "MEDGEN_MODEL_DIR": str(model_dir), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+    env = {**os.environ, "MEDGEN_MODEL_DIR": str(model_dir), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
+           "MEDGEN_BATCHER": batcher}
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MedGen", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -156,20 +163,24 @@ def with_ratio(levels: dict[str, dict[str, float]], baseline: dict[str, float]) 
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    """Two request shapes at concurrency 1, 8, 32, each against in-process onnxruntime at the same batch
-    size: one PNG per request (batch 1; the server's adaptive batching merges concurrent requests) and
-    a JSON batch of 64 arrays per request (batch 64)."""
+    """Three request shapes at concurrency 1, 8, 32, each against in-process onnxruntime at the same batch
+    size: one PNG per request (batch 1; the server's adaptive batching merges concurrent requests), a
+    JSON batch of 64 arrays and an .npy batch of 64 images per request (batch 64)."""
     images = real_images(args.requests)
     pngs = [png_bytes(im) for im in images]
     batches = [json.dumps({"images": images[i : i + 64].tolist()}).encode() for i in range(0, len(images) - 63, 64)]
     batches = (batches * (1 + 200 // len(batches)))[:200]  # 200 requests of 64 images per level (bounded)
+    npys = [npy_bytes(images[i : i + 64]) for i in range(0, len(images) - 63, 64)]
+    npys = (npys * (1 + 400 // len(npys)))[:400]
     base_png = in_process(args.model_dir, pngs, 1, args.max_seconds)
     base_64 = in_process_arrays(args.model_dir, np.concatenate([images] * 10), 64, args.max_seconds)
-    process, url = start_server(args.model_dir)
+    process, url = start_server(args.model_dir, args.batcher)
     try:
         png_levels = {str(c): asyncio.run(http_level(url, pngs, c, args.max_seconds)) for c in (1, 8, 32)}
         json_levels = {str(c): asyncio.run(http_level(url, batches, c, args.max_seconds, "application/json", 64))
                        for c in (1, 8, 32)}
+        npy_levels = {str(c): asyncio.run(http_level(url, npys, c, args.max_seconds, "application/x-npy", 64))
+                      for c in (1, 8, 32)}
     finally:
         stop_server(process)
     ratio = with_ratio(png_levels, base_png)["32"]["ratio_http_over_in_process"]
@@ -178,9 +189,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                        "http": png_levels},
         "json_batch64": {"endpoint": "/classify, JSON batch of 64 arrays per request", "in_process_onnxruntime": base_64,
                          "http": with_ratio(json_levels, base_64)},
+        "npy_batch64": {"endpoint": "/classify, .npy uint8 (64, 28, 28) per request", "in_process_onnxruntime": base_64,
+                        "http": with_ratio(npy_levels, base_64)},
         "target": "http throughput at concurrency 32 >= 0.5 x in-process at the same batch size",
-        "ratio_at_32": {"png_batch1": ratio, "json_batch64": json_levels["32"]["ratio_http_over_in_process"]},
-        "machine": machine(),
+        "ratio_at_32": {"png_batch1": ratio, "json_batch64": json_levels["32"]["ratio_http_over_in_process"],
+                        "npy_batch64": npy_levels["32"]["ratio_http_over_in_process"]},
+        "batcher": args.batcher, "machine": machine(),
     }
 
 
@@ -252,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=20.0, help="bench: wall-clock cap per level")
     parser.add_argument("--seconds", type=float, default=60.0, help="load: duration")
     parser.add_argument("--concurrency", type=int, default=16, help="load: concurrent clients")
+    parser.add_argument("--batcher", choices=("greedy", "cork"), default="greedy",
+                        help="server-side batching: serving.batching.GreedyBatcher or BentoML's CorkDispatcher")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.model_dir is None:
@@ -261,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "bench":
         report = bench(args)
     else:
-        process, url = start_server(args.model_dir)
+        process, url = start_server(args.model_dir, args.batcher)
         try:
             report = asyncio.run(load(url, load_mix(real_images(8)), args.concurrency, args.seconds))
         finally:

@@ -7,9 +7,10 @@ registry alias models:/medgen-{classifier,generator}@champion ($MEDGEN_MODEL_ALI
 
 Endpoints: POST /classify, POST /generate, GET /metadata, GET /healthz (BentoML's liveness probe, which
 calls __is_alive__). Routes are a FastAPI app mounted on the service so that every body is parsed and
-validated here: a bad request is a 4xx {"error": reason}, never a 500 from a parser. /classify still
-gets BentoML's adaptive batching: validated images of concurrent requests go through BentoML's
-CorkDispatcher (the dispatcher behind `@bentoml.api(batchable=True)`) into one onnxruntime call.
+validated here: a bad request is a 4xx {"error": reason}, never a 500 from a parser. /classify batches
+adaptively: the validated images of concurrent requests go into one onnxruntime call, by
+serving.batching.GreedyBatcher (default) or, with MEDGEN_BATCHER=cork, by BentoML's CorkDispatcher
+(the dispatcher behind `@bentoml.api(batchable=True)`).
 """
 
 from __future__ import annotations
@@ -22,20 +23,22 @@ from typing import Any
 
 import bentoml
 import numpy as np
-from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from serving import runtime
+from serving.batching import GreedyBatcher
 from serving.runtime import BadInput
 
 log = logging.getLogger("medgen.serving")
 app = FastAPI(title="medgen", description="BreastMNIST classifier and conditional generator (ONNX)")
 JSON_TYPES = ("application/json",)
+NPY_TYPE = "application/x-npy"  # numpy.save bytes of uint8 (N, 28, 28): the binary batch format
 # Adaptive batching: at most this many images per onnxruntime call, waiting at most this long.
 MAX_BATCH_IMAGES = int(os.environ.get("MEDGEN_MAX_BATCH_IMAGES", 256))
 MAX_LATENCY_MS = int(os.environ.get("MEDGEN_MAX_LATENCY_MS", 10000))
+BATCHER = os.environ.get("MEDGEN_BATCHER", "greedy")  # "greedy" (serving.batching) or "cork" (BentoML's)
 
 
 def error(exc: BadInput) -> JSONResponse:
@@ -91,11 +94,15 @@ class MedGen:
         self.models = runtime.load_models()
         self.classifier, self.generator = self.models["classifier"], self.models["generator"]
         self.size = int(self.classifier.metadata["input_size"])
-        dispatcher = CorkDispatcher(
-            max_latency_in_ms=MAX_LATENCY_MS, max_batch_size=MAX_BATCH_IMAGES, fallback=self._overloaded,
-            get_batch_size=lambda x: x.shape[0], batch_dim=(0, 0),
-        )
-        self.classify_batched = dispatcher(self._classify_batches)
+        if BATCHER == "cork":  # BentoML's own adaptive batcher, kept for comparison (scripts/serve_bench.py)
+            
+            dispatcher = CorkDispatcher(
+                max_latency_in_ms=MAX_LATENCY_MS, max_batch_size=MAX_BATCH_IMAGES, fallback=self._overloaded,
+                get_batch_size=lambda x: x.shape[0], batch_dim=(0, 0),
+            )
+            self.classify_batched = dispatcher(self._classify_batches)
+        else:
+            self.classify_batched = GreedyBatcher(self._classify_batches, MAX_BATCH_IMAGES)
         log.info("medgen models loaded: %s", {k: m.source for k, m in self.models.items()})
 
     def __is_alive__(self) -> bool:
@@ -116,13 +123,16 @@ class MedGen:
         body = await read_body(request, runtime.MAX_UPLOAD_BYTES)
         if media in JSON_TYPES:
             return runtime.parse_array_batch(parse_json(body), self.size)
+        if media == NPY_TYPE:
+            return runtime.parse_npy(body, self.size)
         if media == "multipart/form-data":
             body = await multipart_file(request, body)
         return runtime.decode_image(body, self.size)[None]
 
     @app.post("/classify")
     async def classify(self, request: Request) -> JSONResponse:
-        """PNG/JPEG (raw body or multipart file) or JSON {"images": [HxW 0..255]} -> one prediction each."""
+        """PNG/JPEG (raw body or multipart file), JSON {"images": [HxW 0..255]} or .npy uint8 (N, H, W)
+        -> one prediction per image."""
         try:
             images = await self._images(request)
             probs = await self.classify_batched(runtime.to_model_input(images))

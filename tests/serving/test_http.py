@@ -63,6 +63,18 @@ def test_image_upload_equals_in_process(client, local, test_images, size, fmt, m
     assert prediction["class_name"] == local["classifier"].metadata["class_names"][prediction["label"]]
 
 
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_npy_batch_equals_json_batch(client, test_images):
+    images = test_images[0][:16]
+    binary = client.post("/classify", content=npy(images), headers={"content-type": "application/x-npy"})
+    np.testing.assert_allclose(probs_of(binary), probs_of(client.post("/classify", json={"images": images.tolist()})), atol=1e-6)
+
+
 def test_28px_png_is_the_dataset_image(test_images):
     """A 28x28 grey PNG round-trips exactly: the service sees what the model saw in training."""
     image = test_images[0][3]
@@ -76,6 +88,12 @@ def test_concurrent_requests_are_batched_correctly(client, local, test_images):
         responses = list(pool.map(lambda im: client.post("/classify", json={"images": [im.tolist()]}), images))
     got = np.concatenate([probs_of(r) for r in responses])
     np.testing.assert_allclose(got, runtime.classify_probs(local["classifier"], runtime.to_model_input(images)), atol=1e-6)
+
+
+def _object_npy() -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    return buffer.getvalue()
 
 
 GOOD = {"images": np.zeros((1, 28, 28), dtype=int).tolist()}
@@ -94,6 +112,9 @@ BAD_CLASSIFY = [
     ("no images key", json.dumps({"pixels": []}).encode(), "application/json", 422),
     ("json list", json.dumps([1, 2, 3]).encode(), "application/json", 422),
     ("too many images", json.dumps({"images": np.zeros((257, 28, 28), dtype=int).tolist()}).encode(), "application/json", 413),
+    ("npy garbage", b"\x93NUMPY garbage", "application/x-npy", 400),
+    ("npy float dtype", None, "application/x-npy", 422),
+    ("npy pickled object", None, "application/x-npy", 400),
     ("multipart without file", b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--b--\r\n",
      "multipart/form-data; boundary=b", 400),
 ]
@@ -101,10 +122,14 @@ BAD_CLASSIFY = [
 
 @pytest.mark.parametrize("name,body,content_type,status", BAD_CLASSIFY, ids=[b[0] for b in BAD_CLASSIFY])
 def test_bad_classify_input_is_4xx_then_service_still_serves(client, name, body, content_type, status):
-    if body is None:
+    if name == "gif image":
         buffer = io.BytesIO()
         Image.new("L", (28, 28)).save(buffer, format="GIF")
         body = buffer.getvalue()
+    elif name == "npy float dtype":
+        body = npy(np.zeros((1, 28, 28), dtype=np.float32))
+    elif name == "npy pickled object":  # an object array needs pickle: refused, never unpickled
+        body = _object_npy()
     response = client.post("/classify", content=body, headers={"content-type": content_type})
     assert response.status_code == status, response.text
     assert response.json()["error"]

@@ -73,3 +73,46 @@ def test_decode_image_rejects_bad_bytes():
     with pytest.raises(runtime.BadInput) as info:
         runtime.decode_image(b"", 28)
     assert info.value.status == 400
+
+
+def test_greedy_batcher_merges_concurrent_requests_and_splits_results():
+    import asyncio
+
+    from serving.batching import GreedyBatcher
+
+    seen: list[int] = []
+
+    def double(batches):
+        seen.append(sum(len(b) for b in batches))
+        out = np.concatenate(batches) * 2
+        return np.split(out, np.cumsum([len(b) for b in batches])[:-1])
+
+    async def main():
+        batcher = GreedyBatcher(double, max_items=8)
+        inputs = [np.full((k % 3 + 1, 2), k) for k in range(10)]
+        results = await asyncio.gather(*(batcher(x) for x in inputs))
+        return batcher, inputs, results
+
+    batcher, inputs, results = asyncio.run(main())
+    for x, y in zip(inputs, results):
+        assert np.array_equal(y, x * 2)
+    assert batcher.calls < 10 and max(seen) <= 8 and sum(seen) == sum(len(x) for x in inputs)
+
+
+def test_greedy_batcher_passes_errors_and_keeps_working():
+    import asyncio
+
+    from serving.batching import GreedyBatcher
+
+    def fail_on_negative(batches):
+        if any((b < 0).any() for b in batches):
+            raise ValueError("negative")
+        return list(batches)
+
+    async def main():
+        batcher = GreedyBatcher(fail_on_negative, max_items=4)
+        with pytest.raises(ValueError):
+            await batcher(np.array([-1]))
+        return await batcher(np.array([3]))
+
+    assert asyncio.run(main()).tolist() == [3]
