@@ -2,8 +2,9 @@
 
 While an onnxruntime call runs, requests that arrive queue up; when it returns, the next call takes
 everything queued (up to `max_items` images). Idle: a request runs at once (no added latency). Busy:
-batches grow with the load. Measured here it beat BentoML's CorkDispatcher, whose wait estimate is an
-average of past waits and so, after a burst, keeps delaying lone requests for seconds (README, serving).
+batches grow with the load. BentoML's CorkDispatcher (MEDGEN_BATCHER=cork) polls every 1 ms and waits
+for an average of past waits, so after a burst it keeps delaying lone requests: measured on the shared
+2-core machine, one 64-image .npy request at concurrency 1 took p50 280 ms with it and 15 ms with this.
 """
 
 from __future__ import annotations
