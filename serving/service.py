@@ -95,7 +95,8 @@ class MedGen:
         self.classifier, self.generator = self.models["classifier"], self.models["generator"]
         self.size = int(self.classifier.metadata["input_size"])
         if BATCHER == "cork":  # BentoML's own adaptive batcher, kept for comparison (scripts/serve_bench.py)
-            
+            from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
             dispatcher = CorkDispatcher(
                 max_latency_in_ms=MAX_LATENCY_MS, max_batch_size=MAX_BATCH_IMAGES, fallback=self._overloaded,
                 get_batch_size=lambda x: x.shape[0], batch_dim=(0, 0),
