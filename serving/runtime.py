@@ -136,9 +136,12 @@ def parse_array_batch(body: Any, size: int) -> np.ndarray:
     if images is None:
         raise BadInput('JSON body must be an object with "images": a list of HxW arrays of pixel values 0..255', 422)
     try:
-        array = np.asarray(images, dtype=np.float64)
+        array = np.asarray(images)
     except (ValueError, TypeError):
-        raise BadInput("images must be numbers in nested lists of equal length (a ragged or non-numeric array)", 422) from None
+        raise BadInput("images must be numbers in nested lists of equal length (a ragged array)", 422) from None
+    if array.dtype.kind not in "iuf":  # strings ("12"), booleans, objects: a wrong dtype, not coerced
+        raise BadInput(f"images must hold numbers, got {array.dtype.name} values", 422)
+    array = array.astype(np.float64)
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3 or array.shape[1:] != (size, size) or len(array) == 0:
