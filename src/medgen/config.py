@@ -157,6 +157,33 @@ class RepresentConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    section: ClassVar[str] = "export"
+    # Inputs: checkpoints written with medgen.training.save_model (the lead points these at the
+    # classify / augment / generate outputs). The augmented classifier is exported only when it exists.
+    classifier_checkpoint: str = "models/classify/best.pt"
+    augmented_checkpoint: str = "models/augment/best.pt"
+    generator_checkpoint: str = "models/generate/generator.pt"
+    out_dir: str = "models/export"  # <name>.onnx + <name>.json per model; the service reads this folder
+    metrics: str = "metrics/export.json"
+    opset: int = 17
+    parity_tolerance: float = 1e-4  # max |onnxruntime - torch| allowed; above it the stage fails
+    parity_batches: tuple[int, ...] = (1, 7, 64)  # batch 1 and N: dynamic axes have mismatched silently
+    register: bool = True  # register in the MLflow model registry with `alias`
+    alias: str = "champion"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.classifier_checkpoint), "export.classifier_checkpoint", "must be a path")
+        _require(bool(self.generator_checkpoint), "export.generator_checkpoint", "must be a path")
+        _require(bool(self.out_dir), "export.out_dir", "must be a path")
+        _require(11 <= self.opset <= 21, "export.opset", f"must be in 11..21, got {self.opset}")
+        _require(0 < self.parity_tolerance <= 1e-2, "export.parity_tolerance", "must be in (0, 1e-2]")
+        _require(len(self.parity_batches) > 0 and all(1 <= b <= 512 for b in self.parity_batches),
+                 "export.parity_batches", "must be a non-empty list of sizes in 1..512")
+        _require(self.alias.isidentifier(), "export.alias", f"must be a plain name, got {self.alias!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str = "full"
     seed: int = 42
@@ -164,6 +191,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     represent: RepresentConfig = field(default_factory=RepresentConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -185,6 +213,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     elif hint is int:
         _require(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
     elif hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string; users mean a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         _require(ok, key, f"expected a number, got {value!r}")
         value = float(value)

@@ -43,7 +43,9 @@ def run_flow(workdir, npz, *overrides, **kwargs):
     )
 
 
-def test_flow_runs_every_stage_writes_dvc_outputs_and_nests_runs(prefect_harness, workdir, breastmnist_npz):
+def test_flow_runs_every_stage_writes_dvc_outputs_and_nests_runs(
+    prefect_harness, workdir, breastmnist_npz, export_standins
+):
     state = run_flow(workdir, breastmnist_npz)
     assert state.is_completed(), state.message
     result = state.result()
@@ -68,7 +70,7 @@ def test_flow_runs_every_stage_writes_dvc_outputs_and_nests_runs(prefect_harness
         assert run.data.tags["medgen.profile"] == "smoke"
 
 
-def test_bad_input_fails_fast_then_a_good_rerun_resumes(prefect_harness, workdir, breastmnist_npz):
+def test_bad_input_fails_fast_then_a_good_rerun_resumes(prefect_harness, workdir, breastmnist_npz, export_standins):
     state = run_flow(workdir, breastmnist_npz, f"data.source={workdir / 'absent.npz'}", "data.download=false")
     assert state.is_failed()
     cfg = load_config("params.yaml", profile="smoke")
