@@ -11,7 +11,7 @@ ifneq ($(SHARED_NPZ),)
 export MEDGEN_DATA_SOURCE ?= $(SHARED_NPZ)
 endif
 
-.PHONY: setup test run lock ui
+.PHONY: setup test run lock ui serve bench-serve load-serve
 
 setup:  ## fresh virtual environment with every pinned version, then medgen itself (editable)
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,12 @@ lock:  ## re-pin requirements.lock from the current environment (after changing 
 
 ui:  ## MLflow UI over the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts --host 127.0.0.1 --port 5000
+
+serve:  ## the inference service over the exported ONNX models (models/export) on 127.0.0.1:3000
+	$(BIN)/medgen serve
+
+bench-serve:  ## /classify p50/p99 + throughput at concurrency 1/8/32 vs in-process onnxruntime -> reports/serve_bench.json
+	$(BIN)/python scripts/serve_bench.py bench
+
+load-serve:  ## 60 s of mixed good and bad requests; fails on any 5xx/unexpected status -> reports/serve_load.json
+	$(BIN)/python scripts/serve_bench.py load --seconds 60

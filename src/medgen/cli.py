@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--only", nargs="+", default=None, metavar="STAGE", help="run just these stages (in pipeline order)")
     sub.add_parser("config", parents=[common], help="print the resolved configuration as JSON")
     sub.add_parser("stages", help="list the pipeline stages in order")
+    serve = sub.add_parser("serve", parents=[common], help="start the BentoML service over the exported ONNX models")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a container)")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--source", choices=("dir", "mlflow"), default="dir",
+                       help="dir: export.out_dir; mlflow: models:/medgen-{classifier,generator}@<export.alias>")
     return parser
 
 
@@ -72,6 +77,22 @@ def run_pipeline(cfg: Config, only: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
+def serve(cfg: Config, host: str, port: int, source: str) -> int:
+    """`bentoml serve serving.service:MedGen` with the model location taken from the config."""
+    import subprocess
+    from pathlib import Path
+
+    if not (Path.cwd() / "serving" / "service.py").is_file():
+        raise MedgenError("run `medgen serve` from the repository root (where serving/service.py is)")
+    from medgen import tracking
+
+    env = {**os.environ, "MEDGEN_MODEL_DIR": str(Path(cfg.export.out_dir).resolve()), "MEDGEN_MODEL_SOURCE": source,
+           "MEDGEN_MODEL_ALIAS": cfg.export.alias, "MLFLOW_TRACKING_URI": tracking.tracking_uri(cfg.tracking)}
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MedGen", "--host", host, "--port", str(port),
+           "--working-dir", str(Path.cwd())]
+    return subprocess.run(cmd, env=env).returncode
+
+
 def dispatch(args: argparse.Namespace) -> int:
     if args.command == "stages":
         print("\n".join(stages.STAGES))
@@ -80,6 +101,8 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "config":
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    if args.command == "serve":
+        return serve(cfg, args.host, args.port, args.source)
     if args.command == "stage":
         metrics = stages.get(args.name)(cfg)
     else:

@@ -82,6 +82,107 @@ class PrepareConfig:
         _require(1 <= self.montage_per_class <= 400, "prepare.montage_per_class", "must be in 1..400")
 
 
+REPRESENT_METHODS = ("pca", "isomap", "ae_dense", "ae_conv", "vae_dense", "vae_conv")
+
+
+@dataclass(frozen=True)
+class RepresentConfig:
+    section: ClassVar[str] = "represent"
+    methods: tuple[str, ...] = REPRESENT_METHODS
+    # Search space, the same parameter names in every study: latent_dim, k (KNN) and lr (neural only)
+    latent_dim_min: int = 2
+    latent_dim_max: int = 128
+    k_min: int = 1
+    k_max: int = 100
+    lr_min: float = 1e-4
+    lr_max: float = 1e-2
+    trials_classic: int = 40  # pca / isomap trials (cheap: one fit per fold serves every latent_dim and k)
+    trials_neural: int = 10  # per autoencoder method
+    cv_folds: int = 5  # stratified k-fold on train+val selects every method (val alone is 78 images)
+    isomap_subset: int = 400  # Isomap is fitted on this many training images (it is O(n^2) memory/time)
+    isomap_neighbors: int = 10
+    epochs: int = 15
+    batch_size: int = 64
+    dropout: float = 0.2  # dense AE
+    width: int = 16  # conv models: channels of the first conv layer
+    beta: float = 1.0  # VAE KL weight
+    objective: str = "balanced_acc"  # or "auc": KNN metric maximised by every study
+    prune_percentile: float = 50.0  # 50 = median pruner
+    prune_startup_trials: int = 3
+    prune_warmup_epochs: int = 3
+    # Latent exploration: a VAE with a 2-D latent decoded over linspace(-scale, scale, grid_n)^2
+    explore_method: str = "vae_conv"
+    explore_epochs: int = 40
+    explore_lr: float = 1e-3
+    grid_n: int = 15
+    grid_scale: float = 2.5
+    n_recon: int = 10
+    device: str = "auto"
+    # torch CPU threads: 1 is fastest for these small models on a shared 2-core machine (measured: 2
+    # threads ran 5-10x slower under contention)
+    threads: int = 1
+    metrics: str = "metrics/represent.json"
+    plots_dir: str = "plots/represent"
+    encoder_checkpoint: str = "models/represent/encoder.pt"
+
+    def __post_init__(self) -> None:
+        s = "represent"
+        _require(len(self.methods) > 0, f"{s}.methods", f"is empty: choose from {', '.join(REPRESENT_METHODS)}")
+        for m in self.methods:
+            _require(m in REPRESENT_METHODS, f"{s}.methods", f"unknown method {m!r} (known: {', '.join(REPRESENT_METHODS)})")
+        _require(len(set(self.methods)) == len(self.methods), f"{s}.methods", "lists a method twice")
+        _require(self.latent_dim_min >= 1, f"{s}.latent_dim_min", "must be >= 1")
+        _require(self.k_min >= 1, f"{s}.k_min", "must be >= 1")
+        _require(self.lr_min > 0, f"{s}.lr_min", "must be > 0 (lr is searched on a log scale)")
+        for name, low, high in (("latent_dim", self.latent_dim_min, self.latent_dim_max),
+                                ("k", self.k_min, self.k_max), ("lr", self.lr_min, self.lr_max)):
+            _require(low <= high, f"{s}.{name}_min", f"search space is empty: {name}_min={low} > {name}_max={high}")
+        _require(self.trials_classic >= 1 and self.trials_neural >= 1, f"{s}.trials_*", "must be >= 1")
+        _require(self.cv_folds >= 2, f"{s}.cv_folds", "must be >= 2")
+        _require(self.isomap_neighbors >= 2, f"{s}.isomap_neighbors", "must be >= 2")
+        _require(self.epochs >= 1 and self.explore_epochs >= 1, f"{s}.epochs", "must be >= 1")
+        _require(self.batch_size >= 2, f"{s}.batch_size", "must be >= 2 (batch norm)")
+        _require(0 <= self.dropout < 1, f"{s}.dropout", "must be in [0, 1)")
+        _require(self.beta > 0, f"{s}.beta", "must be > 0")
+        _require(self.objective in ("balanced_acc", "auc"), f"{s}.objective", "must be balanced_acc or auc")
+        _require(0 < self.prune_percentile < 100, f"{s}.prune_percentile", "must be in (0, 100)")
+        _require(self.explore_method in ("vae_dense", "vae_conv"), f"{s}.explore_method", "must be vae_dense or vae_conv")
+        _require(self.grid_n >= 2 and self.grid_scale > 0, f"{s}.grid_n", "grid_n must be >= 2 and grid_scale > 0")
+        _require(self.threads >= 1, f"{s}.threads", "must be >= 1")
+        _require(1 <= self.n_recon <= 64, f"{s}.n_recon", "must be in 1..64")
+
+    @property
+    def neural_methods(self) -> tuple[str, ...]:
+        return tuple(m for m in self.methods if m not in ("pca", "isomap"))
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    section: ClassVar[str] = "export"
+    # Inputs: checkpoints written with medgen.training.save_model (the lead points these at the
+    # classify / augment / generate outputs). The augmented classifier is exported only when it exists.
+    classifier_checkpoint: str = "models/classify/best.pt"
+    augmented_checkpoint: str = "models/augment/best.pt"
+    generator_checkpoint: str = "models/generate/generator.pt"
+    out_dir: str = "models/export"  # <name>.onnx + <name>.json per model; the service reads this folder
+    metrics: str = "metrics/export.json"
+    opset: int = 17
+    parity_tolerance: float = 1e-4  # max |onnxruntime - torch| allowed; above it the stage fails
+    parity_batches: tuple[int, ...] = (1, 7, 64)  # batch 1 and N: dynamic axes have mismatched silently
+    register: bool = True  # register in the MLflow model registry with `alias`
+    alias: str = "champion"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.classifier_checkpoint), "export.classifier_checkpoint", "must be a path")
+        _require(bool(self.generator_checkpoint), "export.generator_checkpoint", "must be a path")
+        _require(bool(self.out_dir), "export.out_dir", "must be a path")
+        _require(11 <= self.opset <= 21, "export.opset", f"must be in 11..21, got {self.opset}")
+        _require(0 < self.parity_tolerance <= 1e-2, "export.parity_tolerance", "must be in (0, 1e-2]")
+        _require(len(self.parity_batches) > 0 and all(1 <= b <= 512 for b in self.parity_batches),
+                 "export.parity_batches", "must be a non-empty list of sizes in 1..512")
+        _require(self.alias.isidentifier(), "export.alias", f"must be a plain name, got {self.alias!r}")
+
+
 @dataclass(frozen=True)
 class Config:
     profile: str = "full"
@@ -89,6 +190,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    represent: RepresentConfig = field(default_factory=RepresentConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,6 +213,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     elif hint is int:
         _require(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
     elif hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string; users mean a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         _require(ok, key, f"expected a number, got {value!r}")
         value = float(value)

@@ -143,6 +143,7 @@ def atomic_copy(src: Path, dst: Path) -> None:
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
@@ -160,6 +161,7 @@ def save_npz(dataset: Dataset, path: Path) -> None:
             arrays[f"{name}_images"] = dataset.split(name).images
             arrays[f"{name}_labels"] = dataset.split(name).labels
         np.savez_compressed(tmp, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -16,6 +16,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are shared files, not secrets
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -46,6 +46,11 @@ def save_figure(fig, path: str | Path) -> Path:
 
 def arms_figure(per_arm: dict[str, dict[str, list[float]]]):
     """One panel per metric: each arm's per-seed test values (dots) and mean ± std (bar)."""
+# --- represent -------------------------------------------------------------------------------------
+
+
+def comparison_table(entries: dict, objective: str):
+    """Methods x (latent_dim, k, cv objective, val/test scores) as a table, plus test balanced accuracy bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,4 +69,81 @@ def arms_figure(per_arm: dict[str, dict[str, list[float]]]):
         ax.set_title(f"test {name} (mean ± std over seeds)")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
+    columns = ("latent_dim", "k", f"cv_{objective}", "val_acc", "test_acc", "test_balanced_acc", "test_auc")
+    methods = list(entries)
+    cells = [[_cell(entries[m].get(c)) for c in columns] for m in methods]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 4.5 + 0.3 * len(methods)), height_ratios=(0.3 * len(methods), 3))
+    top.axis("off")
+    table = top.table(cellText=cells, rowLabels=methods, colLabels=columns, loc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.auto_set_column_width(list(range(len(columns))))
+    table.scale(1.2, 1.4)
+    values = [entries[m].get("test_balanced_acc", float("nan")) for m in methods]
+    bottom.bar(methods, values, color=["#888888" if m in ("pca", "isomap") else "#3b75af" for m in methods])
+    bottom.axhline(0.5, color="red", linestyle="--", linewidth=1, label="chance / majority class (0.5)")
+    bottom.set_ylabel("test balanced accuracy (KNN)")
+    bottom.set_ylim(0, 1)
+    bottom.legend(loc="lower right")
+    fig.suptitle("Representation study: KNN on each latent space (selected by CV on train+val, test scored once)")
+    return fig
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "" if value is None else str(value)
+
+
+def latent_scatter(z: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]):
+    """2-D latent codes (N, 2) coloured by class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for c, name in enumerate(class_names):
+        points = z[labels == c]
+        ax.scatter(points[:, 0], points[:, 1], s=8, alpha=0.7, label=f"{c}: {name}")
+    ax.set_xlabel("z[0] (posterior mean)")
+    ax.set_ylabel("z[1] (posterior mean)")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title("Training set in the 2-D VAE latent space")
+    return fig
+
+
+def posterior_histograms(mu: np.ndarray, logvar: np.ndarray):
+    """Histograms of posterior means and log-variances (N, d), one line per latent dimension."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, values, name in ((axes[0], mu, "posterior mean mu"), (axes[1], logvar, "posterior log-variance")):
+        for d in range(values.shape[1]):
+            ax.hist(values[:, d], bins=40, histtype="step", label=f"z[{d}]")
+        ax.set_xlabel(name)
+        ax.set_ylabel("training images")
+        ax.legend(fontsize=8)
+    axes[0].set_title("posterior means (prior: N(0, 1))")
+    axes[1].set_title("posterior log-variances (prior: 0)")
+    return fig
+
+
+def reconstruction_rows(rows: dict[str, np.ndarray]):
+    """One strip per named row of uint8 images (n, H, W): originals and each model's reconstructions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.6 * len(rows)), squeeze=False)
+    for ax, (name, images) in zip(axes[:, 0], rows.items()):
+        ax.imshow(np.asarray(montage(images, columns=len(images), scale=1)), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center")
+    fig.suptitle("Real test images and their reconstructions")
     return fig

@@ -20,6 +20,9 @@ from medgen import tracking
 from medgen.config import Config, TrackingConfig
 
 STORAGE_ENV = "MEDGEN_OPTUNA_STORAGE"
+# Several workers on one study: give each a distinct id (0, 1, ...) so their samplers differ; workers
+# that open the study at the same moment would otherwise draw the same seeded points.
+WORKER_ENV = "MEDGEN_WORKER_ID"
 Objective = Callable[[optuna.Trial], float]
 
 
@@ -28,6 +31,16 @@ def storage_url(cfg: TrackingConfig) -> str:
     if url:
         return url
     return f"sqlite:///{Path(cfg.store_dir).resolve() / 'optuna.db'}"
+
+
+def worker_id() -> int:
+    """This process's worker number from $MEDGEN_WORKER_ID (0 when unset: a single worker)."""
+    raw = os.environ.get(WORKER_ENV, "0") or "0"
+    if not raw.isdigit():
+        from medgen.errors import ConfigError
+
+        raise ConfigError(f"${WORKER_ENV}: expected a worker number 0, 1, ..., got {raw!r}")
+    return int(raw)
 
 
 def study_name(flag: str, stage: str, suffix: str = "") -> str:
@@ -50,17 +63,18 @@ def open_study(
         url,
         heartbeat_interval=60,
         grace_period=180,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
         engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
     )
     name = study_name(cfg.data.flag, stage, suffix)
     # Seed the sampler with the number of trials already stored: a resumed study must not replay the
-    # random start-up points it already tried (that would duplicate trials).
+    # random start-up points it already tried (that would duplicate trials). Worker k offsets by 10**6*k
+    # so parallel workers never share a seed.
     try:
         done = len(optuna.load_study(study_name=name, storage=storage).trials)
     except KeyError:
         done = 0
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed + done, n_startup_trials=5)
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed + done + 1_000_000 * worker_id(), n_startup_trials=5)
     return optuna.create_study(
         study_name=name,
         storage=storage,

@@ -159,3 +159,19 @@ def numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             flat[name] = float(value)
     return flat
+
+
+def register_onnx(onnx_path: Path, name: str, alias: str, extra_files: list[Path] = ()) -> str:
+    """Log an ONNX file as an MLflow model of the active run, register it as `name` and point `alias`
+    (e.g. `champion`) at the new version; returns that version. Serving resolves `models:/<name>@<alias>`.
+    """
+    import mlflow
+    import onnx
+
+    info = mlflow.onnx.log_model(
+        onnx.load(str(onnx_path)), name=Path(onnx_path).stem, registered_model_name=name,
+        save_as_external_data=False, extra_files=[str(p) for p in extra_files],
+    )
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+    return version

@@ -83,3 +83,10 @@ def test_missing_and_invalid_params_file(tmp_path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_exponent_without_dot_is_a_number_not_a_string():
+    cfg = build_config({}, overrides=["export.parity_tolerance=1e-5"])
+    assert cfg.export.parity_tolerance == 1e-5
+    with pytest.raises(ConfigError, match="export.parity_tolerance"):
+        build_config({}, overrides=["export.parity_tolerance=small"])

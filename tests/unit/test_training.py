@@ -42,3 +42,10 @@ def test_early_stopping_counts_epochs_without_improvement():
     assert (stopper.best, stopper.best_epoch) == (0.6, 1)
     low = EarlyStopping(patience=1, mode="min")
     assert [low.step(v, e) for e, v in enumerate([1.0, 0.9, 0.95])] == [False, False, True]
+
+
+def test_written_files_are_world_readable(tmp_path):
+    from medgen.io import write_json
+
+    path = write_json(tmp_path / "m.json", {"a": 1})
+    assert path.stat().st_mode & 0o777 == 0o644

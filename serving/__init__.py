@@ -1,0 +1,1 @@
+"""BentoML service over the exported ONNX models (see serving/service.py)."""

@@ -1,0 +1,123 @@
+"""Latent-space tools for the representation study: KNN scored on embeddings, PCA/Isomap embeddings with
+one fit serving every latent_dim, stratified folds, and the autoencoder fit loop.
+
+Arrays: images flattened to float (N, D) in [-1, 1] for PCA/Isomap; tensors (N, C, S, S) for the models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.neighbors import NearestNeighbors
+
+
+def neighbour_labels(z_fit: np.ndarray, y_fit: np.ndarray, z_eval: np.ndarray, k_max: int) -> np.ndarray:
+    """Labels of the k_max nearest fitted points of each eval point, nearest first: (N_eval, k_max).
+
+    One neighbour search serves every k <= k_max (a KNN with k neighbours votes with the first k columns).
+    """
+    index = NearestNeighbors(n_neighbors=k_max).fit(z_fit)
+    _, idx = index.kneighbors(z_eval)
+    return y_fit[idx]
+
+
+def knn_proba(labels: np.ndarray, k: int, n_classes: int) -> np.ndarray:
+    """Uniform-vote class probabilities of a k-NN from neighbour labels (N, >=k): (N, n_classes)."""
+    counts = np.stack([(labels[:, :k] == c).sum(1) for c in range(n_classes)], axis=1)
+    return counts / float(k)
+
+
+def scores(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """acc, balanced_acc and auc (one-vs-rest for more than two classes; nan if a class is absent)."""
+    pred = proba.argmax(1)  # ties -> the smaller label, as scikit-learn's KNeighborsClassifier does
+    n_classes = proba.shape[1]
+    if len(np.unique(y_true)) < n_classes:
+        auc = float("nan")
+    elif n_classes == 2:
+        auc = float(roc_auc_score(y_true, proba[:, 1]))
+    else:
+        auc = float(roc_auc_score(y_true, proba, multi_class="ovr"))
+    return {"acc": float((pred == y_true).mean()), "balanced_acc": float(balanced_accuracy_score(y_true, pred)), "auc": auc}
+
+
+def knn_scores(z_fit, y_fit, z_eval, y_eval, k: int, n_classes: int) -> dict[str, float]:
+    return scores(y_eval, knn_proba(neighbour_labels(z_fit, y_fit, z_eval, k), k, n_classes))
+
+
+def folds(y: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold (fit indices, eval indices), shuffled with `seed` so every method sees the same folds."""
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(y)), y))
+
+
+def cv_score(z: np.ndarray, y: np.ndarray, fold_list, k: int, n_classes: int, metric: str) -> float:
+    """Mean over folds of the KNN metric, KNN fitted on each fold's fit part of z (N, d)."""
+    values = [knn_scores(z[a], y[a], z[b], y[b], k, n_classes)[metric] for a, b in fold_list]
+    return float(np.mean(values))
+
+
+def fit_embedding(method: str, x_fit: np.ndarray, n_components: int, seed: int, isomap_subset: int = 0,
+                  isomap_neighbors: int = 10) -> Callable[[np.ndarray], np.ndarray]:
+    """Fit PCA or Isomap with n_components on x_fit (N, D); return transform: (M, D) -> (M, n_components).
+
+    Both embeddings are nested: the first d components of an n_components fit equal a d-component fit
+    (PCA: leading principal axes; Isomap: leading eigenvectors of the geodesic kernel, dense solver), so
+    one fit at the largest latent_dim serves every trial by truncation.
+    Isomap is fitted on a stratification-free random subset of `isomap_subset` rows (O(n^2) geodesics).
+    """
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        model = PCA(n_components=n_components, svd_solver="full", random_state=seed).fit(x_fit)
+        return model.transform
+    if method == "isomap":
+        from sklearn.manifold import Isomap
+
+        rows = np.random.default_rng(seed).permutation(len(x_fit))[: isomap_subset or len(x_fit)]
+        model = Isomap(n_neighbors=isomap_neighbors, n_components=n_components, eigen_solver="dense")
+        model.fit(x_fit[rows])
+        return model.transform
+    raise ValueError(f"unknown embedding {method!r} (known: pca, isomap)")
+
+
+@torch.no_grad()
+def encode(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Latents (N, latent_dim) of images x (N, C, S, S) in eval mode (VAE: posterior means)."""
+    model.eval()
+    device = next(model.parameters()).device
+    parts = [model.encode(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(parts).numpy()
+
+
+def fit_autoencoder(model: torch.nn.Module, x: torch.Tensor, epochs: int, lr: float, batch_size: int, seed: int,
+                    on_epoch: Callable[[int], None] | None = None) -> list[dict[str, float]]:
+    """Adam on model.loss over shuffled mini-batches of x (N, C, S, S); returns per-epoch mean loss parts.
+
+    `on_epoch(epoch)` runs after each epoch (evaluation, Optuna reporting; it may raise TrialPruned).
+    The generator is seeded so a refit with the same parameters repeats the trial.
+    """
+    device = next(model.parameters()).device
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        sums: dict[str, float] = {}
+        # drop a trailing batch of one: batch norm cannot normalise a single sample
+        batches = [order[i : i + batch_size] for i in range(0, len(x), batch_size) if len(order[i : i + batch_size]) > 1]
+        for idx in batches:
+            loss, parts = model.loss(x[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value / len(batches)
+        history.append(sums)
+        if on_epoch is not None:
+            on_epoch(epoch)
+    return history

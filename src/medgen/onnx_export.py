@@ -1,0 +1,137 @@
+"""PyTorch -> ONNX for medgen models: export, check, self-describing metadata, onnxruntime parity.
+
+Known traps this module guards against (see DESIGN.md): export happens in eval() (BatchNorm/Dropout in
+training mode export a different graph); the batch axis is declared dynamic explicitly; the graph goes
+through onnx.checker; and onnxruntime is compared with PyTorch at several batch sizes, because
+ConvTranspose and dynamic axes have produced silent mismatches at batch != the traced one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medgen import __version__
+from medgen.errors import MedgenError
+
+METADATA_KEY = "medgen"  # ONNX metadata_props key holding the metadata JSON (read by the service)
+NORMALISATION = {
+    "range": [-1.0, 1.0],
+    "from_uint8": "x = pixel / 127.5 - 1  (pixel: grey uint8 0..255, as medgen.data.to_tensors)",
+    "to_uint8": "pixel = round((clip(x, -1, 1) + 1) * 127.5)  (as medgen.data.to_uint8)",
+    "resize": "grey (PIL 'L'), bicubic resize to input_size x input_size, as MedMNIST built its 28x28 images",
+}
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def class_names_of(config: dict[str, Any], n_classes: int) -> list[str]:
+    """class_names from a checkpoint config (list, tuple or {"0": name} dict); indices when absent."""
+    names = config.get("class_names")
+    if isinstance(names, dict):
+        names = [names.get(str(i), names.get(i, str(i))) for i in range(n_classes)]
+    names = [str(n) for n in names] if names else [str(i) for i in range(n_classes)]
+    if len(names) != n_classes:
+        raise MedgenError(f"checkpoint lists {len(names)} class names for n_classes={n_classes}")
+    return names
+
+
+def source_run_id(checkpoint: dict[str, Any]) -> str:
+    """The MLflow run that trained the checkpoint, when its stage recorded one (extra key or config)."""
+    config = checkpoint.get("config") or {}
+    for value in (checkpoint.get("run_id"), checkpoint.get("mlflow_run_id"), config.get("run_id")):
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def export_onnx(
+    model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: str | Path,
+    input_names: Sequence[str], output_names: Sequence[str], opset: int, metadata: dict[str, Any],
+) -> Path:
+    """Trace `model` (in eval mode) to `path` with a dynamic batch axis on every input and output,
+    embed `metadata` as ONNX metadata_props[medgen], and run onnx.checker on the result."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    dynamic = {name: {0: "batch"} for name in (*input_names, *output_names)}
+    tmp = path.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        torch.onnx.export(
+            model, example, str(tmp), dynamo=False, input_names=list(input_names),
+            output_names=list(output_names), dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
+        )
+    proto = onnx.load(str(tmp))
+    tmp.unlink()
+    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise MedgenError(f"{path.name}: exported graph fails onnx.checker ({str(exc).splitlines()[0]})") from None
+    onnx.save_model(proto, str(path))  # small models: one self-contained file, no external data
+    return path
+
+
+def session(path: str | Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def max_abs_diff(sess: Any, model: torch.nn.Module, batches: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    """max |onnxruntime - torch| per batch size (key = batch size) and overall ('max')."""
+    model = model.eval()
+    diffs: dict[str, float] = {}
+    with torch.no_grad():
+        for feeds in batches:
+            expected = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+            (got,) = sess.run(None, feeds)
+            if got.shape != expected.shape:
+                raise MedgenError(f"onnxruntime output shape {got.shape} != torch {expected.shape}")
+            n = len(next(iter(feeds.values())))
+            diffs[str(n)] = float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
+    diffs["max"] = max(diffs.values())
+    return diffs
+
+
+def classifier_batches(images: np.ndarray, sizes: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """Consecutive real images (float32 (N,1,H,W) in [-1,1]) cut into batches of `sizes` (wrapping)."""
+    total = sum(sizes)
+    index = np.arange(total) % len(images)
+    stacked = images[index].astype(np.float32)
+    starts = np.cumsum([0, *sizes[:-1]])
+    return [{"images": stacked[s : s + n]} for s, n in zip(starts, sizes)]
+
+
+def generator_batches(latent_dim: int, n_classes: int, sizes: Sequence[int], seed: int) -> list[dict[str, np.ndarray]]:
+    """Standard-normal latents and labels cycling over the classes, one dict of feeds per size."""
+    rng = np.random.default_rng(seed)
+    return [
+        {"z": rng.standard_normal((n, latent_dim)).astype(np.float32), "labels": (np.arange(n) % n_classes).astype(np.int64)}
+        for n in sizes
+    ]
+
+
+def base_metadata(kind: str, checkpoint_path: str | Path, checkpoint: dict[str, Any], opset: int) -> dict[str, Any]:
+    """What any consumer needs to call the model right, without torch or the training code."""
+    return {
+        "kind": kind,
+        "format": "onnx",
+        "opset": opset,
+        "normalisation": NORMALISATION,
+        "source_checkpoint": str(checkpoint_path),
+        "source_checkpoint_sha256": file_sha256(checkpoint_path),
+        "source_run_id": source_run_id(checkpoint),
+        "model_class": (checkpoint.get("model") or {}).get("class", ""),
+        "medgen_version": __version__,
+    }

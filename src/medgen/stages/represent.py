@@ -1,0 +1,297 @@
+"""Stage `represent`: how well does each latent space separate the classes? PCA, Isomap and four
+autoencoders, each followed by a KNN, each searched by its own Optuna study.
+
+Inputs : data/prepared/<flag>.npz.
+Outputs: metrics/represent.json (one entry per method), plots/represent/*.png (comparison table, 2-D VAE
+         latent grid and scatter, posterior histograms, AE vs VAE reconstructions), and the encoder of the
+         best convolutional model at represent.encoder_checkpoint (for the classifier's transfer learning).
+Search : study `<flag>-represent-<method>` per method over latent_dim, k and (neural) lr. Selection is
+         stratified k-fold KNN on train+val latents (val alone is 78 images; see DESIGN.md "Search");
+         autoencoders are trained on train images only (no labels) and pruned on the per-epoch CV score.
+         The best trial per method is refitted, its KNN fitted on train latents and scored once on val
+         and test. MLflow experiment medgen/<flag>/represent, one nested run per trial.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import optuna
+import torch
+
+from medgen import data, latent, plots, search, tracking
+from medgen.config import Config, RepresentConfig
+from medgen.errors import ConfigError
+from medgen.io import write_json
+from medgen.models import autoencoders
+from medgen.training import pick_device, save_model, set_seed
+
+log = logging.getLogger(__name__)
+CLASSIC = ("pca", "isomap")
+SCORES = ("acc", "balanced_acc", "auc")
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """Splits as the study needs them. x: (N, C, S, S) in [-1, 1]; flat: (N, C*S*S); y: (N,).
+
+    `pool` = train + val, the set the CV selection runs on; `folds` index into it.
+    """
+
+    x: dict[str, torch.Tensor]
+    flat: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    n_classes: int
+    class_names: tuple[str, ...]
+    folds: list[tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def n_inputs(self) -> int:
+        return self.flat["train"].shape[1]
+
+
+def load_arrays(cfg: Config) -> Arrays:
+    dataset = data.load_prepared(cfg.data)
+    x, flat, y = {}, {}, {}
+    for name in data.SPLITS:
+        x[name], labels = data.to_tensors(dataset.split(name))
+        flat[name], y[name] = x[name].flatten(1).numpy(), labels.numpy()
+    x["pool"] = torch.cat([x["train"], x["val"]])
+    flat["pool"], y["pool"] = np.concatenate([flat["train"], flat["val"]]), np.concatenate([y["train"], y["val"]])
+    folds = latent.folds(y["pool"], cfg.represent.cv_folds, cfg.seed)
+    return Arrays(x, flat, y, dataset.n_classes, dataset.class_names, folds)
+
+
+def validate(rc: RepresentConfig, arrays: Arrays) -> None:
+    """Search spaces the data cannot support fail here, before any training."""
+    n_in, fit_min = arrays.n_inputs, min(len(a) for a, _ in arrays.folds)
+    if rc.latent_dim_max > n_in:
+        raise ConfigError(f"represent.latent_dim_max: {rc.latent_dim_max} is larger than the input ({n_in} values per image)")
+    if rc.k_max > min(fit_min, len(arrays.y["train"])):
+        raise ConfigError(f"represent.k_max: {rc.k_max} exceeds the {fit_min} images a KNN is fitted on in each CV fold")
+    if "pca" in rc.methods and rc.latent_dim_max > fit_min:
+        raise ConfigError(f"represent.latent_dim_max: PCA can give at most {fit_min} components on a CV fold")
+    if "isomap" in rc.methods:
+        subset = min(rc.isomap_subset, fit_min)
+        if rc.latent_dim_max >= subset or rc.isomap_neighbors >= subset:
+            raise ConfigError(f"represent.isomap_subset: {subset} images cannot give latent_dim_max={rc.latent_dim_max} "
+                              f"Isomap components with {rc.isomap_neighbors} neighbours; raise isomap_subset")
+
+
+def suggest(trial: optuna.Trial, rc: RepresentConfig, neural: bool) -> dict[str, Any]:
+    """The one search space: same names in every study so MLflow's compare view lines trials up."""
+    params = {"latent_dim": trial.suggest_int("latent_dim", rc.latent_dim_min, rc.latent_dim_max),
+              "k": trial.suggest_int("k", rc.k_min, rc.k_max)}
+    if neural:
+        params["lr"] = trial.suggest_float("lr", rc.lr_min, rc.lr_max, log=True)
+    return params
+
+
+def cv_metrics(neighbours: list[np.ndarray], arrays: Arrays, k: int) -> dict[str, float]:
+    """Mean CV scores of a k-NN from per-fold neighbour labels (one neighbour search serves every k)."""
+    per_fold = [latent.scores(arrays.y["pool"][b], latent.knn_proba(labels, k, arrays.n_classes))
+                for labels, (_, b) in zip(neighbours, arrays.folds)]
+    return {f"cv_{m}": float(np.nanmean([s[m] for s in per_fold])) for m in SCORES}
+
+
+def fold_neighbours(z: np.ndarray, arrays: Arrays, k_max: int) -> list[np.ndarray]:
+    """Per fold: labels of the k_max nearest fit-part latents of each eval-part latent. z: (N_pool, d)."""
+    y = arrays.y["pool"]
+    return [latent.neighbour_labels(z[a], y[a], z[b], k_max) for a, b in arrays.folds]
+
+
+def search_classic(cfg: Config, method: str, arrays: Arrays, parent_id: str) -> optuna.Study:
+    """PCA/Isomap: one fit per fold at latent_dim_max; every trial truncates it and slices its k."""
+    rc = cfg.represent
+    pool = arrays.flat["pool"]
+    embedded = []  # per fold: the whole pool in that fold's embedding, (N_pool, latent_dim_max)
+    for a, _ in arrays.folds:
+        transform = latent.fit_embedding(method, pool[a], rc.latent_dim_max, cfg.seed, rc.isomap_subset, rc.isomap_neighbors)
+        embedded.append(transform(pool))
+    cache: dict[int, list[np.ndarray]] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, rc, neural=False)
+        d = params["latent_dim"]
+        if d not in cache:
+            y = arrays.y["pool"]
+            cache[d] = [latent.neighbour_labels(z[a, :d], y[a], z[b, :d], rc.k_max) for z, (a, b) in zip(embedded, arrays.folds)]
+        metrics = cv_metrics(cache[d], arrays, params["k"])
+        mlflow.log_metrics(metrics)
+        return metrics[f"cv_{rc.objective}"]
+
+    study = search.open_study(cfg, "represent", suffix=method)
+    return search.optimize(study, objective, rc.trials_classic, parent_run_id=parent_id)
+
+
+def make_model(cfg: Config, method: str, latent_dim: int, arrays: Arrays, device: torch.device) -> autoencoders.Autoencoder:
+    # Seeded here so a refit with the best trial's parameters repeats that trial exactly.
+    torch.manual_seed(cfg.seed)
+    rc = cfg.represent
+    image = arrays.x["train"]
+    model = autoencoders.build(method, latent_dim, image_size=image.shape[-1], channels=image.shape[1],
+                               dropout=rc.dropout, width=rc.width, beta=rc.beta)
+    return model.to(device)
+
+
+def search_neural(cfg: Config, method: str, arrays: Arrays, parent_id: str, device: torch.device) -> optuna.Study:
+    """Train on train images, after each epoch score the CV KNN on train+val latents; prune on it."""
+    rc = cfg.represent
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, rc, neural=True)
+        model = make_model(cfg, method, params["latent_dim"], arrays, device)
+        last: dict[str, float] = {}
+
+        def on_epoch(epoch: int) -> None:
+            last.update(cv_metrics(fold_neighbours(latent.encode(model, arrays.x["pool"]), arrays, params["k"]), arrays, params["k"]))
+            mlflow.log_metrics(last, step=epoch)
+            trial.report(last[f"cv_{rc.objective}"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {epoch}: cv_{rc.objective}={last[f'cv_{rc.objective}']:.3f}")
+
+        history = latent.fit_autoencoder(model, arrays.x["train"], rc.epochs, params["lr"], rc.batch_size, cfg.seed, on_epoch)
+        mlflow.log_metrics({f"train_{key}": value for key, value in history[-1].items()})
+        return last[f"cv_{rc.objective}"]
+
+    pruner = optuna.pruners.PercentilePruner(rc.prune_percentile, n_startup_trials=rc.prune_startup_trials,
+                                             n_warmup_steps=rc.prune_warmup_epochs)
+    study = search.open_study(cfg, "represent", suffix=method, pruner=pruner)
+    return search.optimize(study, objective, rc.trials_neural, parent_run_id=parent_id)
+
+
+def final_scores(z: dict[str, np.ndarray], arrays: Arrays, k: int) -> dict[str, float]:
+    """KNN fitted on train latents, scored once on val and once on test."""
+    out = {}
+    for split in ("val", "test"):
+        found = latent.knn_scores(z["train"], arrays.y["train"], z[split], arrays.y[split], k, arrays.n_classes)
+        out.update({f"{split}_{m}": v for m, v in found.items()})
+    return out
+
+
+def refit(cfg: Config, method: str, params: dict[str, Any], arrays: Arrays, device: torch.device):
+    """The best trial's representation fitted on train; returns (latents per split, model or None)."""
+    rc = cfg.represent
+    if method in CLASSIC:
+        transform = latent.fit_embedding(method, arrays.flat["train"], params["latent_dim"], cfg.seed,
+                                         rc.isomap_subset, rc.isomap_neighbors)
+        return {s: transform(arrays.flat[s]) for s in data.SPLITS}, None
+    model = make_model(cfg, method, params["latent_dim"], arrays, device)
+    latent.fit_autoencoder(model, arrays.x["train"], rc.epochs, params["lr"], rc.batch_size, cfg.seed)
+    return {s: latent.encode(model, arrays.x[s]) for s in data.SPLITS}, model
+
+
+def study_method(cfg: Config, method: str, arrays: Arrays, parent_id: str, device: torch.device):
+    """Search (resuming the stored study), refit the best trial, score it: (metrics entry, model or None)."""
+    if method in CLASSIC:
+        study = search_classic(cfg, method, arrays, parent_id)
+    else:
+        study = search_neural(cfg, method, arrays, parent_id, device)
+    params = search.best_params(study)
+    z, model = refit(cfg, method, params, arrays, device)
+    states = [t.state for t in study.trials]
+    entry = {**params, f"cv_{cfg.represent.objective}": float(study.best_value), **final_scores(z, arrays, params["k"]),
+             "trials": len(states), "pruned": states.count(optuna.trial.TrialState.PRUNED)}
+    log.info("represent %s: %s", method, entry)
+    return entry, model
+
+
+def save_encoder(cfg: Config, entries: dict[str, dict], models: dict[str, Any]) -> str | None:
+    """The encoder of the best convolutional model (by its CV selection score) for issue 4's classifier."""
+    conv = [m for m in ("ae_conv", "vae_conv") if m in models]
+    if not conv:
+        log.warning("no convolutional method in represent.methods: %s not written", cfg.represent.encoder_checkpoint)
+        return None
+    key = f"cv_{cfg.represent.objective}"
+    best = max(conv, key=lambda m: entries[m][key])
+    encoder = models[best].encoder.cpu().eval()
+    config = {**{k: entries[best][k] for k in ("latent_dim", "k", "lr")}, "method": best,
+              "out_features": int(encoder.out_features), "input_range": [-1.0, 1.0]}
+    save_model(cfg.represent.encoder_checkpoint, encoder, encoder.init_kwargs, config=config, metrics=entries[best])
+    return best
+
+
+def explore(cfg: Config, arrays: Arrays, device: torch.device, out_dir: Path) -> tuple[list[Path], autoencoders.Autoencoder]:
+    """A VAE with a 2-D latent: decoded grid montage, class scatter of train means, posterior histograms."""
+    rc = cfg.represent
+    model = make_model(cfg, rc.explore_method, 2, arrays, device)
+    latent.fit_autoencoder(model, arrays.x["train"], rc.explore_epochs, rc.explore_lr, rc.batch_size, cfg.seed)
+    model.eval()
+    with torch.no_grad():
+        mu, logvar = (t.cpu().numpy() for t in model.encode_stats(arrays.x["train"].to(device)))
+        axis = torch.linspace(-rc.grid_scale, rc.grid_scale, rc.grid_n)
+        # row r, column c decodes (z0, z1) = (axis[c], axis[-1 - r]): z1 grows upwards as in a plot
+        grid = torch.stack([axis.repeat(rc.grid_n), axis.flip(0).repeat_interleave(rc.grid_n)], dim=1)
+        decoded = data.to_uint8(model.decode(grid.to(device)))
+    return [
+        plots.save_png(plots.montage(decoded, columns=rc.grid_n, scale=2), out_dir / "latent_grid.png"),
+        plots.save_figure(plots.latent_scatter(mu, arrays.y["train"], arrays.class_names), out_dir / "latent_scatter.png"),
+        plots.save_figure(plots.posterior_histograms(mu, logvar), out_dir / "posterior_hist.png"),
+    ], model
+
+
+def reconstructions(cfg: Config, arrays: Arrays, models: dict[str, Any], explore_vae: Any, out_dir: Path) -> Path:
+    """Real test images, then their reconstructions by the best AE and the best VAE (conv preferred)."""
+    images = arrays.x["test"][: cfg.represent.n_recon]
+    ae = next((m for m in ("ae_conv", "ae_dense") if m in models), None)
+    vae = next((m for m in ("vae_conv", "vae_dense") if m in models), None)
+    chosen = {m: models[m] for m in (ae, vae) if m}
+    if vae is None:
+        chosen["vae (2-D latent)"] = explore_vae
+    rows = {"test images": data.to_uint8(images)}
+    with torch.no_grad():
+        for name, model in chosen.items():
+            model.eval()
+            rows[name] = data.to_uint8(model(images.to(next(model.parameters()).device)))
+    return plots.save_figure(plots.reconstruction_rows(rows), out_dir / "reconstructions.png")
+
+
+def summary(entries: dict[str, dict]) -> dict[str, float]:
+    """Best learned method's test balanced accuracy minus PCA's (positive: the learned latent wins)."""
+    learned = [m for m in entries if m not in CLASSIC]
+    if not learned or "pca" not in entries:
+        return {}
+    best = max(learned, key=lambda m: entries[m]["test_balanced_acc"])
+    return {"best_learned_test_balanced_acc": entries[best]["test_balanced_acc"],
+            "best_learned_minus_pca_test_balanced_acc": entries[best]["test_balanced_acc"] - entries["pca"]["test_balanced_acc"]}
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    set_seed(cfg.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.represent.threads)
+    try:  # restore: later stages in the same process (`medgen pipeline`) choose their own
+        return _run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: Config) -> dict[str, Any]:
+    rc = cfg.represent
+    device = pick_device(rc.device)
+    out_dir = Path(rc.plots_dir)
+    with tracking.stage_run(cfg, "represent", params_sections=("represent",)) as stage:
+        arrays = load_arrays(cfg)
+        validate(rc, arrays)  # before any training
+        entries, models = {}, {}
+        for method in rc.methods:
+            entries[method], model = study_method(cfg, method, arrays, stage.info.run_id, device)
+            if model is not None:
+                models[method] = model
+        best_conv = save_encoder(cfg, entries, models)
+        figures, explore_vae = explore(cfg, arrays, device, out_dir)
+        figures.append(reconstructions(cfg, arrays, models, explore_vae, out_dir))
+        figures.append(plots.save_figure(plots.comparison_table(entries, rc.objective), out_dir / "comparison.png"))
+        write_json(rc.metrics, entries)
+        mlflow.log_metrics({**tracking.numeric_metrics(entries), **summary(entries)})
+        mlflow.set_tag("medgen.encoder_method", best_conv or "none")
+        tracking.log_files(figures, "figures")
+        tracking.log_dict(entries, "represent.json")
+        if best_conv:
+            tracking.log_files([Path(rc.encoder_checkpoint)], "encoder")
+    return entries

@@ -1,0 +1,48 @@
+"""Stand-in checkpoints that follow the export contract (medgen.models.reference), saved with
+medgen.training.save_model exactly as the classify/augment/generate stages save theirs.
+
+Dev use (e.g. to try `dvc repro export` or the service before the real models exist):
+    python -m tests.standins models/classify/best.pt models/generate/generator.pt
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from medgen.models.reference import ReferenceClassifier, ReferenceGenerator
+from medgen.training import save_model
+
+CLASS_NAMES = ["malignant", "normal, benign"]  # BreastMNIST's labels 0 and 1
+
+
+def _warm_batchnorm(model: torch.nn.Module, *inputs: torch.Tensor) -> None:
+    """A few train-mode passes so BatchNorm running statistics are not the identity (export must use them)."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(*inputs)
+    model.eval()
+
+
+def save_classifier(path: str | Path, seed: int = 0, width: int = 16, images: torch.Tensor | None = None) -> Path:
+    torch.manual_seed(seed)
+    model = ReferenceClassifier(n_classes=2, width=width)
+    _warm_batchnorm(model, images if images is not None else torch.rand(32, 1, 28, 28) * 2 - 1)
+    config = {"n_classes": 2, "class_names": CLASS_NAMES, "input_size": 28, "run_id": ""}
+    return save_model(path, model, {"n_classes": 2, "width": width}, config=config, metrics={})
+
+
+def save_generator(path: str | Path, seed: int = 0, latent_dim: int = 16, width: int = 16) -> Path:
+    torch.manual_seed(seed)
+    model = ReferenceGenerator(latent_dim=latent_dim, n_classes=2, width=width)
+    _warm_batchnorm(model, torch.randn(32, latent_dim), torch.arange(32) % 2)
+    config = {"latent_dim": latent_dim, "n_classes": 2, "class_names": CLASS_NAMES}
+    return save_model(path, model, {"latent_dim": latent_dim, "n_classes": 2, "width": width}, config=config, metrics={})
+
+
+if __name__ == "__main__":
+    classifier, generator = sys.argv[1:3]
+    print(save_classifier(classifier), save_generator(generator))
