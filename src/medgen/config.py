@@ -92,7 +92,7 @@ class ClassifyConfig:
 
     section: ClassVar[str] = "classify"
     # model (medgen.models.classifier)
-    stem: str = "standard"  # standard | pool | cifar: see models/classifier.py for cost vs resolution
+    stem: str = "pool"  # standard | pool | cifar: see models/classifier.py for cost vs resolution
     dropout: float = 0.3  # before the linear head
     init: str = "default"  # default (torchvision's He init) | xavier (Glorot uniform)
     pretrained: str = "none"  # none | imagenet (needs the torchvision weights file) | encoder (represent's)
@@ -100,8 +100,8 @@ class ClassifyConfig:
     freeze_epochs: int = 5  # with pretrained weights: epochs training the head only, then unfreeze
     unfreeze_lr_scale: float = 0.1  # backbone lr = lr * this once unfrozen
     # fit
-    epochs: int = 40
-    patience: int = 10  # early stopping on validation AUC
+    epochs: int = 30
+    patience: int = 8  # early stopping on validation AUC
     batch_size: int = 32
     lr: float = 1e-3  # used as is when n_trials = 0, else searched
     weight_decay: float = 1e-4  # idem
@@ -118,8 +118,8 @@ class ClassifyConfig:
     aug_brightness: float = 0.1
     aug_contrast: float = 0.1
     # search (Optuna, pruned on per-epoch validation AUC, chosen on validation AUC)
-    n_trials: int = 10
-    search_epochs: int = 20
+    n_trials: int = 8
+    search_epochs: int = 12
     lr_range: tuple[float, ...] = (1e-4, 3e-3)
     weight_decay_range: tuple[float, ...] = (1e-6, 1e-2)
     strength_range: tuple[float, ...] = (0.0, 1.5)
