@@ -221,9 +221,10 @@ def fit_classifier(
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, **_validate(model, x_val, y_val)}
         rows.append(row)
         _report(row, trial)
-        if stopper.improved(row["val_auc"]):
+        score = row["val_auc"] if np.isfinite(row["val_auc"]) else -1.0  # one-class validation: AUC undefined
+        if best_state is None or stopper.improved(score):
             best_state = copy.deepcopy(model.state_dict())
-        if stopper.step(row["val_auc"], epoch) and epoch >= freeze:
+        if stopper.step(score, epoch) and epoch >= freeze:
             break
     _set_frozen(model, False)
     model.load_state_dict(best_state)
