@@ -57,7 +57,7 @@ def test_push_pull_round_trips_the_data(project, tmp_path):
     sh("dvc", "push", cwd=repo, env=env)
     shutil.rmtree(repo / ".dvc" / "cache")
     shutil.rmtree(repo / "data")
-    sh("dvc", "pull", cwd=repo, env=env)
+    sh("dvc", "pull", "prepare", cwd=repo, env=env)
     assert file_md5(raw) == before
     assert (repo / "data" / "prepared" / "breastmnist.npz").exists()
     assert "up to date" in sh("dvc", "status", cwd=repo, env=env)
