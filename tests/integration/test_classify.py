@@ -12,7 +12,7 @@ import torch
 
 from medgen import data, tracking
 from medgen.errors import MedgenError
-from medgen.models.classifier import ConvEncoder
+from medgen.models.classifier import TinyEncoder
 from medgen.stages import classify, prepare
 from medgen.training import load_model, save_model
 
@@ -105,7 +105,7 @@ def test_class_weights_are_inverse_frequency():
 
 
 def test_transfer_from_an_encoder_checkpoint_freezes_then_unfreezes(smoke_cfg, prepared, workdir):
-    encoder = ConvEncoder(out_features=16)
+    encoder = TinyEncoder(out_features=16)
     path = save_model(workdir / "encoder.pt", encoder, {"out_features": 16}, config={"out_features": 16}, metrics={})
     cfg = smoke_cfg("classify.pretrained=encoder", f"classify.encoder_checkpoint={path}")
     model, _ = classify.build_model(cfg.classify, 2)

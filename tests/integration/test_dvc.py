@@ -38,19 +38,20 @@ def project(tmp_path, breastmnist_npz, mlflow_template):
     return repo, env
 
 
+# Only `prepare`: later stages train models (minutes on the full profile); each has its own integration test.
 def test_repro_twice_is_a_noop_and_status_clean(project):
     repo, env = project
-    first = sh("dvc", "repro", cwd=repo, env=env)
+    first = sh("dvc", "repro", "prepare", cwd=repo, env=env)
     assert "Running stage 'prepare'" in first
     assert (repo / "metrics" / "prepare.json").exists()
-    second = sh("dvc", "repro", cwd=repo, env=env)
+    second = sh("dvc", "repro", "prepare", cwd=repo, env=env)
     assert "Running stage" not in second
-    assert "up to date" in sh("dvc", "status", cwd=repo, env=env)
+    assert "up to date" in sh("dvc", "status", "prepare", cwd=repo, env=env)
 
 
 def test_push_pull_round_trips_the_data(project, tmp_path):
     repo, env = project
-    sh("dvc", "repro", cwd=repo, env=env)
+    sh("dvc", "repro", "prepare", cwd=repo, env=env)
     raw = repo / "data" / "raw" / "breastmnist.npz"
     before = file_md5(raw)
     sh("dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"), cwd=repo, env=env)
@@ -60,4 +61,4 @@ def test_push_pull_round_trips_the_data(project, tmp_path):
     sh("dvc", "pull", "prepare", cwd=repo, env=env)
     assert file_md5(raw) == before
     assert (repo / "data" / "prepared" / "breastmnist.npz").exists()
-    assert "up to date" in sh("dvc", "status", cwd=repo, env=env)
+    assert "up to date" in sh("dvc", "status", "prepare", cwd=repo, env=env)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from medgen.models.classifier import ConvEncoder, EncoderClassifier, ResNetClassifier
+from medgen.models.classifier import TinyEncoder, EncoderClassifier, ResNetClassifier
 from medgen.transforms import ClassicAugmentation
 
 
@@ -52,9 +52,9 @@ def test_xavier_init_differs_from_default_and_zeroes_biases():
 
 
 def test_encoder_classifier_wraps_a_medgen_encoder_only():
-    model = EncoderClassifier("medgen.models.classifier.ConvEncoder", {"out_features": 8}, n_classes=2, dropout=0.1)
+    model = EncoderClassifier("medgen.models.classifier.TinyEncoder", {"out_features": 8}, n_classes=2, dropout=0.1)
     assert model.out_features == 8 and model(torch.zeros(3, 1, 28, 28)).shape == (3, 2)
-    assert ConvEncoder(out_features=5)(torch.zeros(2, 1, 28, 28)).shape == (2, 5)
+    assert TinyEncoder(out_features=5)(torch.zeros(2, 1, 28, 28)).shape == (2, 5)
     with pytest.raises(ValueError, match="refusing"):
         EncoderClassifier("os.system", {}, n_classes=2)
 

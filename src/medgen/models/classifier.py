@@ -70,7 +70,7 @@ class EncoderClassifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-class ConvEncoder(nn.Module):
+class TinyEncoder(nn.Module):
     """A small conv encoder with the represent stage's contract: (N, 1, 28, 28) in [-1, 1] -> (N, out_features).
 
     An example and test double for the transfer option; the represent stage ships its own encoders.
