@@ -181,6 +181,79 @@ class ExportConfig:
         _require(len(self.parity_batches) > 0 and all(1 <= b <= 512 for b in self.parity_batches),
                  "export.parity_batches", "must be a non-empty list of sizes in 1..512")
         _require(self.alias.isidentifier(), "export.alias", f"must be a plain name, got {self.alias!r}")
+CLASSIFIER_STEMS = ("standard", "pool", "cifar")  # medgen.models.classifier checks the same names
+CLASSIFIER_INITS = ("default", "xavier")
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """ResNet-18 classifier: model, fit, classic augmentation, Optuna search, final seeds, paths."""
+
+    section: ClassVar[str] = "classify"
+    # model (medgen.models.classifier)
+    stem: str = "pool"  # standard | pool | cifar: see models/classifier.py for cost vs resolution
+    dropout: float = 0.3  # before the linear head
+    init: str = "default"  # default (torchvision's He init) | xavier (Glorot uniform)
+    pretrained: str = "none"  # none | imagenet (needs the torchvision weights file) | encoder (represent's)
+    encoder_checkpoint: str = "models/represent/encoder.pt"  # read only when pretrained=encoder
+    freeze_epochs: int = 5  # with pretrained weights: epochs training the head only, then unfreeze
+    unfreeze_lr_scale: float = 0.1  # backbone lr = lr * this once unfrozen
+    # fit
+    epochs: int = 30
+    patience: int = 8  # early stopping on validation AUC
+    batch_size: int = 32
+    lr: float = 1e-3  # used as is when n_trials = 0, else searched
+    weight_decay: float = 1e-4  # idem
+    class_weights: bool = False  # inverse-frequency weights in the cross-entropy loss
+    train_fraction: float = 1.0  # stratified subsample of the training split (ablation)
+    # classic augmentation: `augment` switches the group, each magnitude (0 = off) one transform
+    augment: bool = True
+    aug_strength: float = 1.0  # multiplies every magnitude; searched when n_trials > 0
+    aug_flip: bool = True
+    aug_rotation: float = 15.0  # degrees
+    aug_translate: float = 0.1  # fraction of the side
+    aug_shear: float = 0.0  # degrees
+    aug_zoom: float = 0.2
+    aug_brightness: float = 0.1
+    aug_contrast: float = 0.1
+    # search (Optuna, pruned on per-epoch validation AUC, chosen on validation AUC)
+    n_trials: int = 8
+    search_epochs: int = 12
+    lr_range: tuple[float, ...] = (1e-4, 3e-3)
+    weight_decay_range: tuple[float, ...] = (1e-6, 1e-2)
+    strength_range: tuple[float, ...] = (0.0, 1.5)
+    # final training: seeds seed, seed+1, ...; test metrics once per seed
+    seeds: int = 3
+    device: str = "auto"
+    threads: int = 1  # torch CPU threads; 0 = torch's default (see README: 1 is far faster on a shared CPU)
+    checkpoint: str = "models/classify/best.pt"
+    metrics: str = "metrics/classify.json"
+    details: str = "metrics/classify_details.json"
+    plots_dir: str = "plots/classify"
+
+    def __post_init__(self) -> None:
+        _require(self.stem in CLASSIFIER_STEMS, "classify.stem", f"must be one of {', '.join(CLASSIFIER_STEMS)}, got {self.stem!r}")
+        _require(self.init in CLASSIFIER_INITS, "classify.init", f"must be one of {', '.join(CLASSIFIER_INITS)}, got {self.init!r}")
+        _require(self.pretrained in ("none", "imagenet", "encoder"), "classify.pretrained", "must be none, imagenet or encoder")
+        _require(0.0 <= self.dropout < 1.0, "classify.dropout", "must be in [0, 1)")
+        _require(self.epochs >= 1 and self.search_epochs >= 1, "classify.epochs", "epochs and search_epochs must be >= 1")
+        _require(self.patience >= 1, "classify.patience", "must be >= 1")
+        _require(0 <= self.freeze_epochs < self.epochs, "classify.freeze_epochs", "must be in 0..epochs-1")
+        _require(0.0 < self.unfreeze_lr_scale <= 1.0, "classify.unfreeze_lr_scale", "must be in (0, 1]")
+        _require(self.batch_size >= 2, "classify.batch_size", "must be >= 2")
+        _require(self.lr > 0 and self.weight_decay >= 0, "classify.lr", "lr must be > 0 and weight_decay >= 0")
+        _require(0.0 < self.train_fraction <= 1.0, "classify.train_fraction", "must be in (0, 1]")
+        _require(self.aug_strength >= 0, "classify.aug_strength", "must be >= 0")
+        for key in ("aug_rotation", "aug_translate", "aug_shear", "aug_zoom", "aug_brightness", "aug_contrast"):
+            _require(getattr(self, key) >= 0, f"classify.{key}", "must be >= 0 (0 switches it off)")
+        _require(self.aug_zoom < 1 and self.aug_contrast < 1, "classify.aug_zoom", "aug_zoom and aug_contrast must be < 1")
+        for key in ("lr_range", "weight_decay_range", "strength_range"):
+            low_high = getattr(self, key)
+            _require(len(low_high) == 2 and 0 <= low_high[0] <= low_high[1], f"classify.{key}", "must be [low, high] with 0 <= low <= high")
+        _require(self.lr_range[0] > 0 and self.weight_decay_range[0] > 0, "classify.lr_range", "log-scale ranges need low > 0")
+        _require(self.n_trials >= 0, "classify.n_trials", "must be >= 0 (0 = no search, use lr/weight_decay/aug_strength)")
+        _require(self.seeds >= 1, "classify.seeds", "must be >= 1")
+        _require(self.threads >= 0, "classify.threads", "must be >= 0 (0 = torch's default)")
 
 
 @dataclass(frozen=True)
@@ -191,6 +264,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     represent: RepresentConfig = field(default_factory=RepresentConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -147,3 +147,61 @@ def reconstruction_rows(rows: dict[str, np.ndarray]):
         ax.set_ylabel(name, rotation=0, ha="right", va="center")
     fig.suptitle("Real test images and their reconstructions")
     return fig
+
+
+def training_curves(histories: dict[int, list[dict]]):
+    """Per-epoch train/val loss and accuracy, one line per seed: {seed: [{"epoch", "train_loss", ...}]}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for seed, rows in histories.items():
+        epochs = [r["epoch"] for r in rows]
+        for ax, metric in zip(axes, ("loss", "acc")):
+            (line,) = ax.plot(epochs, [r[f"train_{metric}"] for r in rows], label=f"train (seed {seed})")
+            ax.plot(epochs, [r[f"val_{metric}"] for r in rows], "--", color=line.get_color(), label=f"val (seed {seed})")
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    return fig
+
+
+def confusion_figure(matrix: np.ndarray, class_names: tuple[str, ...], title: str = ""):
+    """Counts with row = true class, column = predicted class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=30)
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return fig
+
+
+def roc_figure(curves: dict[str, dict[str, list[float]]]):
+    """One ROC curve per entry: {label: {"fpr": [...], "tpr": [...]}}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for label, curve in curves.items():
+        ax.plot(curve["fpr"], curve["tpr"], label=label)
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=7, loc="lower right")
+    return fig

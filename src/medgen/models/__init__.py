@@ -1,1 +1,1 @@
-"""nn.Modules only: no I/O, no tracking, nothing of medgen imported except config types."""
+"""nn.Modules only. Nothing here imports medgen (beyond config types) or does I/O at import."""

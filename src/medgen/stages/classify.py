@@ -1,0 +1,381 @@
+"""Stage `classify`: ResNet-18 on the prepared split, classic augmentation, Optuna search, seeds, test once.
+
+Inputs : data/prepared/<flag>.npz; classify.encoder_checkpoint when classify.pretrained=encoder.
+Outputs: classify.checkpoint (the final seed with the best validation AUC, written with
+         medgen.training.save_model; config holds n_classes, class_names, input_size), classify.metrics
+         (mean/std over seeds of the test metrics), classify.details (per seed, chosen hyper-parameters,
+         search summary), classify.plots_dir (history.csv, confusion.csv, roc.csv, PNGs, report).
+         MLflow experiment medgen/<flag>/classify: one child run per Optuna trial and per final seed.
+
+Reusable API (the augment stage retrains with synthetic images through it):
+
+    fit_classifier(cfg: ClassifyConfig, train: Split, val: Split, n_classes: int, seed: int,
+                   device: torch.device, hparams: dict | None = None,
+                   classic_augmentation: bool | None = None, epochs: int | None = None,
+                   trial: optuna.Trial | None = None) -> (model, history)
+        Train a fresh classifier on `train` (uint8 images, so real and synthetic Splits concatenate),
+        early-stopped on validation AUC; returns the model with its best-epoch weights (eval mode) and
+        history = {"rows": [{"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc"}, ...],
+        "best_epoch": int, "best_val_auc": float, "init_kwargs": dict}. `hparams` may set
+        lr / weight_decay / aug_strength (else cfg's values); `classic_augmentation` overrides cfg.augment.
+    evaluate(model, split, device) -> {"acc", "balanced_acc", "precision", "recall", "f1", "auc"}
+    predict_proba(model, split, device) -> np.ndarray (N, n_classes)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medgen import data, metrics, plots, search, tracking
+from medgen.config import ClassifyConfig, Config
+from medgen.errors import MedgenError
+from medgen.io import write_json
+from medgen.models.classifier import EncoderClassifier, ResNetClassifier
+from medgen.training import EarlyStopping, load_model, pick_device, save_model, set_seed
+from medgen.transforms import ClassicAugmentation
+
+log = logging.getLogger(__name__)
+SUMMARY = ("acc", "auc", "balanced_acc", "f1", "precision", "recall")
+IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"  # torchvision IMAGENET1K_V1
+
+
+# ---------------------------------------------------------------- model construction
+def build_model(cfg: ClassifyConfig, n_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The configured classifier and its constructor kwargs (for save_model)."""
+    if cfg.pretrained == "encoder":
+        return _encoder_model(cfg, n_classes)
+    kwargs = {"n_classes": n_classes, "stem": cfg.stem, "dropout": cfg.dropout, "init": cfg.init}
+    model = ResNetClassifier(**kwargs)
+    if cfg.pretrained == "imagenet":
+        _load_imagenet(model)
+    return model, kwargs
+
+
+def _encoder_model(cfg: ClassifyConfig, n_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+    """Encoder weights from the represent stage's checkpoint, plus a fresh dropout + linear head."""
+    path = Path(cfg.encoder_checkpoint)
+    if not path.exists():
+        raise MedgenError(f"{path}: encoder checkpoint not found (run the represent stage, or set classify.pretrained=none)")
+    encoder, checkpoint = load_model(path)
+    features = getattr(encoder, "out_features", None)
+    recorded = (checkpoint.get("config") or {}).get("out_features", features)
+    if not isinstance(features, int) or features != recorded:
+        raise MedgenError(f"{path}: encoder must expose int out_features matching its config (got {features!r}, {recorded!r})")
+    spec = checkpoint["model"]
+    kwargs = {"encoder_class": spec["class"], "encoder_kwargs": spec["kwargs"], "n_classes": n_classes,
+              "dropout": cfg.dropout, "init": cfg.init}
+    model = EncoderClassifier(**kwargs)
+    model.backbone.load_state_dict(encoder.state_dict())
+    return model, kwargs
+
+
+def _load_imagenet(model: ResNetClassifier) -> None:
+    """torchvision's ImageNet ResNet-18 weights (cache, else download); RGB conv1 summed to one channel."""
+    try:
+        state = torch.hub.load_state_dict_from_url(IMAGENET_URL, progress=False, check_hash=True, weights_only=True)
+    except Exception as exc:  # offline: URLError, socket errors, hash mismatch
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_URL).name
+        raise MedgenError(
+            f"ImageNet ResNet-18 weights unavailable ({type(exc).__name__}: {exc}); put {Path(IMAGENET_URL).name} "
+            f"at {cache} or set classify.pretrained=none"
+        ) from None
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    conv1 = state["conv1.weight"].sum(dim=1, keepdim=True)  # (64,3,7,7) -> (64,1,7,7): same response to grey
+    if model.backbone.conv1.weight.shape == conv1.shape:
+        state["conv1.weight"] = conv1
+    else:  # the 3x3 stems cannot use the 7x7 filters
+        del state["conv1.weight"]
+    model.backbone.load_state_dict(state, strict=False)
+
+
+# ---------------------------------------------------------------- data helpers
+def augmentation(cfg: ClassifyConfig, strength: float) -> ClassicAugmentation:
+    base = ClassicAugmentation(cfg.aug_flip, cfg.aug_rotation, cfg.aug_translate, cfg.aug_shear,
+                               cfg.aug_zoom, cfg.aug_brightness, cfg.aug_contrast)
+    return base.scaled(strength)
+
+
+def subsample(split: data.Split, fraction: float, seed: int) -> data.Split:
+    """Stratified `fraction` of a split (at least one image per class); 1.0 returns it unchanged."""
+    if fraction >= 1.0:
+        return split
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(split.labels):
+        index = np.flatnonzero(split.labels == label)
+        keep.append(rng.choice(index, size=max(1, round(fraction * len(index))), replace=False))
+    chosen = np.sort(np.concatenate(keep))
+    return data.Split(split.images[chosen], split.labels[chosen])
+
+
+def class_weight_tensor(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights n / (k * count_c), so a balanced split gets all ones."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    return torch.tensor(len(labels) / (n_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+# ---------------------------------------------------------------- fit / predict
+def _optimizer(model: nn.Module, cfg: ClassifyConfig, lr: float, weight_decay: float, epochs: int):
+    backbone_lr = lr * (cfg.unfreeze_lr_scale if cfg.pretrained != "none" else 1.0)
+    optimizer = torch.optim.AdamW(
+        [{"params": model.backbone.parameters(), "lr": backbone_lr}, {"params": model.head.parameters(), "lr": lr}],
+        weight_decay=weight_decay,
+    )
+    # cosine decay over the epoch budget; early stopping may end sooner
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+
+
+def _set_frozen(model: nn.Module, frozen: bool) -> None:
+    """Transfer recipe (reports 003/004): train only the head first, then fine-tune everything."""
+    for parameter in model.backbone.parameters():
+        parameter.requires_grad_(not frozen)
+
+
+def _train_epoch(model, images, labels, optimizer, loss_fn, augment, generator, batch_size, frozen) -> tuple[float, float]:
+    model.train()
+    if frozen:
+        model.backbone.eval()  # frozen means frozen BatchNorm statistics too
+    order = torch.randperm(len(labels), generator=generator)
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        if len(index) < 2:  # BatchNorm cannot train on one image
+            continue
+        x, y = images[index], labels[index]
+        if augment is not None:
+            x = augment(x, generator)
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss.detach()) * len(index)
+        correct += int((logits.argmax(1) == y).sum())
+    return total_loss / len(labels), correct / len(labels)
+
+
+@torch.no_grad()
+def _probs(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    return torch.cat([F.softmax(model(images[i : i + batch_size]), dim=1) for i in range(0, len(images), batch_size)])
+
+
+def predict_proba(model: nn.Module, split: data.Split, device: torch.device | str = "cpu") -> np.ndarray:
+    """Class probabilities (N, n_classes) for a uint8 split."""
+    images, _ = data.to_tensors(split, str(device))
+    return _probs(model.to(device), images).cpu().numpy()
+
+
+def evaluate(model: nn.Module, split: data.Split, device: torch.device | str = "cpu") -> dict[str, float]:
+    """acc, balanced_acc, precision, recall, f1, auc of `model` on a uint8 split."""
+    return metrics.classification_metrics(split.labels, predict_proba(model, split, device))
+
+
+def _validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Unweighted validation loss (comparable across class-weight ablations), accuracy and AUC."""
+    probs = _probs(model, images)
+    scores = metrics.classification_metrics(labels.cpu().numpy(), probs.cpu().numpy())
+    loss = float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels))
+    return {"val_loss": loss, "val_acc": scores["acc"], "val_auc": scores["auc"]}
+
+
+def fit_classifier(
+    cfg: ClassifyConfig, train: data.Split, val: data.Split, n_classes: int, seed: int, device: torch.device | str,
+    hparams: dict[str, float] | None = None, classic_augmentation: bool | None = None, epochs: int | None = None,
+    trial: Any = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train one classifier; see the module docstring for the contract."""
+    hp = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "aug_strength": cfg.aug_strength, **(hparams or {})}
+    epochs = epochs or cfg.epochs
+    set_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # shuffling and augmentation draws
+    model, init_kwargs = build_model(cfg, n_classes)
+    model.to(device)
+    x_train, y_train = data.to_tensors(train, str(device))
+    x_val, y_val = data.to_tensors(val, str(device))
+    use_aug = cfg.augment if classic_augmentation is None else classic_augmentation
+    augment = augmentation(cfg, hp["aug_strength"]) if use_aug else None
+    weight = class_weight_tensor(train.labels, n_classes).to(device) if cfg.class_weights else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    optimizer, scheduler = _optimizer(model, cfg, hp["lr"], hp["weight_decay"], epochs)
+    freeze = cfg.freeze_epochs if cfg.pretrained != "none" else 0
+    stopper, best_state, rows = EarlyStopping(patience=cfg.patience, mode="max"), None, []
+    for epoch in range(epochs):
+        _set_frozen(model, epoch < freeze)
+        train_loss, train_acc = _train_epoch(model, x_train, y_train, optimizer, loss_fn, augment, generator,
+                                             cfg.batch_size, epoch < freeze)
+        scheduler.step()
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, **_validate(model, x_val, y_val)}
+        rows.append(row)
+        _report(row, trial)
+        score = row["val_auc"] if np.isfinite(row["val_auc"]) else -1.0  # one-class validation: AUC undefined
+        if best_state is None or stopper.improved(score):
+            best_state = copy.deepcopy(model.state_dict())
+        if stopper.step(score, epoch) and epoch >= freeze:
+            break
+    _set_frozen(model, False)
+    model.load_state_dict(best_state)
+    history = {"rows": rows, "best_epoch": stopper.best_epoch, "best_val_auc": float(stopper.best), "init_kwargs": init_kwargs}
+    return model.eval(), history
+
+
+def _report(row: dict[str, float], trial: Any) -> None:
+    """Per-epoch metrics to the active MLflow run and, during a search, to Optuna for pruning."""
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=row["epoch"])
+    if trial is not None:
+        import optuna
+
+        trial.report(row["val_auc"], row["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+
+# ---------------------------------------------------------------- search and seeds
+def _study_suffix(cfg: Config) -> str:
+    """Studies are per profile and per search-relevant settings, so an ablation never resumes another's trials."""
+    ignored = {"n_trials", "seeds", "checkpoint", "metrics", "details", "plots_dir", "encoder_checkpoint", "device"}
+    relevant = {k: v for k, v in asdict(cfg.classify).items() if k not in ignored}
+    digest = hashlib.sha1(json.dumps({"seed": cfg.seed, **relevant}, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{cfg.profile}-{digest}"
+
+
+def search_hparams(cfg: Config, dataset: data.Dataset, train: data.Split, device, parent_run_id: str) -> dict[str, Any]:
+    """Optuna over lr, weight_decay (and aug_strength when augmenting); best trial by validation AUC."""
+    c = cfg.classify
+    base = {"lr": c.lr, "weight_decay": c.weight_decay, "aug_strength": c.aug_strength}
+    if c.n_trials == 0:
+        return {"hparams": base, "trials": 0, "complete": 0, "pruned": 0, "best_val_auc": None}
+
+    def objective(trial) -> float:
+        hp = {"lr": trial.suggest_float("lr", *c.lr_range, log=True),
+              "weight_decay": trial.suggest_float("weight_decay", *c.weight_decay_range, log=True)}
+        if c.augment:
+            hp["aug_strength"] = trial.suggest_float("aug_strength", *c.strength_range)
+        _, history = fit_classifier(c, train, dataset.val, dataset.n_classes, cfg.seed, device, hp,
+                                    epochs=c.search_epochs, trial=trial)
+        return history["best_val_auc"]
+
+    study = search.open_study(cfg, "classify", "maximize", suffix=_study_suffix(cfg))
+    search.optimize(study, objective, c.n_trials, parent_run_id=parent_run_id)
+    states = [t.state.name for t in study.trials]
+    return {"hparams": {**base, **search.best_params(study)}, "trials": len(states), "complete": states.count("COMPLETE"),
+            "pruned": states.count("PRUNED"), "best_val_auc": float(study.best_value), "study": study.study_name}
+
+
+def train_seeds(cfg: Config, dataset: data.Dataset, train: data.Split, hparams: dict, device, parent_run_id: str) -> list[dict]:
+    """Final training, one child run per seed; test metrics computed once per seed."""
+    results = []
+    for seed in range(cfg.seed, cfg.seed + cfg.classify.seeds):
+        started = time.perf_counter()
+        with tracking.child_run(parent_run_id, f"seed-{seed}", {"seed": seed, **hparams}):
+            model, history = fit_classifier(cfg.classify, train, dataset.val, dataset.n_classes, seed, device, hparams)
+            probs = predict_proba(model, dataset.test, device)
+            test = metrics.classification_metrics(dataset.test.labels, probs)
+            mlflow.log_metrics({f"test_{k}": v for k, v in test.items()} | {"best_val_auc": history["best_val_auc"]})
+        results.append({"seed": seed, "model": model.cpu(), "history": history, "test": test, "probs": probs,
+                        "seconds": time.perf_counter() - started})
+        log.info("seed %d: test %s (best epoch %d)", seed, test, history["best_epoch"])
+    return results
+
+
+# ---------------------------------------------------------------- outputs
+def summarize(results: list[dict]) -> dict[str, Any]:
+    """The metrics file: mean (and std for acc/auc) over seeds of the test metrics."""
+    out: dict[str, Any] = {"seeds": len(results)}
+    for key in SUMMARY:
+        mean, std = metrics.mean_std([r["test"][key] for r in results])
+        out[f"test_{key}_mean"] = mean
+        if key in ("acc", "auc"):
+            out[f"test_{key}_std"] = std
+    return out
+
+
+def save_best(cfg: Config, dataset: data.Dataset, best: dict, hparams: dict) -> Path:
+    """The seed with the best validation AUC, as a self-describing checkpoint for export."""
+    config = {**asdict(cfg.classify), "n_classes": dataset.n_classes, "class_names": list(dataset.class_names),
+              "input_size": cfg.data.size, "input_shape": [1, cfg.data.size, cfg.data.size], "input_range": [-1.0, 1.0],
+              "flag": cfg.data.flag, "seed": best["seed"], "hparams": hparams}
+    scores = {f"test_{k}": v for k, v in best["test"].items()} | {"val_auc": best["history"]["best_val_auc"],
+                                                                  "best_epoch": best["history"]["best_epoch"]}
+    return save_model(cfg.classify.checkpoint, best["model"], best["history"]["init_kwargs"], config=config, metrics=scores)
+
+
+def write_plots(cfg: Config, dataset: data.Dataset, results: list[dict], best: dict) -> list[Path]:
+    """DVC plot data for the checkpointed seed (history.csv, confusion.json, roc.csv) and PNGs over all seeds."""
+    out = Path(cfg.classify.plots_dir)
+    labels, probs = dataset.test.labels, best["probs"]
+    rows = best["history"]["rows"]
+    names = dataset.class_names  # may contain commas ("normal, benign"): JSON, not CSV
+    pairs = [{"actual": names[a], "predicted": names[p]} for a, p in zip(labels.tolist(), probs.argmax(1).tolist())]
+    files = [_csv(out / "history.csv", list(rows[0]), [[r[k] for k in rows[0]] for r in rows]),
+             write_json(out / "confusion.json", pairs)]
+    if dataset.n_classes == 2:
+        curve = metrics.roc(labels, probs)
+        files.append(_csv(out / "roc.csv", ["fpr", "tpr", "threshold"], list(zip(*curve.values()))))
+        curves = {f"seed {r['seed']} (AUC {r['test']['auc']:.3f})": metrics.roc(labels, r["probs"]) for r in results}
+        files.append(plots.save_figure(plots.roc_figure(curves), out / "roc.png"))
+    files.append(plots.save_figure(plots.training_curves({r["seed"]: r["history"]["rows"] for r in results}), out / "curves.png"))
+    matrix = metrics.confusion(labels, probs.argmax(1), dataset.n_classes)
+    files.append(plots.save_figure(plots.confusion_figure(matrix, names, f"test, seed {best['seed']}"), out / "confusion.png"))
+    return files
+
+
+def _csv(path: Path, header: list[str], rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(header)] + [",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def details(dataset: data.Dataset, results: list[dict], best: dict, found: dict, train: data.Split) -> dict[str, Any]:
+    return {
+        "checkpoint_seed": best["seed"],
+        "search": found,
+        "n_train": len(train),
+        "per_seed": [{"seed": r["seed"], "best_epoch": r["history"]["best_epoch"], "epochs_run": len(r["history"]["rows"]),
+                      "val_auc": r["history"]["best_val_auc"], "seconds": round(r["seconds"], 1),
+                      **{f"test_{k}": v for k, v in r["test"].items()}} for r in results],
+        "confusion": metrics.confusion(dataset.test.labels, best["probs"].argmax(1), dataset.n_classes).tolist(),
+        "classification_report": metrics.report(dataset.test.labels, best["probs"], dataset.class_names),
+    }
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    set_seed(cfg.seed)
+    if cfg.classify.threads:
+        torch.set_num_threads(cfg.classify.threads)  # OpenMP threads spin against other jobs on a shared CPU
+    with tracking.stage_run(cfg, "classify", params_sections=("classify",)) as stage:
+        device = pick_device(cfg.classify.device)
+        dataset = data.load_prepared(cfg.data)
+        if cfg.classify.pretrained != "none":
+            build_model(cfg.classify, dataset.n_classes)  # a missing encoder/ImageNet file fails before any training
+        train = subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
+        found = search_hparams(cfg, dataset, train, device, stage.info.run_id)
+        mlflow.log_params({f"chosen.{k}": v for k, v in found["hparams"].items()})
+        results = train_seeds(cfg, dataset, train, found["hparams"], device, stage.info.run_id)
+        best = max(results, key=lambda r: r["history"]["best_val_auc"])  # chosen on validation, never test
+        save_best(cfg, dataset, best, found["hparams"])
+        summary = summarize(results)
+        write_json(cfg.classify.metrics, summary)
+        write_json(cfg.classify.details, details(dataset, results, best, found, train))
+        files = write_plots(cfg, dataset, results, best)
+        mlflow.log_metrics(summary)
+        tracking.log_files(files, "plots")
+        tracking.log_files([Path(cfg.classify.metrics), Path(cfg.classify.details)], "metrics")
+        mlflow.log_text(metrics.report_text(dataset.test.labels, best["probs"], dataset.class_names), "classification_report.txt")
+    log.info("classify: %s", summary)
+    return summary

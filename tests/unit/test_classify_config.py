@@ -1,0 +1,34 @@
+"""The classify section of params.yaml: defaults load, bad values fail naming the key."""
+
+import pytest
+
+from medgen.config import load_config
+from medgen.errors import ConfigError
+from tests.conftest import ROOT
+
+
+def test_defaults_and_smoke_profile_load():
+    full = load_config(ROOT / "params.yaml", profile="full").classify
+    smoke = load_config(ROOT / "params.yaml", profile="smoke").classify
+    assert full.seeds >= 3 and full.stem in ("standard", "pool", "cifar")
+    assert smoke.epochs < full.epochs and smoke.n_trials < full.n_trials
+    assert (smoke.stem, smoke.augment, smoke.dropout) == (full.stem, full.augment, full.dropout)  # same code path
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("classify.stem=big", "classify.stem"),
+        ("classify.init=zeros", "classify.init"),
+        ("classify.pretrained=vgg", "classify.pretrained"),
+        ("classify.dropout=1.0", "classify.dropout"),
+        ("classify.train_fraction=0", "classify.train_fraction"),
+        ("classify.aug_rotation=-5", "classify.aug_rotation"),
+        ("classify.lr_range=[0.1]", "classify.lr_range"),
+        ("classify.freeze_epochs=30", "classify.freeze_epochs"),
+        ("classify.augment=maybe", "classify.augment"),
+    ],
+)
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(ROOT / "params.yaml", profile="full", overrides=[override])
