@@ -11,7 +11,7 @@ from typing import Any
 
 from medgen.errors import MedgenError
 
-STAGES: tuple[str, ...] = ("prepare",)
+STAGES: tuple[str, ...] = ("prepare", "generate")
 
 
 def get(name: str) -> Callable[..., dict[str, Any]]:
