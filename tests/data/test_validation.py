@@ -118,7 +118,8 @@ def test_bad_source_leaves_no_raw_file(tmp_path):
     assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
 
 
-def test_offline_without_source_gives_clear_error(tmp_path):
+def test_offline_without_source_gives_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDGEN_DATA_SOURCE", raising=False)
     cfg = DataConfig(flag="tiny", n_classes=2, download=False, raw_dir=str(tmp_path / "raw"))
     with pytest.raises(DataError, match="data.download is false"):
         fetch_raw(cfg)
