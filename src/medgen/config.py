@@ -105,12 +105,12 @@ class GenerateConfig:
     beta1_max: float = 0.9
     n_trials: int = 5
     search_epochs: int = 20
-    epochs: int = 200
+    epochs: int = 300
     eval_every: int = 5  # epochs between quality checks (pruning during search; best-checkpoint in the final fit)
     checkpoint_every: int = 50  # epochs between per-class sample grids of the final fit
     label_smoothing: float = 0.1  # one-sided: D's real target is 1 - this (Salimans et al., 2016)
     label_flip: float = 0.0  # probability of swapping real/fake targets per sample in D's loss (report 002)
-    diffaug: tuple[str, ...] = ()  # DiffAugment policy, e.g. ("translation", "cutout"); empty = off
+    diffaug: tuple[str, ...] = ("translation",)  # DiffAugment policy, e.g. ("translation", "cutout"); empty = off
     spectral_norm: bool = False  # spectral norm on D's conv layers
     ema_decay: float = 0.995  # EMA copy of G used for sampling; 0 = sample the raw G
     gp_weight: float = 10.0  # wgan-gp gradient penalty weight
