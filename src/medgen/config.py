@@ -256,6 +256,110 @@ class ClassifyConfig:
         _require(self.threads >= 0, "classify.threads", "must be >= 0 (0 = torch's default)")
 
 
+GAN_VARIANTS = ("cdcgan", "acgan", "wgan-gp")  # mirrors medgen.models.gan.VARIANTS (models import nothing of ours)
+
+
+DIFFAUG_POLICIES = ("brightness", "contrast", "translation", "cutout")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    section: ClassVar[str] = "generate"
+    variant: str = "cdcgan"  # used as-is when n_trials = 0; otherwise the first (enqueued) trial
+    variants: tuple[str, ...] = GAN_VARIANTS  # search space for the variant
+    latent_dim: int = 100
+    g_channels: int = 32  # G widths 4c/2c/c (DCGAN: 256/128/64 at c=64; 32 fits the CPU budget)
+    d_channels: int = 32  # D widths c/2c/4c
+    embed_dim: int = 16  # label embedding concatenated to z in G
+    batch_size: int = 32  # 546 images: 18 G steps per epoch
+    lr_g: float = 2e-4  # DCGAN paper defaults; the search draws around them
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    lr_min: float = 5e-5  # search range (log-uniform) for lr_g and lr_d
+    lr_max: float = 1e-3
+    beta1_min: float = 0.0  # search range for Adam beta1
+    beta1_max: float = 0.9
+    n_trials: int = 5
+    search_epochs: int = 20
+    epochs: int = 300
+    eval_every: int = 5  # epochs between quality checks (pruning during search; best-checkpoint in the final fit)
+    checkpoint_every: int = 50  # epochs between per-class sample grids of the final fit
+    label_smoothing: float = 0.1  # one-sided: D's real target is 1 - this (Salimans et al., 2016)
+    label_flip: float = 0.0  # probability of swapping real/fake targets per sample in D's loss (report 002)
+    diffaug: tuple[str, ...] = ("translation",)  # DiffAugment policy, e.g. ("translation", "cutout"); empty = off
+    spectral_norm: bool = False  # spectral norm on D's conv layers
+    ema_decay: float = 0.995  # EMA copy of G used for sampling; 0 = sample the raw G
+    gp_weight: float = 10.0  # wgan-gp gradient penalty weight
+    n_critic: int = 2  # wgan-gp critic steps per G step
+    samples_per_class: int = 2000
+    labels: tuple[int, ...] = ()  # classes to sample; empty = all
+    eval_samples: int = 0  # synthetic samples per quality check in the search; 0 = size of the val split
+    feature_epochs: int = 10  # fit of the metric feature net on real train images
+    feature_dim: int = 64
+    device: str = "auto"
+    checkpoint: str = "models/generate/generator.pt"
+    feature_checkpoint: str = "models/generate/features.pt"
+    samples_dir: str = "data/synthetic"  # samples land in <samples_dir>/<flag>/samples.npz
+    metrics: str = "metrics/generate.json"
+    plots_dir: str = "plots/generate"
+
+    def __post_init__(self) -> None:
+        k = "generate."
+        _require(self.variant in GAN_VARIANTS, k + "variant", f"must be one of {', '.join(GAN_VARIANTS)}, got {self.variant!r}")
+        bad = [v for v in self.variants if v not in GAN_VARIANTS]
+        _require(bool(self.variants) and not bad, k + "variants", f"must be a non-empty subset of {', '.join(GAN_VARIANTS)}, got {list(self.variants)}")
+        for name in ("latent_dim", "g_channels", "d_channels", "embed_dim", "batch_size", "epochs", "search_epochs",
+                     "eval_every", "checkpoint_every", "n_critic", "feature_epochs", "feature_dim"):
+            _require(getattr(self, name) >= 1, k + name, f"must be >= 1, got {getattr(self, name)}")
+        _require(self.samples_per_class >= 1, k + "samples_per_class", f"must be >= 1 (samples per class), got {self.samples_per_class}")
+        _require(self.n_trials >= 0, k + "n_trials", "must be >= 0 (0 = no search, use lr_g/lr_d/beta1/variant)")
+        _require(self.eval_samples >= 0, k + "eval_samples", "must be >= 0 (0 = size of the val split)")
+        for name in ("lr_g", "lr_d", "lr_min", "lr_max"):
+            _require(0 < getattr(self, name) < 1, k + name, f"must be in (0, 1), got {getattr(self, name)}")
+        _require(self.lr_min < self.lr_max, k + "lr_min", "must be below generate.lr_max")
+        for name in ("beta1", "beta1_min", "beta1_max"):
+            _require(0 <= getattr(self, name) < 1, k + name, f"must be in [0, 1), got {getattr(self, name)}")
+        _require(self.beta1_min <= self.beta1_max, k + "beta1_min", "must not exceed generate.beta1_max")
+        _require(0 <= self.label_smoothing < 0.5, k + "label_smoothing", "must be in [0, 0.5)")
+        _require(0 <= self.label_flip < 0.5, k + "label_flip", "must be in [0, 0.5)")
+        _require(0 <= self.ema_decay < 1, k + "ema_decay", "must be in [0, 1) (0 = no EMA)")
+        _require(self.gp_weight >= 0, k + "gp_weight", "must be >= 0")
+        unknown = [p for p in self.diffaug if p not in DIFFAUG_POLICIES]
+        _require(not unknown, k + "diffaug", f"unknown policy {unknown} (known: {', '.join(DIFFAUG_POLICIES)})")
+        negative = [c for c in self.labels if c < 0]
+        _require(not negative, k + "labels", f"class labels must be >= 0, got {list(self.labels)}")
+        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), k + "device",
+                 f"must be auto, cpu or cuda[:i], got {self.device!r}")
+
+
+AUGMENT_ARMS = ("baseline", "classic", "synthetic", "classic+synthetic")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Synthetic-augmentation study: arms retrained with classify's chosen hyper-parameters over seeds."""
+
+    section: ClassVar[str] = "augment"
+    arms: tuple[str, ...] = AUGMENT_ARMS  # `baseline` first; every other arm is compared with it seed by seed
+    seeds: int = 3  # seeds seed, seed+1, ... (the same for every arm: paired comparison)
+    ratio: float = 1.0  # share of each class's gap to the largest class filled with synthetic images
+    epochs: int = 0  # 0 = classify.epochs
+    checkpoint: str = "models/augment/best.pt"
+    metrics: str = "metrics/augment.json"
+    details: str = "metrics/augment_details.json"
+    plots_dir: str = "plots/augment"
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.arms if a not in AUGMENT_ARMS]
+        _require(not unknown, "augment.arms", f"unknown arm(s) {unknown} (known: {', '.join(AUGMENT_ARMS)})")
+        _require(len(self.arms) >= 2 and self.arms[0] == "baseline", "augment.arms", "must start with baseline and name one more arm")
+        _require(len(set(self.arms)) == len(self.arms), "augment.arms", "arms must be distinct")
+        _require(any("synthetic" in a for a in self.arms), "augment.arms", "name at least one synthetic arm")
+        _require(self.seeds >= 2, "augment.seeds", "must be >= 2 (the comparison is paired over seeds)")
+        _require(0.0 < self.ratio <= 1.0, "augment.ratio", "must be in (0, 1]")
+        _require(self.epochs >= 0, "augment.epochs", "must be >= 0 (0 = classify.epochs)")
+
+
 @dataclass(frozen=True)
 class Config:
     profile: str = "full"
@@ -265,6 +369,8 @@ class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     represent: RepresentConfig = field(default_factory=RepresentConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -68,6 +68,110 @@ def report_text(labels: np.ndarray, probs: np.ndarray, class_names: tuple[str, .
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and population std (ddof=0) of per-seed values; one seed gives std 0."""
+    """Mean and sample std (ddof=1: seeds are a sample of possible runs) of per-seed values; one seed gives std 0."""
     array = np.asarray(values, dtype=float)
-    return float(array.mean()), float(array.std())
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to features a (N, D) and b (M, D) (the FID formula).
+
+    ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)). Biased for small N: compare values only
+    between sample sets of the same sizes.
+    """
+    import warnings
+
+    from scipy import linalg
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    _check_features(a, b)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)  # fewer samples than dims: singular, handled below
+        covmean = linalg.sqrtm(cov_a @ cov_b)
+        if not np.isfinite(covmean).all():  # regularise as pytorch-fid does
+            eps = np.eye(len(cov_a)) * 1e-6
+            covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
+    covmean = covmean.real
+    value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    return max(value, 0.0)
+
+
+def kid(a: np.ndarray, b: np.ndarray, n_subsets: int = 50, subset_size: int = 100, seed: int = 0) -> float:
+    """Kernel Inception Distance (Bińkowski et al., 2018): unbiased MMD^2 with the kernel
+    (x.y / D + 1)^3, averaged over random subsets. Unbiased, so usable with small sample sets."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    _check_features(a, b)
+    rng = np.random.default_rng(seed)
+    m = min(subset_size, len(a), len(b))
+    dim = a.shape[1]
+    values = []
+    for _ in range(n_subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        kxx, kyy, kxy = ((x @ x.T) / dim + 1) ** 3, ((y @ y.T) / dim + 1) ** 3, ((x @ y.T) / dim + 1) ** 3
+        off = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        values.append(off - 2 * kxy.mean())
+    return float(np.mean(values))
+
+
+def c2st_accuracy(real: np.ndarray, synthetic: np.ndarray, seed: int = 0, folds: int = 5) -> float:
+    """Classifier two-sample test: held-out accuracy of a logistic regression telling real (N, D) from
+    synthetic (M, D) features, mean over stratified folds. 0.5 = indistinguishable, 1.0 = trivially told
+    apart. Classes are balanced by subsampling the larger set so 0.5 is the chance level."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    _check_features(np.asarray(real), np.asarray(synthetic))
+    rng = np.random.default_rng(seed)
+    n = min(len(real), len(synthetic))
+    if n < folds:
+        raise ValueError(f"c2st needs at least {folds} samples per side, got {n}")
+    x = np.concatenate([real[rng.choice(len(real), n, replace=False)], synthetic[rng.choice(len(synthetic), n, replace=False)]])
+    y = np.repeat([0, 1], n)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(model, x, y, cv=cv, scoring="accuracy").mean())
+
+
+def _check_features(a: np.ndarray, b: np.ndarray) -> None:
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"features must be (N, D) and (M, D), got {a.shape} and {b.shape}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need at least 2 samples per set, got {len(a)} and {len(b)}")
+
+
+def generation_quality(
+    train: tuple[np.ndarray, np.ndarray],
+    heldout: tuple[np.ndarray, np.ndarray],
+    synthetic: tuple[np.ndarray, np.ndarray],
+    c2st_synthetic: np.ndarray,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """FD/KID of synthetic vs train-real beside the held-out-real vs train-real yardstick, overall and
+    per class, plus C2ST (train-real vs `c2st_synthetic`). Each pair is (features (N, D), labels (N,));
+    `synthetic` should have the held-out set's class counts so the two FDs carry the same bias."""
+    (ref, ref_y), (held, held_y), (syn, syn_y) = train, heldout, synthetic
+    report: dict[str, Any] = {
+        "fd_real_vs_synth": frechet_distance(ref, syn),
+        "fd_real_vs_real": frechet_distance(ref, held),
+        "kid_real_vs_synth": kid(ref, syn, seed=seed),
+        "kid_real_vs_real": kid(ref, held, seed=seed),
+        "c2st_acc": c2st_accuracy(ref, c2st_synthetic, seed=seed),
+        "per_class": {},
+    }
+    for label in np.unique(ref_y):
+        r, h, s = ref[ref_y == label], held[held_y == label], syn[syn_y == label]
+        if min(len(h), len(s)) < 2:
+            continue
+        report["per_class"][str(int(label))] = {
+            "fd_real_vs_synth": frechet_distance(r, s),
+            "fd_real_vs_real": frechet_distance(r, h),
+            "kid_real_vs_synth": kid(r, s, seed=seed),
+            "kid_real_vs_real": kid(r, h, seed=seed),
+        }
+    report["fd_ratio"] = report["fd_real_vs_synth"] / max(report["fd_real_vs_real"], 1e-12)
+    return report

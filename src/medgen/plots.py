@@ -205,3 +205,23 @@ def roc_figure(curves: dict[str, dict[str, list[float]]]):
     ax.set_ylabel("true positive rate")
     ax.legend(fontsize=7, loc="lower right")
     return fig
+
+
+def gan_history(history: list[dict]):
+    """G and D loss per epoch (left) and the validation Fréchet distance at each check (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    left.plot(epochs, [row["loss_d"] for row in history], label="D")
+    left.plot(epochs, [row["loss_g"] for row in history], label="G")
+    left.set(xlabel="epoch", ylabel="loss", title="GAN losses")
+    left.legend()
+    checks = [row for row in history if "val_fd" in row]
+    right.plot([row["epoch"] for row in checks], [row["val_fd"] for row in checks], marker="o")
+    right.set(xlabel="epoch", ylabel="FD (feature net)", title="val-sized synthetic vs train real")
+    fig.tight_layout()
+    return fig

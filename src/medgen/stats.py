@@ -12,12 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0.0 for a single value)."""
-    array = np.asarray(values, dtype=float)
-    std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
-    return float(array.mean()), std
+from medgen.metrics import mean_std
 
 
 def paired_comparison(arm: Sequence[float], baseline: Sequence[float]) -> dict[str, float | bool]:

@@ -45,7 +45,7 @@ def test_multiclass_uses_macro_averages_and_perfect_scores_are_one():
     assert perfect["acc"] == perfect["auc"] == perfect["f1"] == 1.0
 
 
-def test_auc_is_nan_for_a_single_class_and_mean_std_is_population_std():
+def test_auc_is_nan_for_a_single_class_and_mean_std_is_sample_std():
     assert np.isnan(metrics.auc(np.zeros(3, dtype=int), np.full((3, 2), 0.5)))
-    assert metrics.mean_std([0.8, 0.9, 1.0]) == pytest.approx((0.9, np.std([0.8, 0.9, 1.0])))
+    assert metrics.mean_std([0.8, 0.9, 1.0]) == pytest.approx((0.9, np.std([0.8, 0.9, 1.0], ddof=1)))
     assert metrics.mean_std([0.5]) == (0.5, 0.0)

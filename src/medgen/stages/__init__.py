@@ -11,7 +11,7 @@ from typing import Any
 
 from medgen.errors import MedgenError
 
-STAGES: tuple[str, ...] = ("prepare", "represent", "classify", "export")
+STAGES: tuple[str, ...] = ("prepare", "represent", "classify", "generate", "augment", "export")
 
 
 def get(name: str) -> Callable[..., dict[str, Any]]:

@@ -1,0 +1,230 @@
+"""Stage `generate`: search, train and checkpoint a conditional GAN; sample the synthetic set; judge it.
+
+Inputs : data/prepared/<flag>.npz.
+Outputs: generate.feature_checkpoint (metric feature net, a small CNN trained on the real train split),
+         generate.checkpoint (the EMA generator, rebuilt by medgen.training.load_model),
+         <generate.samples_dir>/<flag>/samples.npz (samples_per_class per class), generate.metrics,
+         generate.plots_dir (loss curves, per-class sample grids per checkpoint, history.json).
+Search : Optuna over variant, lr_g, lr_d, beta1; objective = Fréchet distance (feature net space) between
+         the real train set and val-sized synthetic samples (val's class counts), pruned on its value
+         every eval_every epochs. The final fit keeps the EMA generator with the best such value.
+Metrics: FD/KID of synthetic vs train-real beside held-out real (val + test) vs train-real, per class and
+         overall, and C2ST accuracy. Test images only enter this report, never the selection.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import optuna
+import torch
+
+from medgen import data, metrics, plots, search, synthetic, tracking
+from medgen.config import Config, GenerateConfig
+from medgen.errors import ConfigError, MedgenError
+from medgen.gan_training import GanHyper, GanTrainer, extract_features, fit_feature_net, generator_kwargs
+from medgen.io import write_json
+from medgen.models.features import FeatureNet
+from medgen.training import pick_device, save_checkpoint, save_model, set_seed
+
+log = logging.getLogger(__name__)
+GRID_PER_CLASS = 16  # images per class in each checkpoint grid
+
+
+@dataclass
+class Real:
+    """The real data as the stage uses it: tensors in [-1, 1] and metric features of each set."""
+
+    dataset: data.Dataset
+    x: torch.Tensor  # train images (N, 1, 28, 28)
+    y: torch.Tensor  # train labels (N,)
+    net: FeatureNet
+    train_features: np.ndarray  # (N, feature_dim)
+    heldout: data.Split  # val + test, for the final report only
+    heldout_features: np.ndarray
+
+
+def samples_path(cfg: Config) -> Path:
+    return Path(cfg.generate.samples_dir) / cfg.data.flag / "samples.npz"
+
+
+def requested_labels(cfg: GenerateConfig, n_classes: int) -> list[int]:
+    """generate.labels, checked against the data's classes before any training; empty -> all classes."""
+    labels = list(cfg.labels) or list(range(n_classes))
+    bad = [c for c in labels if not 0 <= c < n_classes]
+    if bad:
+        raise ConfigError(f"generate.labels: {bad} out of range, the data has classes 0..{n_classes - 1}")
+    return labels
+
+
+def prepare_real(cfg: Config, dataset: data.Dataset, device: torch.device) -> Real:
+    x, y = data.to_tensors(dataset.train, str(device))
+    net = fit_feature_net(x, y, dataset.n_classes, cfg.generate, device)
+    save_checkpoint(cfg.generate.feature_checkpoint, net, config=asdict(cfg.generate) | {"n_classes": dataset.n_classes}, metrics={})
+    heldout = data.Split(
+        np.concatenate([dataset.val.images, dataset.test.images]), np.concatenate([dataset.val.labels, dataset.test.labels])
+    )
+    return Real(dataset, x, y, net, extract_features(net, x), heldout, extract_features(net, data.to_tensors(heldout)[0]))
+
+
+def val_fd(generator: torch.nn.Module, real: Real, n: int, seed: int) -> float:
+    """FD between train-real features and n synthetic samples with val's class proportions."""
+    val = real.dataset.val.labels
+    labels = val if n == len(val) else np.random.default_rng(seed).choice(val, n)
+    fake = synthetic.sample_like(generator, np.sort(labels), seed)
+    return metrics.frechet_distance(real.train_features, extract_features(real.net, data.to_tensors(fake)[0]))
+
+
+def hyper_from_trial(trial: optuna.Trial, cfg: GenerateConfig) -> GanHyper:
+    return GanHyper(
+        variant=trial.suggest_categorical("variant", list(cfg.variants)),
+        lr_g=trial.suggest_float("lr_g", cfg.lr_min, cfg.lr_max, log=True),
+        lr_d=trial.suggest_float("lr_d", cfg.lr_min, cfg.lr_max, log=True),
+        beta1=trial.suggest_float("beta1", cfg.beta1_min, cfg.beta1_max),
+    )
+
+
+def make_objective(cfg: Config, real: Real, device: torch.device):
+    gcfg, n_eval = cfg.generate, cfg.generate.eval_samples or len(real.dataset.val)
+
+    def objective(trial: optuna.Trial) -> float:
+        set_seed(cfg.seed)  # every trial starts from the same weights and batches: only hypers differ
+        trainer = GanTrainer(gcfg, hyper_from_trial(trial, gcfg), real.dataset.n_classes, device)
+        best = math.inf
+        for epoch in range(1, gcfg.search_epochs + 1):
+            losses = trainer.train_epoch(real.x, real.y)
+            if not math.isfinite(losses["loss_d"]):
+                raise optuna.TrialPruned()  # diverged: not a failure of the code, a bad region
+            if epoch % gcfg.eval_every and epoch != gcfg.search_epochs:
+                continue
+            fd = val_fd(trainer.sampler(), real, n_eval, cfg.seed)
+            mlflow.log_metrics({"val_fd": fd, "loss_d": losses["loss_d"], "loss_g": losses["loss_g"]}, step=epoch)
+            best = min(best, fd)
+            trial.report(fd, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return best
+
+    return objective
+
+
+def choose_hyper(cfg: Config, real: Real, device: torch.device, parent_run_id: str) -> tuple[GanHyper, dict[str, Any]]:
+    """Optuna search (resumable study `<flag>-generate`); n_trials = 0 takes the configured defaults."""
+    gcfg = cfg.generate
+    if gcfg.n_trials == 0:
+        return GanHyper.defaults(gcfg), {"n_trials": 0}
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, gcfg.search_epochs // 3))
+    study = search.open_study(cfg, "generate", direction="minimize", pruner=pruner)
+    if not study.trials and gcfg.variant in gcfg.variants:
+        # The DCGAN paper's settings are always among the candidates
+        study.enqueue_trial({"variant": gcfg.variant, "lr_g": gcfg.lr_g, "lr_d": gcfg.lr_d, "beta1": gcfg.beta1})
+    search.optimize(study, make_objective(cfg, real, device), gcfg.n_trials, parent_run_id=parent_run_id)
+    best = search.best_params(study)
+    states = [t.state.name for t in study.trials]
+    summary = {"n_trials": len(states), "n_pruned": states.count("PRUNED"), "best_val_fd": float(study.best_value)}
+    return GanHyper(best["variant"], best["lr_g"], best["lr_d"], best["beta1"]), summary
+
+
+def fit_final(cfg: Config, hyper: GanHyper, real: Real, device: torch.device) -> tuple[torch.nn.Module, list[dict], int]:
+    """Train the chosen GAN for generate.epochs; keep the EMA generator with the best val FD.
+
+    Returns the kept generator, the per-epoch history and the epoch it comes from.
+    """
+    gcfg, n_eval = cfg.generate, cfg.generate.eval_samples or len(real.dataset.val)
+    set_seed(cfg.seed)
+    trainer = GanTrainer(gcfg, hyper, real.dataset.n_classes, device)
+    history, best, best_state, best_epoch = [], math.inf, None, 0
+    for stale in Path(gcfg.plots_dir).glob("grid_epoch_*.png"):  # grids of an earlier, longer run
+        stale.unlink()
+    for epoch in range(1, gcfg.epochs + 1):
+        row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(real.x, real.y)}
+        if epoch % gcfg.eval_every == 0 or epoch == gcfg.epochs:
+            row["val_fd"] = val_fd(trainer.sampler(), real, n_eval, cfg.seed)
+            if row["val_fd"] < best:
+                best, best_epoch, best_state = row["val_fd"], epoch, copy.deepcopy(trainer.sampler().state_dict())
+        if epoch % gcfg.checkpoint_every == 0 or epoch == gcfg.epochs:
+            grid = checkpoint_grid(trainer.sampler(), real.dataset.n_classes, cfg.seed)
+            plots.save_png(grid, Path(gcfg.plots_dir) / f"grid_epoch_{epoch:04d}.png")
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}, step=epoch)
+        history.append(row)
+    if best_state is None:
+        raise MedgenError("generate: the GAN diverged (no finite val FD); lower generate.lr_g/lr_d or change variant")
+    generator = trainer.sampler()
+    generator.load_state_dict(best_state)
+    return generator.eval(), history, best_epoch
+
+
+def checkpoint_grid(generator: torch.nn.Module, n_classes: int, seed: int):
+    """One row block per class, the same z every checkpoint so the grids show training progress."""
+    split = synthetic.sample(generator, list(range(n_classes)), GRID_PER_CLASS, seed)
+    return plots.montage(split.images, columns=GRID_PER_CLASS)
+
+
+def evaluate(cfg: Config, generator: torch.nn.Module, real: Real) -> dict[str, Any]:
+    """FD/KID/C2ST of fresh synthetic sets (held-out's class counts; train's class counts for C2ST)."""
+    seed = cfg.seed + 1000  # not the seeds of the search's or the written samples' z
+    like_heldout = synthetic.sample_like(generator, real.heldout.labels, seed)
+    like_train = synthetic.sample_like(generator, real.dataset.train.labels, seed + 1000)
+    feats = lambda split: extract_features(real.net, data.to_tensors(split)[0])  # noqa: E731
+    return metrics.generation_quality(
+        (real.train_features, real.dataset.train.labels),
+        (real.heldout_features, real.heldout.labels),
+        (feats(like_heldout), like_heldout.labels),
+        feats(like_train),
+        seed=cfg.seed,
+    )
+
+
+def write_outputs(cfg: Config, generator: torch.nn.Module, history: list[dict]) -> list[Path]:
+    """Samples npz, per-class final grids, loss curves and history.json; returns the figure paths."""
+    gcfg = cfg.generate
+    labels = requested_labels(gcfg, generator.n_classes)
+    samples = synthetic.sample(generator, labels, gcfg.samples_per_class, cfg.seed)
+    synthetic.save_samples(samples, samples_path(cfg))
+    plots_dir = Path(gcfg.plots_dir)
+    figures = [plots.save_figure(plots.gan_history(history), plots_dir / "losses.png")]
+    write_json(plots_dir / "history.json", [{k: v for k, v in row.items() if v == v} for row in history])
+    for label in labels:
+        images = samples.images[samples.labels == label][:64]
+        figures.append(plots.save_png(plots.montage(images, columns=8), plots_dir / f"samples_class_{label}.png"))
+    return figures
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    set_seed(cfg.seed)
+    gcfg = cfg.generate
+    device = pick_device(gcfg.device)
+    with tracking.stage_run(cfg, "generate", params_sections=("generate",)) as stage:
+        dataset = data.load_prepared(cfg.data)
+        requested_labels(gcfg, dataset.n_classes)  # a bad label fails before any training
+        started = time.perf_counter()
+        real = prepare_real(cfg, dataset, device)
+        hyper, summary = choose_hyper(cfg, real, device, stage.info.run_id)
+        searched = time.perf_counter()
+        generator, history, best_epoch = fit_final(cfg, hyper, real, device)
+        trained = time.perf_counter()
+        report = evaluate(cfg, generator, real)
+        result = {"variant": hyper.variant, **report, "hyper": asdict(hyper), "search": summary, "best_epoch": best_epoch,
+                  "seconds": {"search": round(searched - started, 1), "train": round(trained - searched, 1)}}
+        extra = {"latent_dim": gcfg.latent_dim, "n_classes": dataset.n_classes, "class_names": list(dataset.class_names),
+                 "variant": hyper.variant, "lr_g": hyper.lr_g, "lr_d": hyper.lr_d, "beta1": hyper.beta1}
+        save_model(gcfg.checkpoint, generator, generator_kwargs(gcfg, dataset.n_classes),
+                   config=asdict(gcfg) | extra, metrics=tracking.numeric_metrics(report))
+        figures = write_outputs(cfg, generator, history)
+        result["seconds"]["total"] = round(time.perf_counter() - started, 1)
+        write_json(gcfg.metrics, result)
+        mlflow.log_params({f"chosen.{k}": v for k, v in asdict(hyper).items()})
+        mlflow.log_metrics(tracking.numeric_metrics(report))
+        tracking.log_files([*figures, *sorted(Path(gcfg.plots_dir).glob("grid_epoch_*.png"))], "plots")
+        tracking.log_files([Path(gcfg.checkpoint)], "model")
+        tracking.log_dict(result, "generate.json")
+    log.info("generate: %s fd %.3g (real %.3g) c2st %.3f", hyper.variant, report["fd_real_vs_synth"], report["fd_real_vs_real"], report["c2st_acc"])
+    return result
