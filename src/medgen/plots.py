@@ -44,8 +44,6 @@ def save_figure(fig, path: str | Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def arms_figure(per_arm: dict[str, dict[str, list[float]]]):
-    """One panel per metric: each arm's per-seed test values (dots) and mean ± std (bar)."""
 # --- represent -------------------------------------------------------------------------------------
 
 
@@ -56,19 +54,6 @@ def comparison_table(entries: dict, objective: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = list(per_arm)
-    metric_names = list(next(iter(per_arm.values())))
-    fig, axes = plt.subplots(1, len(metric_names), figsize=(4.5 * len(metric_names), 4), squeeze=False)
-    for ax, name in zip(axes[0], metric_names):
-        for i, arm in enumerate(arms):
-            values = np.asarray(per_arm[arm][name], dtype=float)
-            std = values.std(ddof=1) if len(values) > 1 else 0.0
-            ax.errorbar(i, values.mean(), yerr=std, fmt="s", capsize=6, color="C0")
-            ax.scatter(np.full(len(values), i + 0.15), values, s=14, color="C1", zorder=3)
-        ax.set_xticks(range(len(arms)), arms, rotation=20)
-        ax.set_title(f"test {name} (mean ± std over seeds)")
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     columns = ("latent_dim", "k", f"cv_{objective}", "val_acc", "test_acc", "test_balanced_acc", "test_auc")
     methods = list(entries)
     cells = [[_cell(entries[m].get(c)) for c in columns] for m in methods]
@@ -207,6 +192,9 @@ def roc_figure(curves: dict[str, dict[str, list[float]]]):
     return fig
 
 
+# --- generate
+
+
 def gan_history(history: list[dict]):
     """G and D loss per epoch (left) and the validation Fréchet distance at each check (right)."""
     import matplotlib
@@ -223,5 +211,31 @@ def gan_history(history: list[dict]):
     checks = [row for row in history if "val_fd" in row]
     right.plot([row["epoch"] for row in checks], [row["val_fd"] for row in checks], marker="o")
     right.set(xlabel="epoch", ylabel="FD (feature net)", title="val-sized synthetic vs train real")
+    fig.tight_layout()
+    return fig
+
+
+# --- augment
+
+
+def arms_figure(per_arm: dict[str, dict[str, list[float]]]):
+    """One panel per metric: each arm's per-seed test values (dots) and mean ± std (bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(per_arm)
+    metric_names = list(next(iter(per_arm.values())))
+    fig, axes = plt.subplots(1, len(metric_names), figsize=(4.5 * len(metric_names), 4), squeeze=False)
+    for ax, name in zip(axes[0], metric_names):
+        for i, arm in enumerate(arms):
+            values = np.asarray(per_arm[arm][name], dtype=float)
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            ax.errorbar(i, values.mean(), yerr=std, fmt="s", capsize=6, color="C0")
+            ax.scatter(np.full(len(values), i + 0.15), values, s=14, color="C1", zorder=3)
+        ax.set_xticks(range(len(arms)), arms, rotation=20)
+        ax.set_title(f"test {name} (mean ± std over seeds)")
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
