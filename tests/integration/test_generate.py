@@ -45,7 +45,7 @@ def test_generate_smoke_end_to_end(smoke_cfg, workdir):
     g, checkpoint = load_model(cfg.generate.checkpoint)
     assert checkpoint["config"]["latent_dim"] == g.latent_dim and checkpoint["config"]["n_classes"] == 2
     assert checkpoint["config"]["class_names"] == ["malignant", "normal, benign"]
-    out = g(torch.randn(3, g.latent_dim), torch.tensor([0, 1, 1]))
+    out = g(torch.randn(3, g.latent_dim), torch.tensor([0, 1, 1])).detach()
     assert out.shape == (3, 1, 28, 28) and float(out.abs().max()) <= 1.0
     plots_dir = Path(cfg.generate.plots_dir)
     assert (plots_dir / "losses.png").exists() and (plots_dir / "samples_class_1.png").exists()

@@ -53,7 +53,7 @@ def test_one_batch_fit_per_variant(variant):
     assert all(torch.isfinite(torch.tensor([l["loss_d"], l["loss_g"]])).all() for l in losses)
     assert any(not torch.equal(b, p) for b, p in zip(before, trainer.g.parameters()))
     # the EMA copy moved too, but lags behind the live generator
-    ema_diff = [float((e - p).abs().max()) for e, p in zip(trainer.ema.parameters(), trainer.g.parameters())]
+    ema_diff = [float((e - p).detach().abs().max()) for e, p in zip(trainer.ema.parameters(), trainer.g.parameters())]
     assert max(ema_diff) > 0
 
 
