@@ -35,14 +35,6 @@ def project(tmp_path, breastmnist_npz, mlflow_template):
     sh("git", "init", "-q", cwd=repo, env=env)
     sh("dvc", "init", "-q", cwd=repo, env=env)
     sh("dvc", "config", "core.analytics", "false", cwd=repo, env=env)
-    # `export` needs trained checkpoints; until the classify/generate stages are in dvc.yaml,
-    # stand-ins saved with save_model play them (remove this once those stages produce them).
-    from medgen.config import load_config
-    from tests.standins import save_classifier, save_generator
-
-    cfg = load_config(repo / "params.yaml")
-    save_classifier(repo / cfg.export.classifier_checkpoint)
-    save_generator(repo / cfg.export.generator_checkpoint)
     return repo, env
 
 
