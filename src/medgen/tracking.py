@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from medgen.config import Config, TrackingConfig
 
 PARENT_ENV = "MEDGEN_PARENT_RUN_ID"  # set by `medgen pipeline` / the Prefect flow for nesting
+_METRIC_NAME_BAD = re.compile(r"[^A-Za-z0-9_\-. :/]")  # MLflow metric names allow only these
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
@@ -153,7 +155,7 @@ def numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
     """Flatten nested metric dicts to `a.b.c` -> float, dropping non-numbers (for mlflow.log_metrics)."""
     flat: dict[str, float] = {}
     for key, value in metrics.items():
-        name = f"{prefix}{key}"
+        name = _METRIC_NAME_BAD.sub("_", f"{prefix}{key}")  # e.g. arm "classic+synthetic"
         if isinstance(value, dict):
             flat.update(numeric_metrics(value, prefix=f"{name}."))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -36,3 +36,10 @@ def test_identical_differences_give_nan_p_not_a_crash():
 def test_unpaired_lengths_are_rejected():
     with pytest.raises(ValueError, match="equal-length"):
         paired_comparison([0.1, 0.2, 0.3], [0.1, 0.2])
+
+
+def test_metric_names_are_made_mlflow_safe():
+    from medgen.tracking import numeric_metrics
+
+    flat = numeric_metrics({"arms": {"classic+synthetic": {"n_train": 798, "name": "x"}}, "ok": True})
+    assert flat == {"arms.classic_synthetic.n_train": 798.0}
