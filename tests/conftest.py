@@ -63,3 +63,14 @@ def smoke_cfg(workdir: Path, breastmnist_npz: Path):
         return load_config(workdir / "params.yaml", profile="smoke", overrides=[f"data.source={breastmnist_npz}", *overrides])
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one CPU thread for the test (on a busy 2-core machine 2 threads ran 5-10x slower)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

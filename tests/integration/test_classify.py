@@ -16,17 +16,11 @@ from medgen.models.classifier import TinyEncoder
 from medgen.stages import classify, prepare
 from medgen.training import load_model, save_model
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 KEYS = {"seeds", "test_acc_mean", "test_acc_std", "test_auc_mean", "test_auc_std", "test_balanced_acc_mean",
         "test_f1_mean", "test_precision_mean", "test_recall_mean"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -7,13 +7,7 @@ from medgen.models.autoencoders import METHODS, ConvEncoder, DenseEncoder, build
 from medgen.training import load_model, save_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: one thread avoids oversubscribing a shared CPU (several times faster there).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -8,12 +8,7 @@ from medgen.models.classifier import TinyEncoder, EncoderClassifier, ResNetClass
 from medgen.transforms import ClassicAugmentation
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("stem", ["standard", "pool", "cifar"])
