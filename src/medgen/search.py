@@ -1,28 +1,48 @@
 """Optuna plumbing shared by every searched stage: storage, study naming, resumption, MLflow nesting.
 
-Studies live in one storage URL ($MEDGEN_OPTUNA_STORAGE, else tracking.optuna_storage, else
-sqlite:///<store_dir>/optuna.db). Study name = `<flag>-<stage>[-<suffix>]`; re-running a stage loads
-the study and adds `n_trials` new trials. Trials whose worker died (stale heartbeat) are marked FAILED
-and re-queued once with the same parameters, so a killed run loses nothing.
+Same inputs, same outputs: a study's results are a function of what defines the search, never of the
+history of earlier runs.
+* Name = `<flag>-<stage>[-<suffix>]-<hash>`, the hash over everything that defines the search (the stage's
+  config section minus run-size keys, the seed, the prepared data's content, the device type). Change any
+  of them and a new study starts; change nothing and the stored one is resumed.
+* `n_trials` is the size a study must reach (finished = COMPLETE + PRUNED trials), not an increment: a
+  re-run with unchanged params runs no trial and reports the same best; more search = a bigger n_trials.
+* Trial i's sampler is seeded from (seed, i, worker): its parameters depend only on the trials before it,
+  so a study killed mid-way and resumed reaches the same trials as an uninterrupted one.
+* A trial left RUNNING by a dead process on this host (kill -9) is marked FAIL when the study is opened;
+  FAIL trials are ignored by the sampler and the pruner and not counted, so the killed point is re-drawn.
+  Trials of workers on other hosts are failed by Optuna's heartbeat and re-queued once with their params.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from medgen import tracking
 from medgen.config import Config, TrackingConfig
+from medgen.progress import Progress
 
+log = logging.getLogger(__name__)
 STORAGE_ENV = "MEDGEN_OPTUNA_STORAGE"
 # Several workers on one study: give each a distinct id (0, 1, ...) so their samplers differ; workers
-# that open the study at the same moment would otherwise draw the same seeded points.
+# that ask for a trial at the same moment would otherwise draw the same seeded points.
 WORKER_ENV = "MEDGEN_WORKER_ID"
+OWNER_ATTR = "owner"  # user attr: "<host>:<pid>:<process start time>" of the process running the trial
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Keys that size a run or name its files but do not change what a trial computes; never in the study hash.
+RUN_SIZE_KEYS = frozenset({"n_trials", "trials_classic", "trials_neural", "seeds", "metrics", "details", "plots_dir",
+                           "checkpoint", "feature_checkpoint", "encoder_checkpoint", "samples_dir", "device"})
 Objective = Callable[[optuna.Trial], float]
 
 
@@ -43,57 +63,173 @@ def worker_id() -> int:
     return int(raw)
 
 
-def study_name(flag: str, stage: str, suffix: str = "") -> str:
-    return f"{flag}-{stage}" + (f"-{suffix}" if suffix else "")
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (the prepared data's identity in a study hash)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def open_study(
-    cfg: Config,
-    stage: str,
-    direction: str = "maximize",
-    suffix: str = "",
-    pruner: optuna.pruners.BasePruner | None = None,
-) -> optuna.Study:
-    """Create or resume the study `<flag>-<stage>[-<suffix>]` in the configured storage."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = storage_url(cfg.tracking)
+def definition(cfg: Config, section: str, ignore: Iterable[str] = (), **extra: Any) -> dict[str, Any]:
+    """Everything that defines a stage's search: its config section (minus run-size keys and `ignore`),
+    the seed, the prepared data's sha256 and the device type; `extra` adds stage-specific items."""
+    from medgen.training import pick_device
+
+    skip = RUN_SIZE_KEYS | set(ignore)
+    section_cfg = getattr(cfg, section)
+    values = {k: v for k, v in asdict(section_cfg).items() if k not in skip}
+    device = pick_device(getattr(section_cfg, "device", "auto")).type
+    prepared = cfg.data.prepared_path
+    data = file_digest(prepared) if prepared.exists() else "missing"
+    return {"section": values, "seed": cfg.seed, "data": data, "size": cfg.data.size, "device": device, **extra}
+
+
+def definition_hash(spec: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def study_name(flag: str, stage: str, suffix: str = "", spec: dict[str, Any] | None = None) -> str:
+    parts = [flag, stage, *([suffix] if suffix else []), *([definition_hash(spec)] if spec is not None else [])]
+    return "-".join(parts)
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """TPE whose random state is re-seeded for every trial from (seed, trial index, worker).
+
+    The index is the number of finished trials when the trial starts, so trial i's draw depends only on
+    the finished trials before it: a resumed study repeats an uninterrupted one point for point.
+    """
+
+    def __init__(self, seed: int, worker: int = 0, n_startup_trials: int = 5) -> None:
+        self.seed, self.worker, self.n_startup_trials = seed, worker, n_startup_trials
+        self._inner = self._tpe(0)
+
+    def _tpe(self, index: int) -> optuna.samplers.TPESampler:
+        derived = (self.seed * 1_000_003 + index * 7_919 + self.worker * 1_000_000_007) % (2**32)
+        return optuna.samplers.TPESampler(seed=derived, n_startup_trials=self.n_startup_trials)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        index = len(study.get_trials(deepcopy=False, states=FINISHED))
+        self._inner = self._tpe(index)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:  # called by Optuna for n_jobs > 1; our seeds are per trial already
+        pass
+
+
+def _owner() -> str:
+    import psutil
+
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{psutil.Process(pid).create_time():.3f}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """True/False for an owner string of this host; None when it belongs to another host (or is garbled)."""
+    import psutil
+
+    host, _, rest = owner.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    try:
+        return f"{psutil.Process(int(pid_text)).create_time():.3f}" == started
+    except psutil.Error:
+        return False
+
+
+def fail_dead_trials(study: optuna.Study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose owning process on this host is gone; returns their numbers."""
+    dead = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get(OWNER_ATTR)
+        if isinstance(owner, str) and owner_alive(owner) is False:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            dead.append(trial.number)
+    if dead:
+        log.warning("study %s: trial(s) %s were left RUNNING by a killed process; marked FAIL", study.study_name, dead)
+    return dead
+
+
+def _storage(url: str) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(
+    return optuna.storages.RDBStorage(
         url,
         heartbeat_interval=60,
         grace_period=180,
         failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
         engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
     )
-    name = study_name(cfg.data.flag, stage, suffix)
-    # Seed the sampler with the number of trials already stored: a resumed study must not replay the
-    # random start-up points it already tried (that would duplicate trials). Worker k offsets by 10**6*k
-    # so parallel workers never share a seed.
-    try:
-        done = len(optuna.load_study(study_name=name, storage=storage).trials)
-    except KeyError:
-        done = 0
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed + done + 1_000_000 * worker_id(), n_startup_trials=5)
-    return optuna.create_study(
-        study_name=name,
+
+
+def open_study(
+    cfg: Config,
+    stage: str,
+    spec: dict[str, Any],
+    direction: str = "maximize",
+    suffix: str = "",
+    pruner: optuna.pruners.BasePruner | None = None,
+    fixed: Sequence[dict[str, Any]] = (),
+) -> optuna.Study:
+    """Create or resume the study `<flag>-<stage>[-<suffix>]-<hash of spec>` in the configured storage.
+
+    `spec` is what defines the search (see `definition`). `fixed` are parameter sets that are always the
+    first trials (e.g. a paper's defaults); they are queued again if a killed run lost them.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _storage(storage_url(cfg.tracking))
+    study = optuna.create_study(
+        study_name=study_name(cfg.data.flag, stage, suffix, spec),
         storage=storage,
         direction=direction,
-        sampler=sampler,
+        sampler=TrialSeededSampler(cfg.seed, worker_id()),
         pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
         load_if_exists=True,
     )
+    fail_dead_trials(study)
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    waiting = [t.params for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    for params in list(fixed)[finished:]:
+        if params not in waiting:
+            study.enqueue_trial(dict(params))
+    return study
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _claimed(study: optuna.Study) -> int:
+    """Finished trials plus those other workers are running now: what counts toward n_trials."""
+    return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
 
 
 def optimize(study: optuna.Study, objective: Objective, n_trials: int, parent_run_id: str) -> optuna.Study:
-    """Run `n_trials` new trials, each a nested MLflow run under `parent_run_id`.
+    """Run trials until the study holds `n_trials` finished (complete or pruned) ones, counting trials
+    other workers are running (several workers share one target; see `fail_dead_trials` for ghosts).
 
-    The trial's MLflow run id is stored as user attr `mlflow_run_id`; pruned trials are tagged
-    `optuna.state=PRUNED` and their run ends FINISHED (they are not failures).
+    Each trial is a nested MLflow run under `parent_run_id`; its run id is stored as user attr
+    `mlflow_run_id`; pruned trials are tagged `optuna.state=PRUNED` and their run ends FINISHED.
     """
     import mlflow
 
     def wrapped(trial: optuna.Trial) -> float:
+        trial.set_user_attr(OWNER_ATTR, _owner())
         pruned = False
         with tracking.child_run(parent_run_id, f"{study.study_name}-{trial.number}", {}) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -110,13 +246,32 @@ def optimize(study: optuna.Study, objective: Objective, n_trials: int, parent_ru
             raise optuna.TrialPruned()
         return value
 
-    logging.getLogger(__name__).info("study %s: %d stored, running %d more", study.study_name, len(study.trials), n_trials)
-    study.optimize(wrapped, n_trials=n_trials, gc_after_trial=True)
+    done = finished_trials(study)
+    log.info("study %s: %d of %d trials finished, running %d", study.study_name, done, n_trials, max(0, n_trials - done))
+    progress = Progress(n_trials, f"search {study.study_name}", start=done)
+    while _claimed(study) < n_trials:
+        study.optimize(wrapped, n_trials=1, gc_after_trial=True)
+        done = finished_trials(study)
+        last = study.trials[-1]
+        best = best_value(study)
+        progress.update(done, trial=last.number, state=last.state.name,
+                        value=last.value, best=best)
+    progress.close()
     return study
 
 
 def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def best_value(study: optuna.Study) -> float | None:
+    return float(study.best_value) if completed(study) else None
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    """Finished trials by state (FAIL trials of killed runs are not part of the result)."""
+    states = [t.state for t in study.get_trials(deepcopy=False, states=FINISHED)]
+    return {"trials": len(states), "complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED)}
 
 
 def best_params(study: optuna.Study) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""One Optuna worker process for test_scale_out: joins the shared study and runs n trials.
+"""One Optuna worker process for test_scale_out: joins the shared study and runs trials until it holds N_TRIALS.
 
     python optuna_worker.py PARAMS_YAML PARENT_RUN_ID N_TRIALS
 Storage and tracking come from the environment ($MEDGEN_OPTUNA_STORAGE, $MLFLOW_TRACKING_URI), as on a
@@ -25,5 +25,5 @@ def objective(trial: optuna.Trial) -> float:
 if __name__ == "__main__":
     params, parent_run_id, n_trials = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cfg = load_config(params)
-    study = search.open_study(cfg, "scale", suffix="workers")
+    study = search.open_study(cfg, "scale", {"test": "scale"}, suffix="workers")
     search.optimize(study, objective, n_trials=n_trials, parent_run_id=parent_run_id)

@@ -1,4 +1,10 @@
-"""Optuna plumbing: resumable studies, nested MLflow runs per trial, pruned trials tagged not failed."""
+"""Optuna plumbing: n_trials is a target, resumed (even killed) studies repeat an uninterrupted one,
+study names hash what defines the search, trials nest in MLflow, pruned trials are tagged not failed."""
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import mlflow
 import optuna
@@ -6,6 +12,8 @@ import pytest
 
 from medgen import search, tracking
 from medgen.config import build_config
+
+SPEC = {"section": {"lr_max": 0.1}, "seed": 42}
 
 
 @pytest.fixture
@@ -21,28 +29,99 @@ def objective(trial: optuna.Trial) -> float:
     return -((x - 0.01) ** 2) - k * 1e-3
 
 
-def test_study_resumes_and_nests_trials(cfg):
-    with tracking.stage_run(cfg, "unit") as parent:
-        study = search.open_study(cfg, "unit")
-        search.optimize(study, objective, n_trials=4, parent_run_id=parent.info.run_id)
-    assert len(study.trials) == 4
-    with tracking.stage_run(cfg, "unit") as parent2:
-        resumed = search.open_study(cfg, "unit")
-        assert resumed.study_name == "breastmnist-unit" and len(resumed.trials) == 4
-        search.optimize(resumed, objective, n_trials=3, parent_run_id=parent2.info.run_id)
-    trials = resumed.trials
-    assert len(trials) == 7 and len({t.number for t in trials}) == 7
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 7  # no replayed start-up points
+def points(study: optuna.Study) -> list[tuple]:
+    finished = study.get_trials(states=search.FINISHED)
+    return [(t.state.name, t.params["k"], round(t.params["lr"], 12)) for t in finished]
 
-    run_ids = [t.user_attrs["mlflow_run_id"] for t in trials]
+
+def run(cfg, n, spec=SPEC, stage="unit"):
+    with tracking.stage_run(cfg, stage) as parent:
+        study = search.open_study(cfg, stage, spec)
+        return search.optimize(study, objective, n_trials=n, parent_run_id=parent.info.run_id), parent.info.run_id
+
+
+def test_n_trials_is_a_target_and_growing_it_matches_a_fresh_study(cfg, workdir, monkeypatch):
+    first, parent = run(cfg, 4)
+    assert search.counts(first)["trials"] == 4
+    again, _ = run(cfg, 4)  # unchanged params: no new trial, same best
+    assert len(again.trials) == 4 and again.best_trial.params == first.best_trial.params
+    grown, parent2 = run(cfg, 7)
+    assert search.counts(grown)["trials"] == 7 and len({t.number for t in grown.trials}) == 7
+    assert len(set(points(grown))) == 7  # no replayed start-up point
+
+    monkeypatch.setenv(search.STORAGE_ENV, f"sqlite:///{workdir / 'fresh.db'}")
+    fresh, _ = run(cfg, 7)
+    assert points(fresh) == points(grown)  # 4 then 3 more == 7 at once
+
     client = mlflow.MlflowClient()
+    run_ids = [t.user_attrs["mlflow_run_id"] for t in grown.trials]
     parents = [client.get_run(r).data.tags["mlflow.parentRunId"] for r in run_ids]
-    assert parents == [parent.info.run_id] * 4 + [parent2.info.run_id] * 3
-    for trial, run_id in zip(trials, run_ids):
-        run = client.get_run(run_id)
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["optuna.state"] == trial.state.name
-        assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"])
+    assert parents == [parent] * 4 + [parent2] * 3
+    for trial, run_id in zip(grown.trials, run_ids):
+        mlflow_run = client.get_run(run_id)
+        assert mlflow_run.info.status == "FINISHED"
+        assert mlflow_run.data.tags["optuna.state"] == trial.state.name
+        assert float(mlflow_run.data.params["lr"]) == pytest.approx(trial.params["lr"])
+
+
+def test_study_name_hashes_the_search_definition(cfg):
+    name = search.study_name("breastmnist", "unit", "", SPEC)
+    assert name.startswith("breastmnist-unit-") and len(name.rsplit("-", 1)[1]) == 10
+    assert search.study_name("breastmnist", "unit", "", {**SPEC, "seed": 43}) != name
+    assert search.study_name("breastmnist", "unit", "", dict(reversed(list(SPEC.items())))) == name
+    full = search.definition(cfg, "classify")
+    assert "n_trials" not in full["section"] and "seeds" not in full["section"] and "lr_range" in full["section"]
+    assert search.definition(build_config({"classify": {"n_trials": 3}}), "classify") == full
+    assert search.definition(build_config({"classify": {"lr_range": [1e-4, 1e-2]}}), "classify") != full
+
+
+KILLED_WORKER = textwrap.dedent('''
+    import os, signal, sys, optuna
+    from medgen import search, tracking
+    from medgen.config import build_config
+    sys.path.insert(0, sys.argv[1])
+    from test_search import SPEC, objective
+    cfg = build_config({"tracking": {"store_dir": sys.argv[2]}})
+    calls = []
+    def dying(trial):
+        calls.append(1)
+        if len(calls) == 3:
+            trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of the third trial
+        return objective(trial)
+    with tracking.stage_run(cfg, "unit") as parent:
+        study = search.open_study(cfg, "unit", SPEC)
+        search.optimize(study, dying, n_trials=6, parent_run_id=parent.info.run_id)
+''')
+
+
+def test_a_killed_study_resumes_to_the_same_trials(cfg, workdir, monkeypatch):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", KILLED_WORKER, os.path.dirname(__file__), str(workdir / "mlruns")],
+                          env=env, cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr[-2000:]
+    storage = search.storage_url(cfg.tracking)
+    name = search.study_name("breastmnist", "unit", "", SPEC)
+    left = optuna.load_study(study_name=name, storage=storage).trials
+    assert [t.state.name for t in left][-1] == "RUNNING"  # the ghost the kill left behind
+
+    resumed, _ = run(cfg, 6)
+    states = [t.state.name for t in resumed.trials]
+    assert "RUNNING" not in states and states.count("FAIL") == 1
+    monkeypatch.setenv(search.STORAGE_ENV, f"sqlite:///{workdir / 'uninterrupted.db'}")
+    uninterrupted, _ = run(cfg, 6)
+    assert points(resumed) == points(uninterrupted)
+    assert resumed.best_trial.params == uninterrupted.best_trial.params
+
+
+def test_fixed_first_trials_are_queued_once(cfg):
+    fixed = [{"lr": 0.01, "k": 3}]
+    with tracking.stage_run(cfg, "unit") as parent:
+        study = search.open_study(cfg, "unit", SPEC, fixed=fixed)
+        search.optimize(study, objective, n_trials=2, parent_run_id=parent.info.run_id)
+        reopened = search.open_study(cfg, "unit", SPEC, fixed=fixed)
+    assert study.trials[0].params == fixed[0]
+    assert len(reopened.trials) == 2  # nothing queued again: the fixed trial already ran
 
 
 def test_best_params_requires_a_completed_trial(cfg):
@@ -53,7 +132,7 @@ def test_best_params_requires_a_completed_trial(cfg):
         raise optuna.TrialPruned()
 
     with tracking.stage_run(cfg, "unit") as parent:
-        study = search.open_study(cfg, "unit", suffix="pruned")
+        study = search.open_study(cfg, "unit", SPEC, suffix="pruned")
         search.optimize(study, always_pruned, n_trials=2, parent_run_id=parent.info.run_id)
     with pytest.raises(MedgenError, match="no completed trial"):
         search.best_params(study)

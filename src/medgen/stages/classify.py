@@ -25,8 +25,6 @@ Reusable API (the augment stage retrains with synthetic images through it):
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, replace
@@ -245,12 +243,10 @@ def _report(row: dict[str, float], trial: Any) -> None:
 
 
 # ---------------------------------------------------------------- search and seeds
-def _study_suffix(cfg: Config) -> str:
-    """Studies are per profile and per search-relevant settings, so an ablation never resumes another's trials."""
-    ignored = {"n_trials", "seeds", "checkpoint", "metrics", "details", "plots_dir", "encoder_checkpoint", "device"}
-    relevant = {k: v for k, v in asdict(cfg.classify).items() if k not in ignored}
-    digest = hashlib.sha1(json.dumps({"seed": cfg.seed, **relevant}, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"{cfg.profile}-{digest}"
+def study_spec(cfg: Config) -> dict[str, Any]:
+    """What defines the search: every classify setting except final seeds and paths (an ablation never
+    resumes another's trials)."""
+    return search.definition(cfg, "classify")
 
 
 def search_hparams(cfg: Config, dataset: data.Dataset, train: data.Split, device, parent_run_id: str) -> dict[str, Any]:
@@ -269,11 +265,10 @@ def search_hparams(cfg: Config, dataset: data.Dataset, train: data.Split, device
                                     epochs=c.search_epochs, trial=trial)
         return history["best_val_auc"]
 
-    study = search.open_study(cfg, "classify", "maximize", suffix=_study_suffix(cfg))
+    study = search.open_study(cfg, "classify", study_spec(cfg), "maximize")
     search.optimize(study, objective, c.n_trials, parent_run_id=parent_run_id)
-    states = [t.state.name for t in study.trials]
-    return {"hparams": {**base, **search.best_params(study)}, "trials": len(states), "complete": states.count("COMPLETE"),
-            "pruned": states.count("PRUNED"), "best_val_auc": float(study.best_value), "study": study.study_name}
+    return {"hparams": {**base, **search.best_params(study)}, **search.counts(study),
+            "best_val_auc": search.best_value(study), "study": study.study_name}
 
 
 def train_seeds(cfg: Config, dataset: data.Dataset, train: data.Split, hparams: dict, device, parent_run_id: str) -> list[dict]:

@@ -116,20 +116,27 @@ def make_objective(cfg: Config, real: Real, device: torch.device):
     return objective
 
 
+# The final fit, sampling and figures: they never enter a study.
+NOT_SEARCH = ("epochs", "checkpoint_every", "samples_per_class", "labels")
+
+
+def study_spec(cfg: Config) -> dict[str, Any]:
+    return search.definition(cfg, "generate", ignore=NOT_SEARCH)
+
+
 def choose_hyper(cfg: Config, real: Real, device: torch.device, parent_run_id: str) -> tuple[GanHyper, dict[str, Any]]:
     """Optuna search (resumable study `<flag>-generate`); n_trials = 0 takes the configured defaults."""
     gcfg = cfg.generate
     if gcfg.n_trials == 0:
         return GanHyper.defaults(gcfg), {"n_trials": 0}
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, gcfg.search_epochs // 3))
-    study = search.open_study(cfg, "generate", direction="minimize", pruner=pruner)
-    if not study.trials and gcfg.variant in gcfg.variants:
-        # The DCGAN paper's settings are always among the candidates
-        study.enqueue_trial({"variant": gcfg.variant, "lr_g": gcfg.lr_g, "lr_d": gcfg.lr_d, "beta1": gcfg.beta1})
+    # The DCGAN paper's settings are always the first candidate
+    fixed = [{"variant": gcfg.variant, "lr_g": gcfg.lr_g, "lr_d": gcfg.lr_d, "beta1": gcfg.beta1}] if gcfg.variant in gcfg.variants else []
+    study = search.open_study(cfg, "generate", study_spec(cfg), direction="minimize", pruner=pruner, fixed=fixed)
     search.optimize(study, make_objective(cfg, real, device), gcfg.n_trials, parent_run_id=parent_run_id)
     best = search.best_params(study)
-    states = [t.state.name for t in study.trials]
-    summary = {"n_trials": len(states), "n_pruned": states.count("PRUNED"), "best_val_fd": float(study.best_value)}
+    found = search.counts(study)
+    summary = {"n_trials": found["trials"], "n_pruned": found["pruned"], "best_val_fd": float(study.best_value)}
     return GanHyper(best["variant"], best["lr_g"], best["lr_d"], best["beta1"]), summary
 
 

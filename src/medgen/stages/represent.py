@@ -105,6 +105,15 @@ def fold_neighbours(z: np.ndarray, arrays: Arrays, k_max: int) -> list[np.ndarra
     return [latent.neighbour_labels(z[a], y[a], z[b], k_max) for a, b in arrays.folds]
 
 
+# Settings of the 2-D exploration VAE and its figures: they never enter a study.
+NOT_SEARCH = ("explore_method", "explore_epochs", "explore_lr", "grid_n", "grid_scale", "n_recon", "methods")
+
+
+def study_spec(cfg: Config, method: str) -> dict[str, Any]:
+    """What defines one method's study (the other methods and the exploration figures do not)."""
+    return search.definition(cfg, "represent", ignore=NOT_SEARCH, method=method)
+
+
 def search_classic(cfg: Config, method: str, arrays: Arrays, parent_id: str) -> optuna.Study:
     """PCA/Isomap: one fit per fold at latent_dim_max; every trial truncates it and slices its k."""
     rc = cfg.represent
@@ -125,7 +134,7 @@ def search_classic(cfg: Config, method: str, arrays: Arrays, parent_id: str) -> 
         mlflow.log_metrics(metrics)
         return metrics[f"cv_{rc.objective}"]
 
-    study = search.open_study(cfg, "represent", suffix=method)
+    study = search.open_study(cfg, "represent", study_spec(cfg, method), suffix=method)
     return search.optimize(study, objective, rc.trials_classic, parent_run_id=parent_id)
 
 
@@ -161,7 +170,7 @@ def search_neural(cfg: Config, method: str, arrays: Arrays, parent_id: str, devi
 
     pruner = optuna.pruners.PercentilePruner(rc.prune_percentile, n_startup_trials=rc.prune_startup_trials,
                                              n_warmup_steps=rc.prune_warmup_epochs)
-    study = search.open_study(cfg, "represent", suffix=method, pruner=pruner)
+    study = search.open_study(cfg, "represent", study_spec(cfg, method), suffix=method, pruner=pruner)
     return search.optimize(study, objective, rc.trials_neural, parent_run_id=parent_id)
 
 
@@ -194,9 +203,9 @@ def study_method(cfg: Config, method: str, arrays: Arrays, parent_id: str, devic
         study = search_neural(cfg, method, arrays, parent_id, device)
     params = search.best_params(study)
     z, model = refit(cfg, method, params, arrays, device)
-    states = [t.state for t in study.trials]
+    found = search.counts(study)
     entry = {**params, f"cv_{cfg.represent.objective}": float(study.best_value), **final_scores(z, arrays, params["k"]),
-             "trials": len(states), "pruned": states.count(optuna.trial.TrialState.PRUNED)}
+             "trials": found["trials"], "pruned": found["pruned"]}
     log.info("represent %s: %s", method, entry)
     return entry, model
 
