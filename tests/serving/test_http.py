@@ -4,6 +4,7 @@ onnxruntime outputs, every bad input is a 4xx with a JSON reason, and the servic
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,11 @@ import pytest
 from PIL import Image
 
 from serving import runtime
+from serving.contract import Contract
+from serving.settings import DEFAULTS
+
+GREY28 = Contract(1, 28)
+MAX_BODY = DEFAULTS["max_body_bytes"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +50,7 @@ def probs_of(response: httpx.Response) -> np.ndarray:
 def test_json_batch_equals_in_process(client, local, test_images):
     images, _ = test_images
     got = probs_of(client.post("/classify", json={"images": images[:64].tolist()}))
-    expected = runtime.classify_probs(local["classifier"], runtime.to_model_input(images[:64]))
+    expected = runtime.classify_probs(local["classifier"], runtime.to_model_input(images[:64, None]))
     assert got.shape == (64, 2)
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
     labels = [p["label"] for p in client.post("/classify", json={"images": images[:64].tolist()}).json()["predictions"]]
@@ -56,7 +62,7 @@ def test_image_upload_equals_in_process(client, local, test_images, size, fmt, m
     payload = png(test_images[0][5], size, fmt, mode)
     raw = client.post("/classify", content=payload, headers={"content-type": f"image/{fmt.lower()}"})
     form = client.post("/classify", files={"image": ("x", payload, f"image/{fmt.lower()}")})
-    expected = runtime.classify_probs(local["classifier"], runtime.to_model_input(runtime.decode_image(payload, 28)[None]))
+    expected = runtime.classify_probs(local["classifier"], runtime.to_model_input(GREY28.decode_image(payload, 10**6)[None]))
     np.testing.assert_allclose(probs_of(raw), expected, atol=1e-6, rtol=0)
     np.testing.assert_allclose(probs_of(form), expected, atol=1e-6, rtol=0)
     prediction = raw.json()["predictions"][0]
@@ -78,7 +84,7 @@ def test_npy_batch_equals_json_batch(client, test_images):
 def test_28px_png_is_the_dataset_image(test_images):
     """A 28x28 grey PNG round-trips exactly: the service sees what the model saw in training."""
     image = test_images[0][3]
-    assert np.array_equal(runtime.decode_image(png(image), 28), image)
+    assert np.array_equal(GREY28.decode_image(png(image), 10**6)[0], image)
 
 
 def test_concurrent_requests_are_batched_correctly(client, local, test_images):
@@ -87,7 +93,7 @@ def test_concurrent_requests_are_batched_correctly(client, local, test_images):
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(lambda im: client.post("/classify", json={"images": [im.tolist()]}), images))
     got = np.concatenate([probs_of(r) for r in responses])
-    np.testing.assert_allclose(got, runtime.classify_probs(local["classifier"], runtime.to_model_input(images)), atol=1e-6)
+    np.testing.assert_allclose(got, runtime.classify_probs(local["classifier"], runtime.to_model_input(images[:, None])), atol=1e-6)
 
 
 def _object_npy() -> bytes:
@@ -140,7 +146,7 @@ def test_bad_classify_input_is_4xx_then_service_still_serves(client, name, body,
 
 
 def test_upload_over_size_limit_is_413(client, test_images):
-    payload = png(test_images[0][0]) + bytes(runtime.MAX_UPLOAD_BYTES)  # a PNG padded past the limit
+    payload = png(test_images[0][0]) + bytes(MAX_BODY)  # a PNG padded past the limit
     response = client.post("/classify", content=payload, headers={"content-type": "image/png"})
     assert response.status_code == 413 and "limit" in response.json()["error"]
     chunks = (payload[i : i + 65536] for i in range(0, len(payload), 65536))  # chunked: no content-length
@@ -153,7 +159,7 @@ def test_decompression_bomb_is_refused(client):
     """A small PNG that decodes to 64 megapixels is refused from its header, before decoding."""
     buffer = io.BytesIO()
     Image.new("1", (8000, 8000)).save(buffer, format="PNG")
-    assert len(buffer.getvalue()) < runtime.MAX_UPLOAD_BYTES
+    assert len(buffer.getvalue()) < MAX_BODY
     response = client.post("/classify", content=buffer.getvalue(), headers={"content-type": "image/png"})
     assert response.status_code == 413 and "pixels" in response.json()["error"]
     assert client.post("/classify", json=GOOD).status_code == 200
@@ -188,7 +194,7 @@ def test_generate_is_deterministic_per_seed_and_equals_in_process(client, local)
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
     assert not np.array_equal(first, arrays(7, label=0))
-    assert np.array_equal(first, runtime.generate(local["generator"], 1, 9, 7))
+    assert np.array_equal(first, runtime.channels_last(runtime.generate(local["generator"], 1, 9, 7)))
 
 
 def test_generate_png_grid(client):
@@ -207,6 +213,6 @@ def test_metadata_and_health(client, export_dir):
     classifier = meta["models"]["classifier"]
     assert classifier["class_names"] == ["malignant", "normal, benign"]
     assert classifier["normalisation"]["range"] == [-1.0, 1.0]
-    assert classifier["sha256"] == runtime.hashlib.sha256((export_dir / "classifier.onnx").read_bytes()).hexdigest()
+    assert classifier["sha256"] == hashlib.sha256((export_dir / "classifier.onnx").read_bytes()).hexdigest()
     assert meta["models"]["generator"]["latent_dim"] == 16
     assert meta["input_spec"]["generate"]["n"] == "1..256"
