@@ -81,6 +81,7 @@ class MedGen:
         startup.check_or_exit()
 
     def __init__(self) -> None:
+        log.setLevel(logging.INFO)  # BentoML's handlers print it; refusals and first callers are rare lines
         # The deployment hook checked the same (and the bind rule) in the main process; a worker loads its own copy.
         self.settings, served = from_env(), runtime.load()
         self.served = served

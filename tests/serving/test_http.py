@@ -215,4 +215,8 @@ def test_metadata_and_health(client, export_dir):
     assert classifier["normalisation"]["range"] == [-1.0, 1.0]
     assert classifier["sha256"] == hashlib.sha256((export_dir / "classifier.onnx").read_bytes()).hexdigest()
     assert meta["models"]["generator"]["latent_dim"] == 16
+    proof = meta["manifest"]  # the manifest's hashes and commit, as verified at start
+    assert proof["files"]["classifier.onnx"] == classifier["sha256"] and proof["format"] == "medgen-export-manifest/1"
+    assert proof["code_commit"] and "params_sha256" in proof
+    assert meta["limits"]["max_json_depth"] == 8 and meta["limits"]["auth"] == "none"
     assert meta["input_spec"]["generate"]["n"] == "1..256"
