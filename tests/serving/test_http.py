@@ -124,6 +124,9 @@ BAD_CLASSIFY = [
     ("npy garbage", b"\x93NUMPY garbage", "application/x-npy", 400),
     ("npy float dtype", None, "application/x-npy", 422),
     ("npy pickled object", None, "application/x-npy", 400),
+    ("deep json", b"[" * 5000 + b"]" * 5000, "application/json", 400),  # a RecursionError 500 before the scan
+    ("deep json in images", b'{"images": ' + b"[" * 100 + b"0" + b"]" * 100 + b"}", "application/json", 400),
+    ("too many values", b'{"images": [' + b",".join([b"0"] * 1_300_000) + b"]}", "application/json", 413),
     ("multipart without file", b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--b--\r\n",
      "multipart/form-data; boundary=b", 400),
 ]
@@ -169,7 +172,7 @@ BAD_GENERATE = [
     ({"label": 2, "n": 4}, 422), ({"label": -1, "n": 4}, 422), ({"n": 4}, 422), ({"label": 0, "n": 0}, 422),
     ({"label": 0, "n": 257}, 422), ({"label": 0, "n": 2.5}, 422), ({"label": True, "n": 4}, 422),
     ({"label": 0, "n": 4, "seed": -3}, 422), ({"label": 0, "format": "gif"}, 422), ({"label": 0, "x": 1}, 422),
-    ([0, 4], 422), ("not json", 400),
+    ([0, 4], 422), ("not json", 400), ("[" * 3000 + "]" * 3000, 400),
 ]
 
 
