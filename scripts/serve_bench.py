@@ -71,19 +71,21 @@ def npy_bytes(images: np.ndarray) -> bytes:
 
 def start_server(model_dir: Path, batcher: str = "greedy", **extra: str) -> tuple[subprocess.Popen, str]:
     """`bentoml serve` on a free loopback port; `extra` MEDGEN_* settings (default: no rate limit, since every
-    client here shares one address)."""
+    client here shares one address, and 64 requests in flight: these benchmarks measure throughput and input
+    handling; scripts/serve_backpressure.py measures the limits at their defaults)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "MEDGEN_MODEL_DIR": str(model_dir), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
-           "MEDGEN_BATCHER": batcher, "MEDGEN_RATE_PER_S": "0", **extra}
+           "MEDGEN_BATCHER": batcher, "MEDGEN_RATE_PER_S": "0", "MEDGEN_MAX_INFLIGHT": "64", **extra}
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MedGen", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):  # at most ~90 s
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2):
+            # the http://127.0.0.1 URL of the server started above (hence the nosec)
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2):  # nosec B310
                 return process, url
         except OSError:
             if process.poll() is not None:

@@ -194,7 +194,7 @@ class ServeConfig:
     max_batch: int = 256  # images per /classify request, n per /generate
     rate_per_s: float = 50.0  # requests per second per caller (key, else client address); 0 = off
     rate_burst: int = 100  # token-bucket size
-    max_inflight: int = 32  # requests in progress per worker; more -> 503 + Retry-After at once
+    max_inflight: int = 8  # compute requests in progress per worker; more -> 503 + Retry-After at once
 
     def __post_init__(self) -> None:
         for key, low in (("max_body_bytes", 1024), ("max_json_depth", 5), ("max_json_elements", 1024),

@@ -34,11 +34,10 @@ def code_state() -> tuple[str, bool]:
     """(git commit of the working directory, whether tracked files differ from it); ("unknown", False) outside git."""
     try:
         # git from PATH with fixed arguments: nothing from a user reaches the command line
-        head = subprocess.run(["git", "rev-parse", "HEAD"],  # nosec B603 B607
-                              capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return "unknown", False
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],  # nosec B603 B607
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                 capture_output=True, text=True, timeout=30)
         return head.stdout.strip(), bool(status.stdout.strip())
     except (OSError, subprocess.TimeoutExpired):

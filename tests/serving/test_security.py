@@ -151,8 +151,8 @@ def test_medgen_serve_without_models_exits_within_30s_naming_the_file(tmp_path):
     missing = tmp_path / "no-export"
     env = {**serve_env(missing), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "medgen.cli", "serve", "-S", f"export.out_dir={missing}", "--port", "0"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    command = [sys.executable, "-m", "medgen.cli", "serve", "-S", f"export.out_dir={missing}", "--port", "0"]
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert_refused(out.returncode, out.stdout + out.stderr, time.monotonic() - t0, f"{missing}/manifest.json")
 
 
