@@ -223,3 +223,26 @@ def test_metadata_and_health(client, export_dir):
     assert proof["code_commit"] and "params_sha256" in proof
     assert meta["limits"]["max_json_depth"] == 8 and meta["limits"]["auth"] == "none"
     assert meta["input_spec"]["generate"]["n"] == "1..256"
+
+
+def test_model_card_json_and_markdown(export_dir, tmp_path):
+    """/model-card serves the card export wrote (listed in the manifest): JSON, or Markdown on request."""
+    import shutil
+
+    from medgen import manifest
+    from medgen.config import load_config
+    from tests.conftest import ROOT
+    from tests.serving.conftest import running
+
+    folder = tmp_path / "export"
+    shutil.copytree(export_dir, folder)
+    (folder / "model_card.json").write_text(json.dumps({"intended_use": "research only", "test_auc": 0.9}))
+    (folder / "model_card.md").write_text("# Model card\n\nResearch only.\n")
+    manifest.write(load_config(ROOT / "params.yaml"), folder)  # as export does: the card is listed, then served
+    with running(folder, tmp_path) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        card = c.get("/model-card")
+        assert card.status_code == 200 and card.json() == {"intended_use": "research only", "test_auc": 0.9}
+        markdown = c.get("/model-card", headers={"accept": "text/markdown"})
+        assert markdown.status_code == 200 and markdown.headers["content-type"].startswith("text/markdown")
+        assert markdown.text == "# Model card\n\nResearch only.\n"
+        assert "model_card.json" in c.get("/metadata").json()["manifest"]["files"]
