@@ -104,11 +104,18 @@ def _from_dir(folder: Path) -> Served:
 def _from_mlflow(name: str, alias: str) -> Model:
     """Download models:/<registry name>@<alias> (MLFLOW_TRACKING_URI); the ONNX file must match the sha256
     its metadata JSON records."""
-    import mlflow  # only on this path: the default export-dir path needs no MLflow
-
     registry = REGISTRY[name]
-    version = mlflow.MlflowClient().get_model_version_by_alias(registry, alias).version
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{registry}@{alias}"))
+    try:
+        import mlflow  # only on this path: the export-dir path (and the serve image) need no MLflow
+
+        version = mlflow.MlflowClient().get_model_version_by_alias(registry, alias).version
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{registry}@{alias}"))
+    except ImportError:
+        raise ModelError(f"{MODEL_SOURCE_ENV}=mlflow needs the mlflow package (the serve image has none: "
+                         "mount an export folder instead)") from None
+    except Exception as exc:  # MLflow raises its own types for a missing model, alias or server
+        raise ModelError(f"models:/{registry}@{alias}: not loadable from the MLflow registry "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
     (onnx_file,) = sorted(local.rglob("*.onnx"))[:1] or [local / "model.onnx"]
     meta_files = sorted(local.rglob(f"{name}.json"))
     meta = meta_files[0].read_bytes() if meta_files else None
@@ -130,7 +137,18 @@ def load(model_dir: str | None = None, source: str | None = None) -> Served:
         return Served({name: _from_mlflow(name, alias) for name in REGISTRY}, None)
     if source != "dir":
         raise ModelError(f"{MODEL_SOURCE_ENV}={source!r}: expected dir or mlflow")
-    return _from_dir(Path(model_dir or os.environ.get(MODEL_DIR_ENV, DEFAULT_MODEL_DIR)))
+    return _from_dir(model_folder(model_dir or os.environ.get(MODEL_DIR_ENV, DEFAULT_MODEL_DIR)))
+
+
+def model_folder(given: str) -> Path:
+    """The export folder: a relative path is taken from the working directory, else from the source root
+    that holds serving/ (a bento runs from its own folder while its files sit in src/)."""
+    folder = Path(given)
+    if not folder.is_absolute() and not folder.exists():
+        beside = Path(__file__).resolve().parents[1] / folder
+        if beside.exists():
+            return beside
+    return folder
 
 
 def load_models(model_dir: str | None = None, source: str | None = None) -> dict[str, Model]:

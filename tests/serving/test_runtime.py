@@ -69,3 +69,14 @@ def test_generated_images_respect_the_label():
         images = runtime.generate(models["generator"], label, 128, seed=label)
         predicted = runtime.classify_probs(models["classifier"], runtime.to_model_input(images)).argmax(1)
         assert np.mean(predicted == label) >= 0.6, f"label {label}: {np.mean(predicted == label):.2f} classified as asked"
+
+
+def test_registry_source_without_a_champion_is_one_line(mlflow_template, tmp_path, monkeypatch):
+    """MEDGEN_MODEL_SOURCE=mlflow with nothing registered: a ModelError naming the model, not a traceback."""
+    import shutil
+
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(ModelError, match="models:/medgen-classifier@champion: not loadable") as refused:
+        runtime.load(source="mlflow")
+    assert "\n" not in str(refused.value)
