@@ -18,9 +18,9 @@ import numpy as np
 class BadInput(ValueError):
     """A client error: becomes an HTTP 4xx with {"error": reason}."""
 
-    def __init__(self, reason: str, status: int = 400) -> None:
+    def __init__(self, reason: str, status: int = 400, headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
-        self.reason, self.status = reason, status
+        self.reason, self.status, self.headers = reason, status, headers or {}
 
 
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")

@@ -9,7 +9,9 @@ Each refusal costs microseconds and answers at once with a Retry-After, so a sat
   (8 hex digits of its sha256), never by value.
 - Fair use: one token bucket per caller (key id, or client address when anonymous), `rate_per_s` tokens a
   second up to `rate_burst`. Buckets are per worker: with W workers a caller gets up to W x the rate.
-- Back-pressure: at most `max_inflight` requests of the compute endpoints are admitted at once per worker.
+- Back-pressure: at most `max_inflight` requests of the compute endpoints parse and compute at once per worker.
+  A request is refused at once (before its body is read) when the slots are full, and takes a slot only once
+  its body has arrived: a slow upload never holds one.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from serving.bounded import BadInput
 from serving.settings import Settings, key_id
 
 log = logging.getLogger("medgen.serving")
@@ -56,7 +61,7 @@ class TokenBucket:
 
 
 class Guard:
-    """The per-worker gate; `check()` returns a Refusal or admits (then `release()` once done)."""
+    """The per-worker gate: `check()` refuses or admits a request; `slot()` bounds the work in progress."""
 
     def __init__(self, settings: Settings, clock=time.monotonic) -> None:
         self.settings, self.clock = settings, clock
@@ -92,7 +97,7 @@ class Guard:
         return bucket
 
     def check(self, authorization: str | None, client: str, compute: bool) -> tuple[str, Refusal | None]:
-        """(caller, refusal or None). On None the request is admitted; `compute` ones hold an in-flight slot."""
+        """(caller, refusal or None); a `compute` request is also refused while every slot is taken."""
         caller = self.caller(authorization, client)
         if isinstance(caller, Refusal):
             return self._refuse(f"addr:{client}", caller)
@@ -102,19 +107,29 @@ class Guard:
                 return self._refuse(caller, Refusal(429, f"rate limit: {self.settings.rate_per_s:g} requests/s, "
                                                          f"bursts of {self.settings.rate_burst} (per caller)",
                                                     {"Retry-After": str(max(1, math.ceil(wait)))}))
-        if compute:
-            if self.inflight >= self.settings.max_inflight:
-                return self._refuse(caller, Refusal(503, f"service saturated ({self.inflight} requests in progress): "
-                                                         "retry later", {"Retry-After": "1"}))
-            self.inflight += 1
+        if compute and self.inflight >= self.settings.max_inflight:
+            return self._refuse(caller, self._saturated())
         self.counts["admitted"] += 1
         if caller not in self._seen and len(self._seen) < MAX_CALLERS:
             self._seen.add(caller)
             log.info("first request from %s", caller)
         return caller, None
 
-    def release(self) -> None:
-        self.inflight -= 1
+    def _saturated(self) -> Refusal:
+        return Refusal(503, f"service saturated ({self.inflight} requests in progress): retry later",
+                       {"Retry-After": "1"})
+
+    @contextmanager
+    def slot(self, caller: str) -> Iterator[None]:
+        """Hold one of the `max_inflight` slots while parsing and computing; BadInput 503 when none is free."""
+        if self.inflight >= self.settings.max_inflight:
+            _, refusal = self._refuse(caller, self._saturated())
+            raise BadInput(refusal.reason, refusal.status, refusal.headers)
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
 
     def _refuse(self, caller: str, refusal: Refusal) -> tuple[str, Refusal]:
         self.counts[str(refusal.status)] += 1

@@ -44,14 +44,14 @@ NPY_TYPE = "application/x-npy"  # numpy.save bytes of uint8 (N, C, S, S) / (N, S
 GENERATE_BODY_BYTES = 64 * 1024
 
 
-def error(exc: BadInput, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": exc.reason, "status": exc.status}, status_code=exc.status, headers=headers)
+def error(exc: BadInput) -> JSONResponse:
+    return JSONResponse({"error": exc.reason, "status": exc.status}, status_code=exc.status, headers=exc.headers)
 
 
 @app.exception_handler(HTTPException)
 async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
     """Unknown paths and methods answer in the same {"error": ...} shape as every other refusal."""
-    return error(BadInput(str(exc.detail), exc.status_code), headers=getattr(exc, "headers", None))
+    return error(BadInput(str(exc.detail), exc.status_code, getattr(exc, "headers", None)))
 
 
 async def multipart_file(request: Request, body: bytes) -> bytes:
@@ -112,26 +112,22 @@ class MedGen:
         probs = runtime.classify_probs(self.classifier, runtime.to_model_input(np.concatenate(batches)))
         return np.split(probs, np.cumsum([len(b) for b in batches])[:-1])
 
-    async def _guarded(self, request: Request, handler: Callable[[Request], Awaitable[Response]],
+    async def _guarded(self, request: Request, handler: Callable[[Request, str], Awaitable[Response]],
                        compute: bool = True) -> Response:
-        """Key, rate and in-flight checks before the body is read; BadInput -> its 4xx."""
+        """Key, rate and saturation checks before the body is read; BadInput -> its 4xx."""
         client = request.client.host if request.client else "unknown"
-        _, refusal = self.guard.check(request.headers.get("authorization"), client, compute)
+        caller, refusal = self.guard.check(request.headers.get("authorization"), client, compute)
         if refusal is not None:
-            return error(BadInput(refusal.reason, refusal.status), headers=refusal.headers)
+            return error(BadInput(refusal.reason, refusal.status, refusal.headers))
         try:
-            return await handler(request)
+            return await handler(request, caller)
         except BadInput as exc:
             return error(exc)
-        finally:
-            if compute:
-                self.guard.release()
 
-    async def _images(self, request: Request) -> np.ndarray:
+    async def _images(self, request: Request, body: bytes) -> np.ndarray:
         """uint8 (N, C, S, S) from a PNG/JPEG (raw or multipart), a JSON batch or an .npy batch."""
         s, contract = self.settings, self.classifier.contract
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = await read_body(request.stream(), request.headers.get("content-length"), s.max_body_bytes)
         if media in JSON_TYPES:
             decoded = await run_in_threadpool(parse_json, body, s.max_json_depth, s.max_json_elements)
             return await run_in_threadpool(inputs.array_batch, decoded, contract, s.max_batch)
@@ -141,19 +137,22 @@ class MedGen:
             body = await multipart_file(request, body)
         return (await run_in_threadpool(contract.decode_image, body, s.max_image_pixels))[None]
 
-    async def _classify(self, request: Request) -> Response:
-        probs = await self.classify_batched(await self._images(request))
+    async def _classify(self, request: Request, caller: str) -> Response:
+        body = await read_body(request.stream(), request.headers.get("content-length"), self.settings.max_body_bytes)
+        with self.guard.slot(caller):  # the body has arrived: parsing and inference hold a slot
+            probs = await self.classify_batched(await self._images(request, body))
         return JSONResponse({"predictions": runtime.predictions(self.classifier, probs),
                              "class_names": self.classifier.metadata["class_names"],
                              "model_version": self.classifier.version})
 
-    async def _generate(self, request: Request) -> Response:
+    async def _generate(self, request: Request, caller: str) -> Response:
         s = self.settings
         body = parse_json(await read_body(request.stream(), request.headers.get("content-length"), GENERATE_BODY_BYTES),
                           s.max_json_depth, s.max_json_elements)
         label, n, seed, fmt = inputs.generate_args(body, int(self.generator.metadata["n_classes"]), s.max_batch)
         seed = secrets.randbits(63) if seed is None else seed
-        images = await run_in_threadpool(runtime.generate, self.generator, label, n, seed)
+        with self.guard.slot(caller):
+            images = await run_in_threadpool(runtime.generate, self.generator, label, n, seed)
         contract = self.generator.contract
         out: dict[str, Any] = {"label": label, "class_name": self.generator.metadata["class_names"][label], "n": n,
                                "seed": seed, "format": fmt, "channels": contract.channels, "size": contract.size,
@@ -164,7 +163,7 @@ class MedGen:
             out["images"] = runtime.channels_last(images).tolist()
         return JSONResponse(out)
 
-    async def _metadata(self, _: Request) -> Response:
+    async def _metadata(self, _: Request, __: str) -> Response:
         s, classifier = self.settings, self.classifier
         return JSONResponse({
             "models": {name: model.info() for name, model in self.served.models.items()},
@@ -178,7 +177,7 @@ class MedGen:
             "limits": s.public(),
         })
 
-    async def _model_card(self, request: Request) -> Response:
+    async def _model_card(self, request: Request, _: str) -> Response:
         card = self.served.card
         wants_md = "text/markdown" in request.headers.get("accept", "")
         if wants_md and "md" in card:

@@ -148,11 +148,15 @@ def test_token_bucket_and_guard_order():
     assert wrong.status == 401 and 'error="invalid_token"' in wrong.headers["WWW-Authenticate"]
     caller, admitted = guard.check(f"Bearer {KEY}", "1.2.3.4", True)
     assert admitted is None and caller == f"key:{key_id(KEY)}"
-    busy = guard.check(f"bearer {KEY}", "5.6.7.8", True)[1]  # the one in-flight slot is taken
-    assert busy.status == 503 and busy.headers["Retry-After"] == "1"
-    guard.release()
+    with guard.slot(caller):  # the one in-flight slot is taken: a new compute request is refused at once
+        busy = guard.check(f"bearer {KEY}", "5.6.7.8", True)[1]
+        assert busy.status == 503 and busy.headers["Retry-After"] == "1"
+        with pytest.raises(BadInput) as no_slot, guard.slot(caller):
+            pass
+        assert no_slot.value.status == 503 and no_slot.value.headers["Retry-After"] == "1"
+    assert guard.inflight == 0
     limited = guard.check(f"Bearer {KEY}", "1.2.3.4", False)[1]  # burst of 2 spent (the 503 took a token)
     assert limited.status == 429 and limited.headers["Retry-After"] == "1"
     now[0] = 1.0
     assert guard.check(f"Bearer {KEY}", "1.2.3.4", False)[1] is None
-    assert guard.counts == {"admitted": 2, "401": 2, "429": 1, "503": 1}
+    assert guard.counts == {"admitted": 2, "401": 2, "429": 1, "503": 2}
