@@ -13,7 +13,7 @@ whose defaults a test keeps equal to DEFAULTS here). A bad value stops the servi
 | MEDGEN_MAX_BATCH | 256 | images per /classify request and n per /generate |
 | MEDGEN_RATE_PER_S | 50 | requests per second per caller (API key, else client address); 0 = off |
 | MEDGEN_RATE_BURST | 100 | token-bucket size: requests a caller may send at once |
-| MEDGEN_MAX_INFLIGHT | 8 | requests admitted at once per worker; more are refused with 503 at once |
+| MEDGEN_MAX_INFLIGHT | 8 | requests parsing/computing at once per worker; while all are busy, 503 at once |
 | MEDGEN_API_KEYS / MEDGEN_API_KEYS_FILE | unset | Bearer keys (comma-separated / one a line); unset = anonymous |
 | MEDGEN_ALLOW_ANONYMOUS | 0 | 1 = serve without keys on a non-loopback address |
 """
