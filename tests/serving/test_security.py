@@ -66,13 +66,15 @@ def test_probes_stay_open(keyed):
 
 
 def test_burst_over_the_rate_limit_gets_429_with_retry_after(keyed):
-    """30 requests at once with one key: the bucket (10, 2/s) admits about 10; the rest are 429 with a
-    Retry-After, another key is unaffected and the service stays healthy."""
+    """30 requests at once with one key: the bucket (10 tokens, 2/s) admits its 10 plus what refills while
+    the burst lasts; the rest are 429 with a Retry-After, another key is unaffected, the service stays healthy."""
+    t0 = time.monotonic()
     with ThreadPoolExecutor(10) as pool:
         statuses = list(pool.map(lambda _: call(keyed.url, "POST", "/classify", GOOD, KEY_A), range(30)))
+    elapsed = time.monotonic() - t0
     codes = [r.status_code for r in statuses]
     assert set(codes) <= {200, 429}, codes
-    assert 8 <= codes.count(200) <= 14 and codes.count(429) >= 16, codes
+    assert 10 <= codes.count(200) <= 10 + 2 * elapsed + 1 and codes.count(429) >= 1, (codes, elapsed)
     for response in statuses:
         if response.status_code == 429:
             assert int(response.headers["Retry-After"]) >= 1 and "rate limit" in response.json()["error"]
