@@ -11,7 +11,7 @@ ifneq ($(SHARED_NPZ),)
 export MEDGEN_DATA_SOURCE ?= $(SHARED_NPZ)
 endif
 
-.PHONY: setup test run lock ui serve bench-serve load-serve
+.PHONY: setup test run lock ui serve bench-serve load-serve bench-backpressure container-check security-scan
 
 setup:  ## fresh virtual environment with every pinned version, then medgen itself (editable)
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,13 @@ bench-serve:  ## /classify p50/p99 + throughput at concurrency 1/8/32 vs in-proc
 
 load-serve:  ## 60 s of mixed good and bad requests; fails on any 5xx/unexpected status -> reports/serve_load.json
 	$(BIN)/python scripts/serve_bench.py load --seconds 60
+
+bench-backpressure:  ## keys + rate limit + in-flight bound at concurrency 32/128 vs unloaded -> reports/serve_backpressure.json
+	$(BIN)/python scripts/serve_backpressure.py
+
+container-check:  ## build the serve image (podman or docker), run it as docs/serving.md prints, check it end to end
+	$(BIN)/python scripts/container_check.py
+
+security-scan:  ## secret scan (detect-secrets vs the committed .secrets.baseline) + bandit (medium and high severity)
+	git ls-files -z | xargs -0 $(BIN)/detect-secrets-hook --baseline .secrets.baseline
+	$(BIN)/bandit -q -r src serving scripts flows --severity-level medium

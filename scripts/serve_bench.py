@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
 from serving import runtime  # noqa: E402  (after the path set-up above)
+from serving.settings import DEFAULTS  # noqa: E402
 
 
 def real_images(n: int) -> np.ndarray:
@@ -53,25 +54,38 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def bomb_png() -> bytes:
+    """A 1-bit 8000x8000 PNG: a few kB that would decode to 64 megapixels."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def npy_bytes(images: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, images)
     return buffer.getvalue()
 
 
-def start_server(model_dir: Path, batcher: str = "greedy") -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: Path, batcher: str = "greedy", **extra: str) -> tuple[subprocess.Popen, str]:
+    """`bentoml serve` on a free loopback port; `extra` MEDGEN_* settings (default: no rate limit, since every
+    client here shares one address, and 64 requests in flight: these benchmarks measure throughput and input
+    handling; scripts/serve_backpressure.py measures the limits at their defaults)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "MEDGEN_MODEL_DIR": str(model_dir), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
-           "MEDGEN_BATCHER": batcher}
+           "MEDGEN_BATCHER": batcher, "MEDGEN_RATE_PER_S": "0", "MEDGEN_MAX_INFLIGHT": "64", **extra}
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MedGen", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):  # at most ~90 s
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2):
+            # the http://127.0.0.1 URL of the server started above (hence the nosec)
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2):  # nosec B310
                 return process, url
         except OSError:
             if process.poll() is not None:
@@ -102,7 +116,8 @@ def in_process(model_dir: Path, payloads: list[bytes], batch: int, max_s: float)
     latencies, start, i = [], time.perf_counter(), 0
     while i < len(payloads) and time.perf_counter() - start < max_s:
         t0 = time.perf_counter()
-        images = np.stack([runtime.decode_image(p, 28) for p in payloads[i : i + batch]])
+        chunk = payloads[i : i + batch]
+        images = np.stack([model.contract.decode_image(p, DEFAULTS["max_image_pixels"]) for p in chunk])
         runtime.classify_probs(model, runtime.to_model_input(images))
         latencies.append(time.perf_counter() - t0)
         i += batch
@@ -151,7 +166,7 @@ def in_process_arrays(model_dir: Path, images: np.ndarray, batch: int, max_s: fl
         if time.perf_counter() - start > max_s:
             break
         t0 = time.perf_counter()
-        runtime.classify_probs(model, runtime.to_model_input(images[i : i + batch]))
+        runtime.classify_probs(model, runtime.to_model_input(images[i : i + batch, None]))
         latencies.append(time.perf_counter() - t0)
     return summary(latencies, time.perf_counter() - start, batch)
 
@@ -214,7 +229,9 @@ def load_mix(images: np.ndarray) -> list[tuple[str, bytes, str, int]]:
         ("/classify", b'{"images": [[1, 2', "application/json", 4),
         ("/classify", json.dumps({"images": [[[0] * 27] * 28]}).encode(), "application/json", 4),
         ("/classify", b'{"images": [[' + b",".join([b"NaN"] * 28) + b"]]}", "application/json", 4),
-        ("/classify", good_png + bytes(runtime.MAX_UPLOAD_BYTES), "image/png", 4),
+        ("/classify", good_png + bytes(DEFAULTS["max_body_bytes"]), "image/png", 4),
+        ("/classify", b"[" * 100_000 + b"]" * 100_000, "application/json", 4),  # deep nesting: 400 before decoding
+        ("/classify", bomb_png(), "image/png", 4),  # 64 megapixels in a few kB: 413 from the header
         ("/generate", json.dumps({"label": 1, "n": 16, "seed": 3}).encode(), "application/json", 2),
         ("/generate", json.dumps({"label": 9, "n": 4}).encode(), "application/json", 4),
         ("/generate", json.dumps({"label": 0, "n": 1000}).encode(), "application/json", 4),

@@ -1,71 +1,57 @@
 """medgen inference service: BentoML 1.4 over onnxruntime (no torch, no pickle at serve time).
 
 Start it (from the repository root, after `medgen stage export`):
-    bentoml serve serving.service:MedGen --host 127.0.0.1 --port 3000
-Models come from $MEDGEN_MODEL_DIR (default models/export) or, with MEDGEN_MODEL_SOURCE=mlflow, from the
-registry alias models:/medgen-{classifier,generator}@champion ($MEDGEN_MODEL_ALIAS, $MLFLOW_TRACKING_URI).
+    bentoml serve serving.service:MedGen --host 127.0.0.1 --port 3000      (or `medgen serve`)
+Models come from $MEDGEN_MODEL_DIR (default models/export; every file checked against its manifest.json
+before the service listens) or, with MEDGEN_MODEL_SOURCE=mlflow, from the registry alias
+models:/medgen-{classifier,generator}@champion ($MEDGEN_MODEL_ALIAS, $MLFLOW_TRACKING_URI).
+Settings (limits, keys, rates) are environment variables: serving/settings.py lists them.
 
-Endpoints: POST /classify, POST /generate, GET /metadata, GET /healthz (BentoML's liveness probe, which
-calls __is_alive__). Routes are a FastAPI app mounted on the service so that every body is parsed and
-validated here: a bad request is a 4xx {"error": reason}, never a 500 from a parser. /classify batches
-adaptively: the validated images of concurrent requests go into one onnxruntime call, by
-serving.batching.GreedyBatcher (default) or, with MEDGEN_BATCHER=cork, by BentoML's CorkDispatcher
-(the dispatcher behind `@bentoml.api(batchable=True)`).
+Endpoints: POST /classify, POST /generate, GET /metadata, GET /model-card (these four need a key when
+keys are set), GET /healthz, /livez, /readyz (always open). Routes are a FastAPI app mounted on the
+service so that every body is parsed and validated here: a bad request is a 4xx {"error": reason}, never
+a 500 from a parser. /classify batches adaptively: the validated images of concurrent requests go into
+one onnxruntime call, by serving.batching.GreedyBatcher (default) or, with MEDGEN_BATCHER=cork, by
+BentoML's CorkDispatcher (the dispatcher behind `@bentoml.api(batchable=True)`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import bentoml
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
-from serving import runtime
+from serving import inputs, runtime, startup
 from serving.batching import GreedyBatcher
-from serving.runtime import BadInput
+from serving.bounded import BadInput, parse_json, read_body
+from serving.guard import Guard
+from serving.openapi import CLASSIFY_BODY, GENERATE_BODY, KEYED
+from serving.settings import from_env
 
 log = logging.getLogger("medgen.serving")
-app = FastAPI(title="medgen", description="BreastMNIST classifier and conditional generator (ONNX)")
+app = FastAPI(title="medgen", description="Medical-image classifier and conditional generator (ONNX)")
 JSON_TYPES = ("application/json",)
-NPY_TYPE = "application/x-npy"  # numpy.save bytes of uint8 (N, 28, 28): the binary batch format
-# Adaptive batching: at most this many images per onnxruntime call, waiting at most this long.
-MAX_BATCH_IMAGES = int(os.environ.get("MEDGEN_MAX_BATCH_IMAGES", 256))
-MAX_LATENCY_MS = int(os.environ.get("MEDGEN_MAX_LATENCY_MS", 10000))
-BATCHER = os.environ.get("MEDGEN_BATCHER", "greedy")  # "greedy" (serving.batching) or "cork" (BentoML's)
+NPY_TYPE = "application/x-npy"  # numpy.save bytes of uint8 (N, C, S, S) / (N, S, S[, C]): the binary batch format
+GENERATE_BODY_BYTES = 64 * 1024
 
 
 def error(exc: BadInput) -> JSONResponse:
-    return JSONResponse({"error": exc.reason, "status": exc.status}, status_code=exc.status)
+    return JSONResponse({"error": exc.reason, "status": exc.status}, status_code=exc.status, headers=exc.headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes (before reading it all)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BadInput(f"body is {declared} bytes; the limit is {limit}", 413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadInput(f"body is over the {limit}-byte limit", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_json(body: bytes) -> Any:
-    if not body:
-        raise BadInput("empty body", 400)
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadInput("body is not valid JSON", 400) from None
+@app.exception_handler(HTTPException)
+async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    """Unknown paths and methods answer in the same {"error": ...} shape as every other refusal."""
+    return error(BadInput(str(exc.detail), exc.status_code, getattr(exc, "headers", None)))
 
 
 async def multipart_file(request: Request, body: bytes) -> bytes:
@@ -74,8 +60,8 @@ async def multipart_file(request: Request, body: bytes) -> bytes:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(request.scope, receive).form()
-    except Exception:  # python-multipart raises several types on a malformed body
+        form = await Request(request.scope, receive).form(max_files=1, max_fields=16)
+    except Exception:  # python-multipart and starlette raise several types on a malformed body
         raise BadInput("malformed multipart/form-data body", 400) from None
     files = [v for v in form.values() if hasattr(v, "read")]
     if not files:
@@ -90,21 +76,29 @@ async def multipart_file(request: Request, body: bytes) -> bytes:
 )
 @bentoml.asgi_app(app, path="/")
 class MedGen:
+    @bentoml.on_deployment
+    def verify_before_serving() -> None:  # runs once, in BentoML's main process, before any worker starts
+        startup.check_or_exit()
+
     def __init__(self) -> None:
-        self.models = runtime.load_models()
-        self.classifier, self.generator = self.models["classifier"], self.models["generator"]
-        self.size = int(self.classifier.metadata["input_size"])
-        if BATCHER == "cork":  # BentoML's own adaptive batcher, kept for comparison (scripts/serve_bench.py)
+        log.setLevel(logging.INFO)  # BentoML's handlers print it; refusals and first callers are rare lines
+        # The deployment hook checked the same (and the bind rule) in the main process; a worker loads its own copy.
+        self.settings, served = from_env(), runtime.load()
+        self.served = served
+        self.classifier, self.generator = served.models["classifier"], served.models["generator"]
+        self.guard = Guard(self.settings)
+        batch = int(os.environ.get("MEDGEN_MAX_BATCH_IMAGES", 256))
+        if os.environ.get("MEDGEN_BATCHER", "greedy") == "cork":  # BentoML's batcher, kept for comparison
             from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
             dispatcher = CorkDispatcher(
-                max_latency_in_ms=MAX_LATENCY_MS, max_batch_size=MAX_BATCH_IMAGES, fallback=self._overloaded,
-                get_batch_size=lambda x: x.shape[0], batch_dim=(0, 0),
+                max_latency_in_ms=int(os.environ.get("MEDGEN_MAX_LATENCY_MS", 10000)), max_batch_size=batch,
+                fallback=self._overloaded, get_batch_size=lambda x: x.shape[0], batch_dim=(0, 0),
             )
             self.classify_batched = dispatcher(self._classify_batches)
         else:
-            self.classify_batched = GreedyBatcher(self._classify_batches, MAX_BATCH_IMAGES)
-        log.info("medgen models loaded: %s", {k: m.source for k, m in self.models.items()})
+            self.classify_batched = GreedyBatcher(self._classify_batches, batch)
+        log.info("%s; limits %s", startup.describe(served), self.settings.public())
 
     def __is_alive__(self) -> bool:
         return self.classifier.session is not None and self.generator.session is not None
@@ -115,62 +109,100 @@ class MedGen:
 
     def _classify_batches(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         """One onnxruntime call for the images of several requests; split back per request."""
-        probs = runtime.classify_probs(self.classifier, np.concatenate(batches))
+        probs = runtime.classify_probs(self.classifier, runtime.to_model_input(np.concatenate(batches)))
         return np.split(probs, np.cumsum([len(b) for b in batches])[:-1])
 
-    async def _images(self, request: Request) -> np.ndarray:
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        # A JSON batch of 256 28x28 arrays is ~1.2 MB as text; images are capped at MAX_UPLOAD_BYTES.
-        body = await read_body(request, runtime.MAX_UPLOAD_BYTES)
-        if media in JSON_TYPES:
-            return runtime.parse_array_batch(parse_json(body), self.size)
-        if media == NPY_TYPE:
-            return runtime.parse_npy(body, self.size)
-        if media == "multipart/form-data":
-            body = await multipart_file(request, body)
-        return runtime.decode_image(body, self.size)[None]
-
-    @app.post("/classify")
-    async def classify(self, request: Request) -> JSONResponse:
-        """PNG/JPEG (raw body or multipart file), JSON {"images": [HxW 0..255]} or .npy uint8 (N, H, W)
-        -> one prediction per image."""
+    async def _guarded(self, request: Request, handler: Callable[[Request, str], Awaitable[Response]],
+                       compute: bool = True) -> Response:
+        """Key, rate and saturation checks before the body is read; BadInput -> its 4xx."""
+        client = request.client.host if request.client else "unknown"
+        caller, refusal = self.guard.check(request.headers.get("authorization"), client, compute)
+        if refusal is not None:
+            return error(BadInput(refusal.reason, refusal.status, refusal.headers))
         try:
-            images = await self._images(request)
-            probs = await self.classify_batched(runtime.to_model_input(images))
+            return await handler(request, caller)
         except BadInput as exc:
             return error(exc)
+
+    async def _images(self, request: Request, body: bytes) -> np.ndarray:
+        """uint8 (N, C, S, S) from a PNG/JPEG (raw or multipart), a JSON batch or an .npy batch."""
+        s, contract = self.settings, self.classifier.contract
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media in JSON_TYPES:
+            decoded = await run_in_threadpool(parse_json, body, s.max_json_depth, s.max_json_elements)
+            return await run_in_threadpool(inputs.array_batch, decoded, contract, s.max_batch)
+        if media == NPY_TYPE:
+            return await run_in_threadpool(inputs.npy_batch, body, contract, s.max_batch)
+        if media == "multipart/form-data":
+            body = await multipart_file(request, body)
+        return (await run_in_threadpool(contract.decode_image, body, s.max_image_pixels))[None]
+
+    async def _classify(self, request: Request, caller: str) -> Response:
+        body = await read_body(request.stream(), request.headers.get("content-length"), self.settings.max_body_bytes)
+        with self.guard.slot(caller):  # the body has arrived: parsing and inference hold a slot
+            probs = await self.classify_batched(await self._images(request, body))
         return JSONResponse({"predictions": runtime.predictions(self.classifier, probs),
                              "class_names": self.classifier.metadata["class_names"],
                              "model_version": self.classifier.version})
 
-    @app.post("/generate")
-    async def generate(self, request: Request) -> JSONResponse:
-        """{"label", "n" (1..256), "seed" (optional), "format": "png"|"array"} -> a PNG grid or uint8 arrays."""
-        try:
-            body = parse_json(await read_body(request, 64 * 1024))
-            label, n, seed, fmt = runtime.parse_generate(body, int(self.generator.metadata["n_classes"]))
-        except BadInput as exc:
-            return error(exc)
+    async def _generate(self, request: Request, caller: str) -> Response:
+        s = self.settings
+        body = parse_json(await read_body(request.stream(), request.headers.get("content-length"), GENERATE_BODY_BYTES),
+                          s.max_json_depth, s.max_json_elements)
+        label, n, seed, fmt = inputs.generate_args(body, int(self.generator.metadata["n_classes"]), s.max_batch)
         seed = secrets.randbits(63) if seed is None else seed
-        images = await run_in_threadpool(runtime.generate, self.generator, label, n, seed)
-        out: dict[str, Any] = {"label": label, "class_name": self.generator.metadata["class_names"][label],
-                               "n": n, "seed": seed, "format": fmt, "model_version": self.generator.version}
+        with self.guard.slot(caller):
+            images = await run_in_threadpool(runtime.generate, self.generator, label, n, seed)
+        contract = self.generator.contract
+        out: dict[str, Any] = {"label": label, "class_name": self.generator.metadata["class_names"][label], "n": n,
+                               "seed": seed, "format": fmt, "channels": contract.channels, "size": contract.size,
+                               "model_version": self.generator.version}
         if fmt == "png":
             out["png_base64"] = await run_in_threadpool(runtime.png_grid, images)
         else:
-            out["images"] = images.tolist()
+            out["images"] = runtime.channels_last(images).tolist()
         return JSONResponse(out)
 
-    @app.get("/metadata")
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "models": {name: model.info() for name, model in self.models.items()},
+    async def _metadata(self, _: Request, __: str) -> Response:
+        s, classifier = self.settings, self.classifier
+        return JSONResponse({
+            "models": {name: model.info() for name, model in self.served.models.items()},
+            "manifest": startup.manifest_view(self.served),
             "input_spec": {
-                "classify": {"image": "PNG or JPEG, any size: converted to grey and resized (bicubic) to "
-                                      f"{self.size}x{self.size}", "json": {"images": f"[N, {self.size}, {self.size}] "
-                                      "integers 0..255", "max_n": runtime.MAX_BATCH},
-                             "max_upload_bytes": runtime.MAX_UPLOAD_BYTES},
-                "generate": {"label": f"0..{self.generator.metadata['n_classes'] - 1}", "n": f"1..{runtime.MAX_BATCH}",
-                             "seed": "optional integer >= 0", "format": ["png", "array"]},
+                "classify": classifier.contract.describe(s.max_batch, s.max_image_pixels),
+                "generate": {"label": f"0..{self.generator.metadata['n_classes'] - 1}", "n": f"1..{s.max_batch}",
+                             "seed": "optional integer >= 0", "format": ["png", "array"],
+                             "returns": [self.generator.contract.channels, *[self.generator.contract.size] * 2]},
             },
-        }
+            "limits": s.public(),
+        })
+
+    async def _model_card(self, request: Request, _: str) -> Response:
+        card = self.served.card
+        wants_md = "text/markdown" in request.headers.get("accept", "")
+        if wants_md and "md" in card:
+            return Response(card["md"], media_type="text/markdown; charset=utf-8")
+        if "json" in card:
+            return Response(card["json"], media_type="application/json")
+        what = "model_card.md" if wants_md else "model_card.json"
+        raise BadInput(f"no model card: the export folder has no {what}", 404)
+
+    @app.post("/classify", openapi_extra={**CLASSIFY_BODY, **KEYED})
+    async def classify(self, request: Request) -> Response:
+        """PNG/JPEG (raw body or multipart file), JSON {"images": ...} or .npy uint8 -> one prediction per image."""
+        return await self._guarded(request, self._classify)
+
+    @app.post("/generate", openapi_extra={**GENERATE_BODY, **KEYED})
+    async def generate(self, request: Request) -> Response:
+        """{"label", "n", "seed" (optional), "format": "png"|"array"} -> a PNG grid or uint8 arrays."""
+        return await self._guarded(request, self._generate)
+
+    @app.get("/metadata", openapi_extra=KEYED)
+    async def metadata(self, request: Request) -> Response:
+        """Models, their input contract, the manifest's hashes and commit, the limits."""
+        return await self._guarded(request, self._metadata, compute=False)
+
+    @app.get("/model-card", openapi_extra=KEYED)
+    async def model_card(self, request: Request) -> Response:
+        """models/export/model_card.json (or .md with Accept: text/markdown); 404 when not exported."""
+        return await self._guarded(request, self._model_card, compute=False)

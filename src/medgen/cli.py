@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--source", choices=("dir", "mlflow"), default="dir",
                        help="dir: export.out_dir; mlflow: models:/medgen-{classifier,generator}@<export.alias>")
+    serve.add_argument("--allow-anonymous", action="store_true",
+                       help="serve without API keys on a non-loopback address (keys: MEDGEN_API_KEYS[_FILE])")
     return parser
 
 
@@ -77,8 +79,11 @@ def run_pipeline(cfg: Config, only: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def serve(cfg: Config, host: str, port: int, source: str) -> int:
-    """`bentoml serve serving.service:MedGen` with the model location taken from the config."""
+def serve(cfg: Config, host: str, port: int, source: str, allow_anonymous: bool = False) -> int:
+    """`bentoml serve serving.service:MedGen` with the model location and the `serve:` limits from the config.
+
+    The service itself checks keys, the bind address and every served file before it listens, and exits
+    1 with one line when any is wrong (serving/startup.py)."""
     import subprocess
     from pathlib import Path
 
@@ -87,9 +92,12 @@ def serve(cfg: Config, host: str, port: int, source: str) -> int:
     from medgen import tracking
 
     env = {**os.environ, "MEDGEN_MODEL_DIR": str(Path(cfg.export.out_dir).resolve()), "MEDGEN_MODEL_SOURCE": source,
-           "MEDGEN_MODEL_ALIAS": cfg.export.alias, "MLFLOW_TRACKING_URI": tracking.tracking_uri(cfg.tracking)}
+           "MEDGEN_MODEL_ALIAS": cfg.export.alias, "MLFLOW_TRACKING_URI": tracking.tracking_uri(cfg.tracking),
+           **cfg.serve.environment()}
+    if allow_anonymous:
+        env["MEDGEN_ALLOW_ANONYMOUS"] = "1"
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MedGen", "--host", host, "--port", str(port),
-           "--working-dir", str(Path.cwd())]
+           "--working-dir", str(Path.cwd()), "--timeout-graceful-shutdown", "5"]
     return subprocess.run(cmd, env=env).returncode
 
 
@@ -102,7 +110,7 @@ def dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     if args.command == "serve":
-        return serve(cfg, args.host, args.port, args.source)
+        return serve(cfg, args.host, args.port, args.source, args.allow_anonymous)
     if args.command == "stage":
         metrics = stages.get(args.name)(cfg)
     else:

@@ -181,6 +181,32 @@ class ExportConfig:
         _require(len(self.parity_batches) > 0 and all(1 <= b <= 512 for b in self.parity_batches),
                  "export.parity_batches", "must be a non-empty list of sizes in 1..512")
         _require(self.alias.isidentifier(), "export.alias", f"must be a plain name, got {self.alias!r}")
+@dataclass(frozen=True)
+class ServeConfig:
+    """Limits of the inference service; `medgen serve` passes them as MEDGEN_* variables (serving/settings.py
+    holds the same defaults: the service runs without medgen, e.g. in the container). Keys never live here."""
+
+    section: ClassVar[str] = "serve"
+    max_body_bytes: int = 4 * 1024 * 1024  # request body (413 while it streams in)
+    max_json_depth: int = 8  # JSON nesting, checked before decoding (a valid body needs 5)
+    max_json_elements: int = 1_200_000  # JSON values, checked before decoding
+    max_image_pixels: int = 4096 * 4096  # width x height of an upload, from its header (decompression bombs)
+    max_batch: int = 256  # images per /classify request, n per /generate
+    rate_per_s: float = 50.0  # requests per second per caller (key, else client address); 0 = off
+    rate_burst: int = 100  # token-bucket size
+    max_inflight: int = 8  # compute requests in progress per worker; more -> 503 + Retry-After at once
+
+    def __post_init__(self) -> None:
+        for key, low in (("max_body_bytes", 1024), ("max_json_depth", 5), ("max_json_elements", 1024),
+                         ("max_image_pixels", 784), ("max_batch", 1), ("rate_burst", 1), ("max_inflight", 1)):
+            _require(getattr(self, key) >= low, f"serve.{key}", f"must be >= {low}, got {getattr(self, key)}")
+        _require(self.rate_per_s >= 0, "serve.rate_per_s", "must be >= 0 (0 = no rate limit)")
+
+    def environment(self) -> dict[str, str]:
+        """{MEDGEN_<KEY>: value} for every limit, as the service reads them."""
+        return {f"MEDGEN_{f.name.upper()}": str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
 CLASSIFIER_STEMS = ("standard", "pool", "cifar")  # medgen.models.classifier checks the same names
 CLASSIFIER_INITS = ("default", "xavier")
 
@@ -372,6 +398,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

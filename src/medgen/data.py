@@ -76,7 +76,7 @@ def flag_info(cfg: DataConfig) -> FlagInfo:
 
 
 def file_md5(path: str | Path) -> str:
-    digest = hashlib.md5()
+    digest = hashlib.md5(usedforsecurity=False)  # a file fingerprint (MedMNIST publishes md5s), not security
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)

@@ -87,7 +87,7 @@ def definition(cfg: Config, section: str, ignore: Iterable[str] = (), **extra: A
 
 
 def definition_hash(spec: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode(), usedforsecurity=False).hexdigest()[:10]
 
 
 def study_name(flag: str, stage: str, suffix: str = "", spec: dict[str, Any] | None = None) -> str:

@@ -1,5 +1,6 @@
-"""Serving fixtures: stand-in models exported once per session (no MLflow), and one real
-`bentoml serve` subprocess on a free 127.0.0.1 port shared by the HTTP tests."""
+"""Serving fixtures: stand-in models exported once per session (no MLflow), real `bentoml serve` subprocesses
+on free 127.0.0.1 ports (one shared by the HTTP tests, others per module), and a helper for servers that
+must refuse to start."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from medgen import data
+from medgen import data, manifest
 from medgen.config import load_config
 from tests.conftest import ROOT
 from tests.standins import save_classifier, save_generator
@@ -32,6 +36,7 @@ def export_standins(folder: Path, npz: Path) -> Path:
     save_generator(cfg.export.generator_checkpoint)
     for target in export.targets(cfg):
         export.export_one(target, cfg, real.numpy(), run_id="")
+    manifest.write(cfg, cfg.export.out_dir)  # as the stage does last
     return Path(cfg.export.out_dir)
 
 
@@ -56,9 +61,17 @@ def free_port() -> int:
 
 
 def serve_env(export_dir: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "MEDGEN_MODEL_DIR": str(export_dir), **extra}
+    """The environment of a test server: these models, no keys, no rate limit unless `extra` sets them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDGEN_") or k == "MEDGEN_DATA_SOURCE"}
+    # Tests send bursts from one address: no rate limit and room for 64 requests at once, unless `extra` says
+    env.update({"MEDGEN_MODEL_DIR": str(export_dir), "MEDGEN_RATE_PER_S": "0", "MEDGEN_MAX_INFLIGHT": "64", **extra})
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")])
     return env
+
+
+def serve_cmd(port: int, host: str = "127.0.0.1") -> list[str]:
+    return [sys.executable, "-m", "bentoml", "serve", "serving.service:MedGen", "--host", host, "--port", str(port),
+            "--timeout-graceful-shutdown", "5"]
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
@@ -76,22 +89,59 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 90) -> None
     raise RuntimeError(f"service at {url} not ready after {timeout} s")
 
 
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (its workers too), SIGKILL after 20 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, 15)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.wait()
+
+
+@dataclass
+class Server:
+    url: str
+    log: Path
+    process: subprocess.Popen
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def running(export_dir: Path, folder: Path, **env: str) -> Iterator[Server]:
+    """A real `bentoml serve serving.service:MedGen` on a free 127.0.0.1 port, stopped afterwards."""
+    port, log = free_port(), folder / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(serve_cmd(port), cwd=ROOT, env=serve_env(export_dir, **env), stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        server = Server(f"http://127.0.0.1:{port}", log, process)
+        try:
+            wait_ready(server.url, process)
+            yield server
+        finally:
+            stop(process)
+
+
+def start_expecting_exit(export_dir: Path, host: str = "127.0.0.1", timeout: float = 60,
+                         **env: str) -> tuple[int | None, str, float]:
+    """(exit code, output, seconds) of a server that should refuse to start; None if it was still running."""
+    t0 = time.monotonic()
+    process = subprocess.Popen(serve_cmd(free_port(), host), cwd=ROOT, env=serve_env(export_dir, **env),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        return process.returncode, output, time.monotonic() - t0
+    except subprocess.TimeoutExpired:
+        stop(process)
+        return None, process.communicate()[0], time.monotonic() - t0
+
+
 @pytest.fixture(scope="session")
 def server(export_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """Base URL of a real `bentoml serve serving.service:MedGen` on 127.0.0.1 (session-scoped)."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
-    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MedGen", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(cmd, cwd=ROOT, env=serve_env(export_dir), stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process)
-        yield url
-    finally:
-        os.killpg(process.pid, 15)  # the server and its worker processes, by our own group id
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-        log.close()
+    """Base URL of a real `bentoml serve serving.service:MedGen` on 127.0.0.1 (session-scoped; no keys,
+    no rate limit: the limits have their own servers in test_security.py)."""
+    with running(export_dir, tmp_path_factory.mktemp("serve")) as live:
+        yield live.url

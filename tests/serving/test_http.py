@@ -4,6 +4,7 @@ onnxruntime outputs, every bad input is a 4xx with a JSON reason, and the servic
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,11 @@ import pytest
 from PIL import Image
 
 from serving import runtime
+from serving.contract import Contract
+from serving.settings import DEFAULTS
+
+GREY28 = Contract(1, 28)
+MAX_BODY = DEFAULTS["max_body_bytes"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +50,7 @@ def probs_of(response: httpx.Response) -> np.ndarray:
 def test_json_batch_equals_in_process(client, local, test_images):
     images, _ = test_images
     got = probs_of(client.post("/classify", json={"images": images[:64].tolist()}))
-    expected = runtime.classify_probs(local["classifier"], runtime.to_model_input(images[:64]))
+    expected = runtime.classify_probs(local["classifier"], runtime.to_model_input(images[:64, None]))
     assert got.shape == (64, 2)
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
     labels = [p["label"] for p in client.post("/classify", json={"images": images[:64].tolist()}).json()["predictions"]]
@@ -56,7 +62,7 @@ def test_image_upload_equals_in_process(client, local, test_images, size, fmt, m
     payload = png(test_images[0][5], size, fmt, mode)
     raw = client.post("/classify", content=payload, headers={"content-type": f"image/{fmt.lower()}"})
     form = client.post("/classify", files={"image": ("x", payload, f"image/{fmt.lower()}")})
-    expected = runtime.classify_probs(local["classifier"], runtime.to_model_input(runtime.decode_image(payload, 28)[None]))
+    expected = runtime.classify_probs(local["classifier"], runtime.to_model_input(GREY28.decode_image(payload, 10**6)[None]))
     np.testing.assert_allclose(probs_of(raw), expected, atol=1e-6, rtol=0)
     np.testing.assert_allclose(probs_of(form), expected, atol=1e-6, rtol=0)
     prediction = raw.json()["predictions"][0]
@@ -78,7 +84,7 @@ def test_npy_batch_equals_json_batch(client, test_images):
 def test_28px_png_is_the_dataset_image(test_images):
     """A 28x28 grey PNG round-trips exactly: the service sees what the model saw in training."""
     image = test_images[0][3]
-    assert np.array_equal(runtime.decode_image(png(image), 28), image)
+    assert np.array_equal(GREY28.decode_image(png(image), 10**6)[0], image)
 
 
 def test_concurrent_requests_are_batched_correctly(client, local, test_images):
@@ -87,7 +93,7 @@ def test_concurrent_requests_are_batched_correctly(client, local, test_images):
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(lambda im: client.post("/classify", json={"images": [im.tolist()]}), images))
     got = np.concatenate([probs_of(r) for r in responses])
-    np.testing.assert_allclose(got, runtime.classify_probs(local["classifier"], runtime.to_model_input(images)), atol=1e-6)
+    np.testing.assert_allclose(got, runtime.classify_probs(local["classifier"], runtime.to_model_input(images[:, None])), atol=1e-6)
 
 
 def _object_npy() -> bytes:
@@ -118,6 +124,9 @@ BAD_CLASSIFY = [
     ("npy garbage", b"\x93NUMPY garbage", "application/x-npy", 400),
     ("npy float dtype", None, "application/x-npy", 422),
     ("npy pickled object", None, "application/x-npy", 400),
+    ("deep json", b"[" * 5000 + b"]" * 5000, "application/json", 400),  # a RecursionError 500 before the scan
+    ("deep json in images", b'{"images": ' + b"[" * 100 + b"0" + b"]" * 100 + b"}", "application/json", 400),
+    ("too many values", b'{"images": [' + b",".join([b"0"] * 1_300_000) + b"]}", "application/json", 413),
     ("multipart without file", b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--b--\r\n",
      "multipart/form-data; boundary=b", 400),
 ]
@@ -140,7 +149,7 @@ def test_bad_classify_input_is_4xx_then_service_still_serves(client, name, body,
 
 
 def test_upload_over_size_limit_is_413(client, test_images):
-    payload = png(test_images[0][0]) + bytes(runtime.MAX_UPLOAD_BYTES)  # a PNG padded past the limit
+    payload = png(test_images[0][0]) + bytes(MAX_BODY)  # a PNG padded past the limit
     response = client.post("/classify", content=payload, headers={"content-type": "image/png"})
     assert response.status_code == 413 and "limit" in response.json()["error"]
     chunks = (payload[i : i + 65536] for i in range(0, len(payload), 65536))  # chunked: no content-length
@@ -153,7 +162,7 @@ def test_decompression_bomb_is_refused(client):
     """A small PNG that decodes to 64 megapixels is refused from its header, before decoding."""
     buffer = io.BytesIO()
     Image.new("1", (8000, 8000)).save(buffer, format="PNG")
-    assert len(buffer.getvalue()) < runtime.MAX_UPLOAD_BYTES
+    assert len(buffer.getvalue()) < MAX_BODY
     response = client.post("/classify", content=buffer.getvalue(), headers={"content-type": "image/png"})
     assert response.status_code == 413 and "pixels" in response.json()["error"]
     assert client.post("/classify", json=GOOD).status_code == 200
@@ -163,7 +172,7 @@ BAD_GENERATE = [
     ({"label": 2, "n": 4}, 422), ({"label": -1, "n": 4}, 422), ({"n": 4}, 422), ({"label": 0, "n": 0}, 422),
     ({"label": 0, "n": 257}, 422), ({"label": 0, "n": 2.5}, 422), ({"label": True, "n": 4}, 422),
     ({"label": 0, "n": 4, "seed": -3}, 422), ({"label": 0, "format": "gif"}, 422), ({"label": 0, "x": 1}, 422),
-    ([0, 4], 422), ("not json", 400),
+    ([0, 4], 422), ("not json", 400), ("[" * 3000 + "]" * 3000, 400),
 ]
 
 
@@ -188,7 +197,7 @@ def test_generate_is_deterministic_per_seed_and_equals_in_process(client, local)
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
     assert not np.array_equal(first, arrays(7, label=0))
-    assert np.array_equal(first, runtime.generate(local["generator"], 1, 9, 7))
+    assert np.array_equal(first, runtime.channels_last(runtime.generate(local["generator"], 1, 9, 7)))
 
 
 def test_generate_png_grid(client):
@@ -207,6 +216,33 @@ def test_metadata_and_health(client, export_dir):
     classifier = meta["models"]["classifier"]
     assert classifier["class_names"] == ["malignant", "normal, benign"]
     assert classifier["normalisation"]["range"] == [-1.0, 1.0]
-    assert classifier["sha256"] == runtime.hashlib.sha256((export_dir / "classifier.onnx").read_bytes()).hexdigest()
+    assert classifier["sha256"] == hashlib.sha256((export_dir / "classifier.onnx").read_bytes()).hexdigest()
     assert meta["models"]["generator"]["latent_dim"] == 16
+    proof = meta["manifest"]  # the manifest's hashes and commit, as verified at start
+    assert proof["files"]["classifier.onnx"] == classifier["sha256"] and proof["format"] == "medgen-export-manifest/1"
+    assert proof["code_commit"] and "params_sha256" in proof
+    assert meta["limits"]["max_json_depth"] == 8 and meta["limits"]["auth"] == "none"
     assert meta["input_spec"]["generate"]["n"] == "1..256"
+
+
+def test_model_card_json_and_markdown(export_dir, tmp_path):
+    """/model-card serves the card export wrote (listed in the manifest): JSON, or Markdown on request."""
+    import shutil
+
+    from medgen import manifest
+    from medgen.config import load_config
+    from tests.conftest import ROOT
+    from tests.serving.conftest import running
+
+    folder = tmp_path / "export"
+    shutil.copytree(export_dir, folder)
+    (folder / "model_card.json").write_text(json.dumps({"intended_use": "research only", "test_auc": 0.9}))
+    (folder / "model_card.md").write_text("# Model card\n\nResearch only.\n")
+    manifest.write(load_config(ROOT / "params.yaml"), folder)  # as export does: the card is listed, then served
+    with running(folder, tmp_path) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        card = c.get("/model-card")
+        assert card.status_code == 200 and card.json() == {"intended_use": "research only", "test_auc": 0.9}
+        markdown = c.get("/model-card", headers={"accept": "text/markdown"})
+        assert markdown.status_code == 200 and markdown.headers["content-type"].startswith("text/markdown")
+        assert markdown.text == "# Model card\n\nResearch only.\n"
+        assert "model_card.json" in c.get("/metadata").json()["manifest"]["files"]

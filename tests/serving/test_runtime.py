@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from serving import runtime
+from serving.contract import ModelError
 from tests.conftest import ROOT
 from tests.serving.conftest import serve_env
 
@@ -22,10 +23,11 @@ pickle.load = pickle.loads = refuse
 pickle.Unpickler = refuse
 import serving.service  # the module bentoml serve imports
 from serving import runtime
+from serving.contract import ModelError
 models = runtime.load_models()
-x = runtime.to_model_input(np.zeros((3, 28, 28), dtype=np.uint8))
+x = runtime.to_model_input(np.zeros((3, 1, 28, 28), dtype=np.uint8))
 assert runtime.classify_probs(models["classifier"], x).shape == (3, 2)
-assert runtime.generate(models["generator"], 1, 4, 0).shape == (4, 28, 28)
+assert runtime.generate(models["generator"], 1, 4, 0).shape == (4, 1, 28, 28)
 assert "torch" not in sys.modules, "torch imported at serve time"
 print("ok", models["classifier"].source)
 """
@@ -43,7 +45,7 @@ def test_service_imports_and_runs_without_torch_or_pickle(export_dir):
 
 
 def test_missing_models_fail_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="medgen stage export"):
+    with pytest.raises(ModelError, match="manifest.json: not found .*medgen stage export"):
         runtime.load_models(str(tmp_path))
 
 
@@ -52,7 +54,7 @@ def real_export_dir() -> Path | None:
     folder = Path(os.environ.get("MEDGEN_REAL_EXPORT_DIR", ROOT / "models" / "export"))
     try:
         models = runtime.load_models(str(folder))
-    except FileNotFoundError:
+    except ModelError:
         return None
     stand_in = any(m.metadata.get("model_class", "").startswith("medgen.models.reference") for m in models.values())
     return None if stand_in else folder
@@ -67,3 +69,14 @@ def test_generated_images_respect_the_label():
         images = runtime.generate(models["generator"], label, 128, seed=label)
         predicted = runtime.classify_probs(models["classifier"], runtime.to_model_input(images)).argmax(1)
         assert np.mean(predicted == label) >= 0.6, f"label {label}: {np.mean(predicted == label):.2f} classified as asked"
+
+
+def test_registry_source_without_a_champion_is_one_line(mlflow_template, tmp_path, monkeypatch):
+    """MEDGEN_MODEL_SOURCE=mlflow with nothing registered: a ModelError naming the model, not a traceback."""
+    import shutil
+
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(ModelError, match="models:/medgen-classifier@champion: not loadable") as refused:
+        runtime.load(source="mlflow")
+    assert "\n" not in str(refused.value)

@@ -10,7 +10,9 @@ from medgen import onnx_export
 from medgen.config import build_config
 from medgen.errors import ConfigError, MedgenError
 from medgen.models.reference import ReferenceClassifier, ReferenceGenerator
-from serving import runtime
+from serving import inputs, runtime
+from serving.bounded import BadInput
+from serving.contract import Contract
 
 
 @pytest.mark.parametrize("override,key", [
@@ -50,7 +52,7 @@ def test_to_model_input_matches_training_convention():
 
     images = np.array([[[0, 255], [127, 128]]], dtype=np.uint8)
     expected, _ = to_tensors(Split(images, np.zeros(1, dtype=np.int64)))
-    assert np.array_equal(runtime.to_model_input(images), expected.numpy())
+    assert np.array_equal(runtime.to_model_input(images[:, None]), expected.numpy())  # (N, C, H, W) in
 
 
 @pytest.mark.parametrize("body,message", [
@@ -58,20 +60,20 @@ def test_to_model_input_matches_training_convention():
     ({"label": 0, "seed": 1.5}, "seed must be an integer"),
 ])
 def test_parse_generate_rejects(body, message):
-    with pytest.raises(runtime.BadInput, match=message):
-        runtime.parse_generate(body, 2)
+    with pytest.raises(BadInput, match=message):
+        inputs.generate_args(body, 2, 256)
 
 
 def test_parse_generate_defaults():
-    assert runtime.parse_generate({"label": 1}, 2) == (1, 16, None, "png")
+    assert inputs.generate_args({"label": 1}, 2, 256) == (1, 16, None, "png")
 
 
 def test_decode_image_rejects_bad_bytes():
-    with pytest.raises(runtime.BadInput) as info:
-        runtime.decode_image(b"GIF89a....", 28)
+    with pytest.raises(BadInput) as info:
+        Contract(1, 28).decode_image(b"GIF89a....", 10**6)
     assert info.value.status == 415
-    with pytest.raises(runtime.BadInput) as info:
-        runtime.decode_image(b"", 28)
+    with pytest.raises(BadInput) as info:
+        Contract(1, 28).decode_image(b"", 10**6)
     assert info.value.status == 400
 
 

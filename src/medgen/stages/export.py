@@ -3,7 +3,8 @@
 
 Inputs : export.classifier_checkpoint, export.generator_checkpoint, export.augmented_checkpoint
          (optional), all written by medgen.training.save_model; data/prepared/<flag>.npz (parity inputs).
-Outputs: <export.out_dir>/{classifier,classifier_augmented,generator}.{onnx,json}, export.metrics
+Outputs: <export.out_dir>/{classifier,classifier_augmented,generator}.{onnx,json} and manifest.json
+         (sha256 of every file, code commit, params hash, registered versions: medgen.manifest), export.metrics
          (`{"classifier": {"max_abs_diff": ...}, "generator": {"max_abs_diff": ...}}`).
 MLflow : experiment medgen/<flag>/export; registered models medgen-classifier[-augmented],
          medgen-generator with alias export.alias (default `champion`).
@@ -20,7 +21,7 @@ import mlflow
 import numpy as np
 import torch
 
-from medgen import data, onnx_export, tracking
+from medgen import data, manifest, onnx_export, tracking
 from medgen.config import Config
 from medgen.errors import MedgenError
 from medgen.io import write_json
@@ -125,6 +126,8 @@ def run(cfg: Config) -> dict[str, Any]:
             metrics[target.key] = result
             log.info("exported %s: max |ort - torch| = %.2e", target.key, result["max_abs_diff"])
         write_json(cfg.export.metrics, metrics)
+        # Last: the manifest hashes every file now in the folder; the service serves nothing it does not list.
+        tracking.log_files([manifest.write(cfg, cfg.export.out_dir)], "onnx")
         mlflow.log_metrics(tracking.numeric_metrics(metrics))
     return metrics
 
