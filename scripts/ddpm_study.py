@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> None:
             train_cpu += time.process_time() - started
             epoch += 1
         print(f"[{args.name}] {budget} CPU-min: epoch {epoch}, step {trainer.steps}, loss {loss:.4f}", flush=True)
-        for guidance in args.guidance:
+        last = budget == max(args.budgets)
+        for guidance in args.guidance + (args.guidance_last if last else []):
             report, samples = judge.judge(trainer.sampler(args.steps, guidance), SEED + 1000)
             row = {"name": args.name, "budget_cpu_min": budget, "train_cpu_s": round(train_cpu, 1),
                    "epochs": epoch, "steps": trainer.steps, "loss": loss, "guidance": guidance,
@@ -186,8 +187,9 @@ def main() -> None:
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--label-dropout", type=float, default=0.1)
     p.add_argument("--hflip", action="store_true")
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps at evaluation")
-    p.add_argument("--guidance", type=floats, default=[1.0])
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps at evaluation")
+    p.add_argument("--guidance", type=floats, default=[1.0], help="guidance scales judged at every budget")
+    p.add_argument("--guidance-last", type=floats, default=[], help="further scales judged at the last budget only")
     p.set_defaults(func=run)
     g = sub.add_parser("gan", help="the committed GAN settings, judged with the same metrics")
     g.add_argument("--name", default="acgan")
