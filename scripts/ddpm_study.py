@@ -154,6 +154,44 @@ def gan(args: argparse.Namespace) -> None:
     (folder / "results.json").write_text(json.dumps([row], indent=1, default=float))
 
 
+def onnx(args: argparse.Namespace) -> None:
+    """Export a study checkpoint, check network and per-step sampler parity, time n images via numpy + onnxruntime."""
+    import statistics
+    import sys
+
+    import onnxruntime as ort
+
+    from medgen.diffusion_onnx import export_denoiser, network_parity, sampler_parity
+    from medgen.training import load_model
+
+    sys.path.insert(0, str(ROOT))
+    from serving import ddim
+
+    torch.set_num_threads(1)
+    model, _ = load_model(args.checkpoint)
+    path = export_denoiser(model, Path(args.checkpoint).with_suffix(".onnx"),
+                           metadata={"default_steps": args.steps, "default_guidance": args.guidance})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # as the service (MEDGEN_ORT_THREADS default)
+    sess = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    meta = json.loads(sess.get_modelmeta().custom_metadata_map["medgen"])
+    noise = np.random.default_rng(0).standard_normal((args.n, 1, model.image_size, model.image_size)).astype(np.float32)
+    labels = (np.arange(args.n) % model.n_classes).astype(np.int64)
+    step = ddim.make_step(ddim.onnx_denoiser(sess), labels, meta, args.steps, args.guidance)
+    result = {"network": network_parity(sess, model),
+              "sampler": sampler_parity(step, model, labels, noise, args.steps, args.guidance)}
+    times = []
+    for seed in range(args.repeats):
+        started = time.perf_counter()
+        ddim.generate(sess, meta, label=seed % model.n_classes, n=args.n, seed=seed)
+        times.append(time.perf_counter() - started)
+    cpu = time.process_time()
+    ddim.generate(sess, meta, label=0, n=args.n, seed=99)
+    result["generate"] = {"n": args.n, "steps": args.steps, "guidance": args.guidance, "p50_s": statistics.median(times),
+                          "max_s": max(times), "repeats": args.repeats, "cpu_s_one_call": time.process_time() - cpu}
+    print(json.dumps(result, indent=1))
+
+
 def table(_: argparse.Namespace) -> None:
     """Every results.json under reports/ddpm_study as one markdown table."""
     cols = ("name", "budget_cpu_min", "epochs", "guidance", "fd_ratio", "c0_fd_ratio", "c1_fd_ratio", "kid_ratio",
@@ -195,6 +233,13 @@ def main() -> None:
     g.add_argument("--name", default="acgan")
     g.add_argument("--epochs", type=int, default=GenerateConfig().epochs)
     g.set_defaults(func=gan)
+    o = sub.add_parser("onnx", help="export a study checkpoint; parity and p50 time of the numpy DDIM loop")
+    o.add_argument("--checkpoint", required=True)
+    o.add_argument("--steps", type=int, default=20)
+    o.add_argument("--guidance", type=float, default=1.0)
+    o.add_argument("--n", type=int, default=16)
+    o.add_argument("--repeats", type=int, default=10)
+    o.set_defaults(func=onnx)
     sub.add_parser("table", help="print every result as a markdown table").set_defaults(func=table)
     args = parser.parse_args()
     args.func(args)
