@@ -125,6 +125,28 @@ def run(args: argparse.Namespace) -> None:
         print(f"[{args.name}] eval wall {time.perf_counter() - wall:.0f} s (incl. training)", flush=True)
 
 
+def judge_checkpoint(args: argparse.Namespace) -> None:
+    """Judge a saved study model at other sampler settings (DDIM steps x guidance): no training."""
+    from medgen.diffusion import DiffusionSampler
+    from medgen.training import load_model
+
+    torch.set_num_threads(1)
+    model, checkpoint = load_model(args.checkpoint)
+    folder = Path(args.checkpoint).parent
+    judge = Judge()
+    rows = []
+    for steps in args.steps:
+        for guidance in args.guidance:
+            report, samples = judge.judge(DiffusionSampler(model, steps, guidance), SEED + 1000)
+            row = {"name": f"{folder.name}:{Path(args.checkpoint).stem}", "guidance": guidance, "sampler_steps": steps,
+                   **summary_row(report)}
+            rows.append(row)
+            print(json.dumps(row, default=float), flush=True)
+            figures(judge, samples, folder, f"{Path(args.checkpoint).stem}_s{steps}_g{guidance:g}")
+    out = folder / f"judge_{Path(args.checkpoint).stem}.json"
+    out.write_text(json.dumps(rows, indent=1, default=float))
+
+
 def _hyper(args: argparse.Namespace) -> dict:
     return {"lr": args.lr, "batch": args.batch, "ema": args.ema, "label_dropout": args.label_dropout, "hflip": args.hflip}
 
@@ -194,10 +216,10 @@ def onnx(args: argparse.Namespace) -> None:
 
 def table(_: argparse.Namespace) -> None:
     """Every results.json under reports/ddpm_study as one markdown table."""
-    cols = ("name", "budget_cpu_min", "epochs", "guidance", "fd_ratio", "c0_fd_ratio", "c1_fd_ratio", "kid_ratio",
+    cols = ("name", "budget_cpu_min", "epochs", "sampler_steps", "guidance", "fd_ratio", "c0_fd_ratio", "c1_fd_ratio", "kid_ratio",
             "c2st_acc", "c0_c2st_acc", "precision", "recall", "memorization_share", "sample_cpu_s_per_image")
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for path in sorted(OUT.glob("*/results.json")):
+    for path in sorted([*OUT.glob("*/results.json"), *OUT.glob("*/judge_*.json")]):
         for row in json.loads(path.read_text()):
             cells = [row.get(c, "") for c in cols]
             print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in cells) + " |")
@@ -233,6 +255,11 @@ def main() -> None:
     g.add_argument("--name", default="acgan")
     g.add_argument("--epochs", type=int, default=GenerateConfig().epochs)
     g.set_defaults(func=gan)
+    j = sub.add_parser("judge", help="judge a saved study model at other DDIM steps / guidance scales")
+    j.add_argument("--checkpoint", required=True)
+    j.add_argument("--steps", type=ints, default=[20])
+    j.add_argument("--guidance", type=floats, default=[1.0])
+    j.set_defaults(func=judge_checkpoint)
     o = sub.add_parser("onnx", help="export a study checkpoint; parity and p50 time of the numpy DDIM loop")
     o.add_argument("--checkpoint", required=True)
     o.add_argument("--steps", type=int, default=20)
