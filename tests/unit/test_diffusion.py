@@ -101,8 +101,10 @@ def test_one_batch_fit_lowers_the_loss_and_moves_the_ema(one_thread):
     torch.manual_seed(0)
     model = ClassConditionalUNet(n_classes=2, **TINY)
     trainer = DiffusionTrainer(model, lr=2e-3, ema_decay=0.9, label_dropout=0.1, hflip=True)
-    x, y = torch.rand(16, 1, 28, 28) * 2 - 1, torch.tensor([0, 1] * 8)
-    losses = [trainer.train_step(x, y) for _ in range(40)]
+    y, ramp = torch.tensor([0, 1] * 8), torch.linspace(-0.8, 0.8, 28)
+    # learnable images: a vertical ramp for class 0, a horizontal one for class 1
+    x = torch.where(y[:, None, None, None] == 0, ramp.view(1, 1, 28, 1), -ramp.view(1, 1, 1, 28)).expand(16, 1, 28, 28)
+    losses = [trainer.train_step(x.contiguous(), y) for _ in range(40)]
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
     gaps = [float((e - p).abs().max()) for e, p in zip(trainer.ema.parameters(), model.parameters())]
     assert max(gaps) > 0  # the EMA lags the live weights
