@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -31,6 +32,7 @@ from medgen.config import DataConfig, GenerateConfig
 from medgen.diffusion import DiffusionTrainer
 from medgen.gan_training import extract_features, fit_feature_net
 from medgen.models.diffusion import ClassConditionalUNet
+from medgen.progress import Progress
 from medgen.training import save_model, set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,11 +107,13 @@ def run(args: argparse.Namespace) -> None:
     results, train_cpu, epoch = [], 0.0, 0
     for budget in sorted(args.budgets):
         wall = time.perf_counter()
-        while train_cpu < budget * 60:
-            started = time.process_time()
-            loss = trainer.train_epoch(judge.x, judge.y, args.batch)["loss"]
-            train_cpu += time.process_time() - started
-            epoch += 1
+        with Progress(int(budget * 60), f"{args.name} training", start=int(train_cpu), unit="cpu-s") as progress:
+            while train_cpu < budget * 60:
+                started = time.process_time()
+                loss = trainer.train_epoch(judge.x, judge.y, args.batch)["loss"]
+                train_cpu += time.process_time() - started
+                epoch += 1
+                progress.update(min(int(train_cpu), int(budget * 60)), epoch=epoch, loss=loss)
         print(f"[{args.name}] {budget} CPU-min: epoch {epoch}, step {trainer.steps}, loss {loss:.4f}", flush=True)
         last = budget == max(args.budgets)
         for guidance in args.guidance + (args.guidance_last if last else []):
@@ -269,6 +273,7 @@ def main() -> None:
     o.set_defaults(func=onnx)
     sub.add_parser("table", help="print every result as a markdown table").set_defaults(func=table)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.func(args)
 
 
