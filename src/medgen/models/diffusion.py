@@ -52,7 +52,7 @@ class ClassConditionalUNet(nn.Module):
     """
 
     def __init__(
-        self, n_classes: int = 2, image_size: int = 28, channels: int = 1, sample_size: int = 32, width: int = 32,
+        self, n_classes: int = 2, image_size: int = 28, channels: int = 1, sample_size: int = 32, width: int = 16,
         channel_mult: list[int] | tuple[int, ...] = (1, 2, 2), layers_per_block: int = 1,
         attention_levels: list[int] | tuple[int, ...] = (2,), mid_attention: bool = True, norm_groups: int = 8,
         dropout: float = 0.0, prediction: str = "v_prediction", train_timesteps: int = 1000,
