@@ -175,3 +175,141 @@ def generation_quality(
         }
     report["fd_ratio"] = report["fd_real_vs_synth"] / max(report["fd_real_vs_real"], 1e-12)
     return report
+
+
+# --- generation: ratios to the real-vs-real yardstick, fidelity/diversity, memorisation -----------------
+
+
+def kid_stats(a: np.ndarray, b: np.ndarray, n_subsets: int = 50, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
+    """KID as `kid` (same subsets for the same seed) plus the standard error of its mean over subsets."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    _check_features(a, b)
+    rng = np.random.default_rng(seed)
+    m, dim = min(subset_size, len(a), len(b)), a.shape[1]
+    values = []
+    for _ in range(n_subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        kxx, kyy, kxy = ((x @ x.T) / dim + 1) ** 3, ((y @ y.T) / dim + 1) ** 3, ((x @ y.T) / dim + 1) ** 3
+        values.append((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean())
+    return float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(n_subsets))
+
+
+def ratio_to_real(synthetic: float, real: float, floor: float = 1e-12) -> float:
+    """synthetic / max(real, floor): how many times the real-vs-real yardstick a synthetic distance is.
+
+    An unbiased estimate (KID) of a near-zero distance can be <= 0; the floor (for KID: the yardstick's
+    standard error) keeps the ratio finite and says "indistinguishable from real at this sample size"."""
+    return float(synthetic / max(real, floor))
+
+
+def _nn_distances(queries: np.ndarray, reference: np.ndarray, k: int = 1, exclude_self: bool = False) -> np.ndarray:
+    """Euclidean distance from each query (N, D) to its k-th nearest reference row (M, D) -> (N,)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=k + int(exclude_self)).fit(reference)
+    distances, _ = index.kneighbors(queries)
+    return distances[:, -1]
+
+
+def precision_recall(real: np.ndarray, synthetic: np.ndarray, k: int = 3) -> dict[str, float]:
+    """Improved precision/recall (Kynkäänniemi et al., 2019) and density/coverage (Naeem et al., 2020).
+
+    Each real sample (N, D) gets a ball of radius = distance to its k-th nearest real neighbour (k=3
+    for P/R in the 2019 paper, Naeem et al. use 5; one k here so the four share one manifold).
+    precision: share of synthetic samples inside some real ball (fidelity); recall: share of real samples
+    inside some ball of the synthetic set (diversity); density: mean number of real balls a synthetic
+    sample falls in, / k (~1 for matching distributions, robust to real outliers); coverage: share of real
+    balls that hold at least one synthetic sample."""
+    from sklearn.metrics import pairwise_distances
+
+    real, synthetic = np.asarray(real, dtype=np.float64), np.asarray(synthetic, dtype=np.float64)
+    _check_features(real, synthetic)
+    if min(len(real), len(synthetic)) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set")
+    real_radii = _nn_distances(real, real, k, exclude_self=True)  # (N,)
+    synth_radii = _nn_distances(synthetic, synthetic, k, exclude_self=True)  # (M,)
+    d = pairwise_distances(real, synthetic)  # (N, M)
+    inside = d <= real_radii[:, None]  # [i, j]: synthetic j lies in real i's ball
+    return {
+        "precision": float(inside.any(axis=0).mean()),
+        "recall": float((d <= synth_radii[None, :]).any(axis=1).mean()),
+        "density": float(inside.sum(axis=0).mean() / k),
+        "coverage": float(inside.any(axis=1).mean()),
+    }
+
+
+def flat_pixels(images: np.ndarray) -> np.ndarray:
+    """uint8 images (N, H, W[, C]) -> float64 (N, H*W*C) in [0, 1]: the pixel space of the memorisation check."""
+    return np.asarray(images, dtype=np.float64).reshape(len(images), -1) / 255.0
+
+
+def memorization(train: np.ndarray, heldout: np.ndarray, synthetic: np.ndarray, quantile: float = 0.05) -> dict[str, float]:
+    """Share of synthetic samples closer to their nearest training sample than real unseen images are.
+
+    train (N, D), heldout (M, D) and synthetic (S, D) in one space (medgen uses pixels, `flat_pixels`).
+    threshold = the `quantile` of the held-out -> train nearest-neighbour distances: only that share of
+    real images never trained on comes that close to a training image, so a generator of new images
+    scores about `quantile` and a copier scores near 1. Reports the share, the threshold and medians.
+    """
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    train, heldout, synthetic = (np.asarray(v, dtype=np.float64) for v in (train, heldout, synthetic))
+    _check_features(train, synthetic)
+    _check_features(train, heldout)
+    held_nn, synth_nn = _nn_distances(heldout, train), _nn_distances(synthetic, train)
+    threshold = float(np.quantile(held_nn, quantile))
+    return {
+        "memorization_share": float((synth_nn < threshold).mean()),
+        "threshold": threshold,
+        "quantile": quantile,
+        "heldout_nn_median": float(np.median(held_nn)),
+        "synthetic_nn_median": float(np.median(synth_nn)),
+    }
+
+
+def closest_pairs(train: np.ndarray, synthetic: np.ndarray, n: int = 16) -> list[tuple[int, int, float]]:
+    """The `n` synthetic samples nearest to a training sample: [(synthetic index, train index, distance)],
+    closest first. train (N, D), synthetic (S, D) in one space; each synthetic index appears once."""
+    from sklearn.neighbors import NearestNeighbors
+
+    train, synthetic = np.asarray(train, dtype=np.float64), np.asarray(synthetic, dtype=np.float64)
+    _check_features(train, synthetic)
+    distances, index = NearestNeighbors(n_neighbors=1).fit(train).kneighbors(synthetic)
+    order = np.argsort(distances[:, 0], kind="stable")[:n]
+    return [(int(s), int(index[s, 0]), float(distances[s, 0])) for s in order]
+
+
+def generation_report(
+    train: tuple[np.ndarray, np.ndarray],
+    heldout: tuple[np.ndarray, np.ndarray],
+    synthetic: tuple[np.ndarray, np.ndarray],
+    c2st_synthetic: tuple[np.ndarray, np.ndarray],
+    pixels: tuple[np.ndarray, np.ndarray, np.ndarray],
+    seed: int = 0,
+    memorization_quantile: float = 0.05,
+) -> dict[str, Any]:
+    """`generation_quality` plus, overall and per class: KID ratio, C2ST, precision/recall/density/coverage
+    (features of `synthetic` vs train) and the memorisation share (pixel space).
+
+    train/heldout/synthetic/c2st_synthetic: (features (N, D), labels (N,)); `pixels` = uint8 images of
+    (train, heldout, c2st_synthetic), the memorisation check's inputs. Per class every comparison is made
+    within the class (a class-0 sample is judged against class-0 training images)."""
+    (ref, ref_y), (held, held_y), (syn, syn_y), (c2s, c2s_y) = train, heldout, synthetic, c2st_synthetic
+    report = generation_quality(train, heldout, synthetic, c2s, seed=seed)
+    px_train, px_held, px_syn = (flat_pixels(p) for p in pixels)
+    groups = {"all": (np.ones(len(ref_y), bool), np.ones(len(held_y), bool), np.ones(len(syn_y), bool), np.ones(len(c2s_y), bool))}
+    groups |= {str(int(c)): (ref_y == c, held_y == c, syn_y == c, c2s_y == c) for c in np.unique(ref_y)}
+    for name, (r, h, s, c) in groups.items():
+        target = report if name == "all" else report["per_class"].get(name)
+        if target is None:
+            continue
+        kid_real, kid_se = kid_stats(ref[r], held[h], seed=seed)
+        target["kid_ratio"] = ratio_to_real(target["kid_real_vs_synth"], kid_real, floor=kid_se)
+        target["fd_ratio"] = ratio_to_real(target["fd_real_vs_synth"], target["fd_real_vs_real"])
+        if name != "all":
+            target["c2st_acc"] = c2st_accuracy(ref[r], c2s[c], seed=seed)
+        target.update(precision_recall(ref[r], syn[s]))
+        mem = memorization(px_train[r], px_held[h], px_syn[c], memorization_quantile)
+        target["memorization_share"], target["memorization_threshold"] = mem["memorization_share"], mem["threshold"]
+    return report

@@ -239,3 +239,21 @@ def arms_figure(per_arm: dict[str, dict[str, list[float]]]):
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+# --- generate: memorisation -------------------------------------------------------------------------
+
+
+def nearest_pairs_montage(synthetic: np.ndarray, train: np.ndarray, pairs: list[tuple[int, int, float]],
+                          columns: int = 8) -> Image.Image:
+    """The closest sample/training pairs (`metrics.closest_pairs`) as a grid: each synthetic image with its
+    nearest training image directly below it, closest pair first. uint8 images (N, H, W[, C])."""
+    rows = []
+    for start in range(0, len(pairs), columns):
+        chunk = pairs[start : start + columns]
+        rows.append(np.stack([synthetic[s] for s, _, _ in chunk]))
+        rows.append(np.stack([train[t] for _, t, _ in chunk]))
+    width = max(len(r) for r in rows)
+    blank = np.full_like(synthetic[:1], 255)  # fills the last row pair when len(pairs) % columns != 0
+    padded = [np.concatenate([r, np.repeat(blank, width - len(r), axis=0)]) for r in rows]
+    return montage(np.concatenate(padded), columns=width)

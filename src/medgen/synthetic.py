@@ -25,35 +25,69 @@ def validate_request(labels: Sequence[int], n: int, n_classes: int) -> None:
         raise MedgenError("no label requested: give at least one class to sample")
 
 
-def sample(generator, labels: Sequence[int], n: int, seed: int, batch: int = 500) -> Split:
-    """`n` images per label from G(z, labels) -> uint8 Split (len(labels) * n, 28, 28), labels int64.
+class GanSampler:
+    """The sampler interface for a GAN generator G(z, labels): z ~ N(0, I) of size latent_dim from `rng`."""
 
-    Same seed, same images: z comes from a torch.Generator seeded here, not the global RNG.
+    max_batch = 500
+
+    def __init__(self, generator) -> None:
+        self.generator = generator
+        self.n_classes = generator.n_classes
+
+    def draw(self, labels, rng):
+        """labels (N,) int64 -> images (N, C, H, W) in [-1, 1] (G in eval mode, its mode restored after)."""
+        import torch
+
+        g = self.generator
+        device = next(g.parameters()).device
+        z = torch.randn(len(labels), g.latent_dim, generator=rng)
+        was_training = g.training
+        g.eval()
+        with torch.no_grad():
+            images = g(z.to(device), labels.to(device))
+        g.train(was_training)
+        return images
+
+
+def as_sampler(generator):
+    """Anything synthetic.sample accepts -> an object with `n_classes`, `max_batch` and `draw(labels, rng)`.
+
+    A sampler passes through; a diffusion denoiser (it has a `null_label`) gets medgen.diffusion's DDIM
+    sampler with its default steps and guidance; any other module is taken as a GAN generator G(z, labels).
+    """
+    if hasattr(generator, "draw"):
+        return generator
+    if hasattr(generator, "null_label"):
+        from medgen.diffusion import DiffusionSampler
+
+        return DiffusionSampler(generator)
+    return GanSampler(generator)
+
+
+def sample(generator, labels: Sequence[int], n: int, seed: int, batch: int = 500) -> Split:
+    """`n` images per label from a generator or sampler (`as_sampler`) -> uint8 Split (len(labels) * n, H, W[, C]).
+
+    Same seed, same images: the random inputs come from a torch.Generator seeded here, not the global RNG,
+    drawn batch after batch (`batch`, capped by the sampler's max_batch) in label order.
     """
     import torch
 
     from medgen.data import to_uint8
 
-    validate_request(labels, n, generator.n_classes)
-    device = next(generator.parameters()).device
+    sampler = as_sampler(generator)
+    validate_request(labels, n, sampler.n_classes)
     rng = torch.Generator().manual_seed(seed)
     wanted = torch.tensor([int(c) for c in labels for _ in range(n)], dtype=torch.int64)
-    was_training = generator.training
-    generator.eval()
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(wanted), batch):
-            y = wanted[start : start + batch]
-            z = torch.randn(len(y), generator.latent_dim, generator=rng)
-            chunks.append(to_uint8(generator(z.to(device), y.to(device))))
-    generator.train(was_training)
+    step = min(batch, getattr(sampler, "max_batch", batch))
+    chunks = [to_uint8(sampler.draw(wanted[start : start + step], rng)) for start in range(0, len(wanted), step)]
     return Split(np.concatenate(chunks), wanted.numpy())
 
 
 def sample_like(generator, labels: np.ndarray, seed: int) -> Split:
     """Synthetic images with exactly the class counts of `labels` (N,)."""
-    counts = np.bincount(labels, minlength=generator.n_classes)
-    parts = [sample(generator, [c], int(k), seed + c) for c, k in enumerate(counts) if k > 0]
+    sampler = as_sampler(generator)
+    counts = np.bincount(labels, minlength=sampler.n_classes)
+    parts = [sample(sampler, [c], int(k), seed + c) for c, k in enumerate(counts) if k > 0]
     return Split(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
 
 

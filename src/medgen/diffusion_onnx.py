@@ -1,0 +1,80 @@
+"""The denoiser to ONNX, and the parity of the service's numpy DDIM loop with the torch sampler.
+
+The graph is the network only (x_t, t, labels) -> prediction, opset 17, batch axis dynamic; the sampling
+loop stays outside it (serving/ddim.py) so the service picks steps and guidance per request. The schedule
+and sampler defaults travel in the metadata, the single source the numpy loop reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medgen import onnx_export
+from medgen.diffusion import DEFAULT_GUIDANCE, DEFAULT_STEPS, TIMESTEP_SPACING, ddim_sample
+from medgen.models.diffusion import ClassConditionalUNet
+
+INPUTS, OUTPUTS = ("x_t", "t", "labels"), ("prediction",)
+
+
+def denoiser_metadata(model: ClassConditionalUNet, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE) -> dict[str, Any]:
+    """What serving/ddim.py needs besides the graph: sizes, schedule, prediction type, sampler defaults."""
+    return {
+        "kind": "denoiser", "n_classes": model.n_classes, "null_label": model.null_label, "channels": model.channels,
+        "image_size": model.image_size, "prediction": model.prediction, "train_timesteps": model.train_timesteps,
+        "beta_schedule": model.beta_schedule, "timestep_spacing": TIMESTEP_SPACING, "clip_sample": True, "eta": 0.0,
+        "default_steps": steps, "default_guidance": guidance,
+        "inputs": {"x_t": "float32 (N, C, H, W)", "t": "int64 (N,)", "labels": "int64 (N,), n_classes = null"},
+        "outputs": {"prediction": f"float32 (N, C, H, W): {model.prediction}"},
+    }
+
+
+def example_inputs(model: ClassConditionalUNet, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x_t ~ N(0, I), timesteps spread over the schedule and labels cycling over classes + null, batch n."""
+    rng = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, model.channels, model.image_size, model.image_size, generator=rng)
+    t = torch.randint(0, model.train_timesteps, (n,), generator=rng)
+    return x, t, torch.arange(n) % (model.n_classes + 1)
+
+
+def export_denoiser(model: ClassConditionalUNet, path: str | Path, opset: int = 17, metadata: dict[str, Any] | None = None) -> Path:
+    """Trace the denoiser (eval mode) to ONNX with a dynamic batch axis; onnx.checker runs on the result."""
+    import warnings
+
+    meta = denoiser_metadata(model) | (metadata or {})
+    with warnings.catch_warnings():
+        # diffusers' Upsample2D branches on the batch size / element count only to call .contiguous() (a
+        # layout, not a value, change): the tracer's "treated as a constant" warning is harmless there
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        return onnx_export.export_onnx(model.eval(), example_inputs(model, 2), path, INPUTS, OUTPUTS, opset, meta)
+
+
+def network_parity(session: Any, model: ClassConditionalUNet, sizes: tuple[int, ...] = (1, 7, 32)) -> dict[str, float]:
+    """max |onnxruntime - torch| of one network call per batch size (key = size) and overall ('max')."""
+    batches = [dict(zip(INPUTS, (v.numpy() for v in example_inputs(model, n, seed=n)))) for n in sizes]
+    return onnx_export.max_abs_diff(session, model, batches)
+
+
+def sampler_parity(numpy_step, model: ClassConditionalUNet, labels: np.ndarray, noise: np.ndarray, steps: int,
+                   guidance: float) -> dict[str, float]:
+    """A numpy DDIM step (serving/ddim.py `make_step`, over onnxruntime) against medgen.diffusion.ddim_sample.
+
+    The caller builds `numpy_step` (medgen never imports serving/). Per step, the numpy step gets the
+    torch sampler's own x_t: `step_max` / `prediction_max` = the largest |numpy - torch| of x_prev / of the
+    guided network output over all steps (the error one step adds). `trajectory_max`: the largest
+    |numpy - torch| of x when the numpy loop runs on its own from the same noise (errors accumulate)."""
+    torch_trace: list = []
+    ddim_sample(model, torch.from_numpy(labels), torch.from_numpy(noise), steps, guidance, trace=torch_trace)
+    inputs = [noise] + [x for _, _, x in torch_trace[:-1]]
+    step_max = prediction_max = trajectory_max = 0.0
+    x = noise
+    for (t, pred, x_prev), x_t in zip(torch_trace, inputs):
+        np_pred, np_prev = numpy_step(x_t, t)
+        step_max = max(step_max, float(np.abs(np_prev - x_prev).max()))
+        prediction_max = max(prediction_max, float(np.abs(np_pred - pred).max()))
+        x = numpy_step(x, t)[1]
+        trajectory_max = max(trajectory_max, float(np.abs(x - x_prev).max()))
+    return {"step_max": step_max, "prediction_max": prediction_max, "trajectory_max": trajectory_max, "steps": steps}
