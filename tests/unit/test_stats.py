@@ -11,12 +11,15 @@ from medgen import stats
 from medgen.metrics import classification_metrics, mean_std
 
 
+def probs_of(scores):
+    p1 = 1 / (1 + np.exp(-scores))
+    return np.stack([1 - p1, p1], axis=1)
+
+
 def binormal(rng, n_neg, n_pos, shift):
     """Scores of a binormal model (negatives N(0,1), positives N(shift,1)) as 2-column probabilities."""
     labels = np.repeat([0, 1], [n_neg, n_pos])
-    scores = rng.normal(0.0, 1.0, n_neg + n_pos) + shift * labels
-    p1 = 1 / (1 + np.exp(-scores))
-    return labels, np.stack([1 - p1, p1], axis=1)
+    return labels, probs_of(rng.normal(0.0, 1.0, n_neg + n_pos) + shift * labels)
 
 
 def test_mean_std_uses_sample_std():
@@ -52,12 +55,10 @@ def test_weights_are_multiplicities():
 
 def test_resamples_are_stratified_fixed_and_shared():
     labels = np.repeat([0, 1], [42, 114])
-    a, b = stats.draw(labels, 3), stats.draw(labels, 3)
-    assert a.weights.shape == (stats.N_BOOT, 156) and a.seeds.shape == (stats.N_BOOT, 3)
-    assert np.array_equal(a.weights, b.weights) and np.array_equal(a.seeds, b.seeds)
-    assert (a.weights[:, :42].sum(1) == 42).all() and (a.weights[:, 42:].sum(1) == 114).all()
-    assert 0 < a.seeds.min() + 1 and a.seeds.max() == 2
-    assert not np.array_equal(stats.draw(labels, 3, seed=1).weights, a.weights)
+    a, b = stats.draw(labels), stats.draw(labels)
+    assert a.shape == (stats.N_BOOT, 156) and np.array_equal(a, b)
+    assert (a[:, :42].sum(1) == 42).all() and (a[:, 42:].sum(1) == 114).all()
+    assert not np.array_equal(stats.draw(labels, seed=1), a)
 
 
 def test_delong_matches_a_hand_computed_case():
@@ -77,12 +78,11 @@ def test_delong_difference_agrees_with_the_paired_bootstrap_on_a_large_sample():
     p1 = 1 / (1 + np.exp(-(np.log(probs_a[:, 1] / probs_a[:, 0]) + noise)))
     probs_b = np.stack([1 - p1, p1], axis=1)
     delong = stats.delong(labels, probs_a[:, 1], probs_b[:, 1])
-    resamples = stats.draw(labels, 1, n_boot=2000)
-    boot = (stats.weighted_scores(labels, probs_a, resamples.weights)["auc"]
-            - stats.weighted_scores(labels, probs_b, resamples.weights)["auc"])
+    weights = stats.draw(labels, n_boot=2000)
+    boot = stats.weighted_scores(labels, probs_a, weights)["auc"] - stats.weighted_scores(labels, probs_b, weights)["auc"]
     assert delong["diff"] == pytest.approx(boot.mean(), abs=0.002)
     assert delong["se"] == pytest.approx(boot.std(ddof=1), rel=0.12)  # same standard error
-    compared = stats.compare(labels, [probs_a], [probs_b], "auc", resamples)
+    compared = stats.compare(labels, [probs_a], [probs_b], "auc", weights)
     assert compared["delong_p_value"] == pytest.approx(delong["p_value"])
     assert compared["ci95"][0] > 0 and compared["p_value"] < 0.01 and delong["p_value"] < 0.01
 
@@ -109,7 +109,7 @@ def test_intervals_cover_the_true_auc_and_accuracy():
     runs = 200
     for _ in range(runs):
         labels, probs = binormal(rng, 42, 114, shift)
-        found = stats.describe(labels, [probs], ("auc", "acc"), stats.draw(labels, 1, n_boot=500))
+        found = stats.describe(labels, [probs], ("auc", "acc"), stats.draw(labels, n_boot=500))
         hits["auc"] += found["test_auc_ci95"][0] <= true_auc <= found["test_auc_ci95"][1]
         hits["acc"] += found["test_acc_ci95"][0] <= true_acc <= found["test_acc_ci95"][1]
     for key, count in hits.items():
@@ -127,19 +127,38 @@ def seeds_of(rng, labels, base, n_seeds, shift, spread):
     return out
 
 
-def test_seed_resampling_widens_the_interval_and_the_mean_is_the_reported_one():
+def test_seed_spread_widens_the_interval_and_the_mean_is_the_reported_one():
     rng = np.random.default_rng(4)
     labels, base = binormal(rng, 42, 114, 1.2)
     per_seed = seeds_of(rng, labels, base, 5, 0.0, 0.6)
-    both = stats.describe(labels, per_seed, ("auc",))
-    images_only = stats.describe(labels, per_seed, ("auc",), stats.Resamples(stats.draw(labels, 5).weights,
-                                                                             np.tile(np.arange(5), (stats.N_BOOT, 1))))
+    spread = stats.describe(labels, per_seed, ("auc",))
+    same = stats.describe(labels, [per_seed[0]] * 5, ("auc",))  # five identical seeds: test sampling only
     aucs = [classification_metrics(labels, p)["auc"] for p in per_seed]
-    assert both["test_auc_mean"] == pytest.approx(np.mean(aucs))
-    assert both["test_auc_std"] == pytest.approx(np.std(aucs, ddof=1))
+    assert spread["test_auc_mean"] == pytest.approx(np.mean(aucs))
+    assert spread["test_auc_std"] == pytest.approx(np.std(aucs, ddof=1))
     width = lambda d: d["test_auc_ci95"][1] - d["test_auc_ci95"][0]  # noqa: E731
-    assert width(both) > width(images_only)
-    assert both["test_auc_ci95"][0] < both["test_auc_mean"] < both["test_auc_ci95"][1]
+    assert width(spread) > width(same) > 0.05  # 156 test images alone leave a wide interval
+    assert spread["test_auc_ci95"][0] < spread["test_auc_mean"] < spread["test_auc_ci95"][1]
+
+
+def test_the_paired_rule_holds_its_size_under_the_null():
+    """Arms from the same process (seed-level skill and image-by-seed noise), 3 seeds: p < 0.05 about 5% of
+    the time. Resampling seeds and images together gave 0.3-0.7% here: the seed-by-image part counted twice."""
+    rng = np.random.default_rng(6)
+    rejected, runs = {"auc": 0, "balanced_acc": 0}, 200
+    for _ in range(runs):
+        labels = np.repeat([0, 1], [42, 114])
+        x = rng.normal(0, 1, 156) + 1.2 * labels
+
+        def seed_model():
+            return probs_of((1 + rng.normal(0, 0.15)) * x + rng.normal(0, 0.7, len(x)))
+
+        arm, baseline = [seed_model() for _ in range(3)], [seed_model() for _ in range(3)]
+        weights = stats.draw(labels, n_boot=400, seed=int(rng.integers(1 << 30)))
+        for key in rejected:
+            rejected[key] += stats.compare(labels, arm, baseline, key, weights)["p_value"] < 0.05
+    for key, count in rejected.items():
+        assert 0.015 <= count / runs <= 0.10, (key, count / runs)
 
 
 def test_paired_comparison_finds_a_consistent_gain_and_not_noise():
@@ -185,7 +204,7 @@ def test_ensemble_scores_the_seed_averaged_probabilities():
     labels = np.array([0, 0, 1, 1])
     seed_a = np.array([[0.6, 0.4], [0.4, 0.6], [0.4, 0.6], [0.6, 0.4]])
     seed_b = np.array([[0.8, 0.2], [0.8, 0.2], [0.2, 0.8], [0.2, 0.8]])
-    found = stats.ensemble(labels, [seed_a, seed_b], n_boot=200)
+    found = stats.ensemble(labels, [seed_a, seed_b], weights=stats.draw(labels, n_boot=200))
     assert found["acc"] == 1.0 and found["auc"] == 1.0  # the average is right on every image
     assert found["acc_ci95"] == [1.0, 1.0]
 

@@ -93,13 +93,13 @@ def summarize(results: list[dict], arms: tuple[str, ...], labels: np.ndarray) ->
         found = {a: [r["seed"] for r in rs] for a, rs in by_arm.items()}
         raise ValueError(f"arms were not trained on the same seeds: {found}")
     probs = {arm: [r["probs"] for r in rows] for arm, rows in by_arm.items()}
-    resamples = stats.draw(labels, len(seeds))  # the same draws for every arm: paired
+    weights = stats.draw(labels)  # the same resampled test images for every arm and seed: paired
     summary: dict[str, Any] = {"seeds": len(seeds), "arms": {}}
     for arm, rows in by_arm.items():
         summary["arms"][arm] = {"n_train": rows[0]["n_train"],
                                 "val_auc_mean": stats.mean_std([r["val"]["auc"] for r in rows])[0],
-                                **stats.describe(labels, probs[arm], REPORTED, resamples)}
-    family = {arm: {f"test_{key}": stats.compare(labels, probs[arm], probs["baseline"], key, resamples)
+                                **stats.describe(labels, probs[arm], REPORTED, weights)}
+    family = {arm: {f"test_{key}": stats.compare(labels, probs[arm], probs["baseline"], key, weights)
                     for key in COMPARED} for arm in arms[1:]}
     summary["vs_baseline"] = stats.decide(family)
     summary["rule"] = stats.rule(sum(len(v) for v in family.values()))

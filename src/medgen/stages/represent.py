@@ -222,13 +222,13 @@ COMPARED = ("balanced_acc", "auc")  # every method vs PCA: one Holm family (medg
 def add_uncertainty(entries: dict[str, dict], test_probs: dict[str, np.ndarray], labels: np.ndarray) -> None:
     """Per method `test_<m>_ci95` (stratified bootstrap over test images; one model, so no seed level) and,
     for every method but PCA, `vs_pca`: paired comparison on the same resampled images, decided by the rule."""
-    resamples = stats.draw(labels, 1)
+    weights = stats.draw(labels)  # the same resampled test images for every method: paired
     for method, probs in test_probs.items():
-        found = stats.describe(labels, [probs], SCORES, resamples)
+        found = stats.describe(labels, [probs], SCORES, weights)
         entries[method].update({f"test_{m}_ci95": found[f"test_{m}_ci95"] for m in SCORES})
     if "pca" not in test_probs:
         return
-    family = {m: {f"test_{key}": stats.compare(labels, [p], [test_probs["pca"]], key, resamples) for key in COMPARED}
+    family = {m: {f"test_{key}": stats.compare(labels, [p], [test_probs["pca"]], key, weights) for key in COMPARED}
               for m, p in test_probs.items() if m != "pca"}
     for method, found in stats.decide(family).items():
         entries[method]["vs_pca"] = found
