@@ -91,7 +91,12 @@ def detectable(s2_seed: float, c_test: float, n_seeds: int, alpha: float, power:
 
 
 def estimate(args: argparse.Namespace) -> dict:
+    if not Path(args.probs).is_file():
+        sys.exit(f"power: error: {args.probs} not found: run the augment stage (`dvc repro augment`) or "
+                 "`scripts/power.py measure` first")
     labels, arms = read_probabilities(Path(args.probs))
+    if args.baseline not in arms or len(arms) < 2 or min(len(seeds) for seeds in arms.values()) < 2:
+        sys.exit(f"power: error: {args.probs} needs arm {args.baseline!r} and another arm, each with >= 2 seeds")
     base = arms.pop(args.baseline)
     report: dict = {"probs": args.probs, "test_images": len(labels), "alpha": args.alpha, "power": args.power,
                     "family": args.family, "metrics": {}}
