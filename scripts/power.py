@@ -65,15 +65,17 @@ def components(labels: np.ndarray, arm: dict[int, np.ndarray], base: dict[int, n
             "c_test": float(off.mean()), "v_test": float(np.diag(cov).mean())}
 
 
-def details_s2(path: Path, metric: str, baseline: str = "baseline") -> list[tuple[int, float]]:
-    """(degrees of freedom, s2_seed) of every arm vs baseline from per-seed test metrics (augment_details.json)."""
+def details_s2(path: Path, metric: str, baseline: str = "baseline",
+               skip: frozenset[str] = frozenset()) -> list[tuple[int, float]]:
+    """(degrees of freedom, s2_seed) of every arm vs baseline from per-seed test metrics (augment_details.json),
+    except the arms in `skip` (already measured from probabilities: the same seeds would count twice)."""
     rows = json.loads(path.read_text())["per_seed"]
     by_arm: dict[str, dict[int, float]] = {}
     for r in rows:
         by_arm.setdefault(r["arm"], {})[r["seed"]] = r["test"][metric]
     out = []
     for arm, values in by_arm.items():
-        if arm == baseline:
+        if arm == baseline or arm in skip:
             continue
         d = [values[s] - by_arm[baseline][s] for s in sorted(values)]
         out.append((len(d) - 1, float(np.var(d, ddof=1))))
@@ -104,7 +106,7 @@ def estimate(args: argparse.Namespace) -> dict:
         found = {arm: components(labels, probs, base, metric, args.n_boot) for arm, probs in arms.items()}
         pooled_df = [(f["seeds"] - 1, f["s2_seed"]) for f in found.values()]
         if args.details:
-            pooled_df += details_s2(Path(args.details), metric, args.baseline)
+            pooled_df += details_s2(Path(args.details), metric, args.baseline, frozenset(arms))
         df = sum(k for k, _ in pooled_df)
         s2 = sum(k * v for k, v in pooled_df) / df
         c = float(np.mean([f["c_test"] for f in found.values()]))

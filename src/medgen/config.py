@@ -345,7 +345,7 @@ class AugmentConfig:
 
     section: ClassVar[str] = "augment"
     arms: tuple[str, ...] = AUGMENT_ARMS  # `baseline` first; every other arm is compared with it seed by seed
-    seeds: int = 3  # seeds seed, seed+1, ... (the same for every arm: paired comparison)
+    seeds: int = 4  # seeds seed, seed+1, ... (the same for every arm: paired comparison); docs/statistics.md
     ratio: float = 1.0  # share of each class's gap to the largest class filled with synthetic images
     epochs: int = 0  # 0 = classify.epochs
     checkpoint: str = "models/augment/best.pt"
