@@ -110,16 +110,34 @@ def run_pipeline(command: str, copy: Path, run: str, timeout: float, kill_at: st
                 if pattern is not None and matches == kill_count:
                     os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of dvc and the stage it runs
                     proc.wait()
+                    waited = _wait_gone(proc.pid)
                     text = line.decode(errors="replace").strip()
                     log.write(f"\n=== repro_check: killed (SIGKILL) at: {text}\n".encode())
+                    log.write(f"=== repro_check: every process of the group gone after {waited:.1f} s\n".encode())
                     return True, time.monotonic() - started
             code = proc.wait()
         except BaseException:
             _kill_group(proc)
             raise
     if code != 0:
-        sys.exit(f"repro_check: {run}: `{command}` failed with exit code {code}; see {copy / f'{run}.log'}")
+        tail = (copy / f"{run}.log").read_text(errors="replace").splitlines()[-40:]
+        sys.exit("\n".join([f"repro_check: {run}: `{command}` failed with exit code {code}; the end of "
+                             f"{copy / f'{run}.log'}:", *tail]))
     return False, time.monotonic() - started
+
+
+def _wait_gone(group: int, limit: float = 60.0) -> float:
+    """Wait until no process of the killed group is left, zombies included: until the system reaps them, DVC
+    takes a dead `dvc repro` for a live lock holder (exit 255, "is busy") and medgen a dead stage for the
+    live owner of its Optuna trial. Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    sys.exit(f"repro_check: processes of the killed group {group} still exist after {limit:.0f} s")
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
