@@ -11,7 +11,7 @@ ifneq ($(SHARED_NPZ),)
 export MEDGEN_DATA_SOURCE ?= $(SHARED_NPZ)
 endif
 
-.PHONY: setup test run lock ui serve bench-serve load-serve bench-backpressure container-check security-scan
+.PHONY: setup test run repro-check power lock ui serve bench-serve load-serve bench-backpressure container-check security-scan
 
 setup:  ## fresh virtual environment with every pinned version, then medgen itself (editable)
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test:  ## the whole suite (unit, data, integration on the smoke profile, serving
 
 run:  ## the main job: the DVC pipeline with the defaults in params.yaml
 	$(BIN)/dvc repro
+
+repro-check:  ## smoke pipeline from clean copies: twice (2nd keeps mlruns/) + killed and resumed; fails if any output differs
+	$(BIN)/python scripts/repro_check.py
+
+power:  ## smallest detectable augment differences with 3/5/10 seeds, from the augment stage's test probabilities
+	$(BIN)/python scripts/power.py estimate plots/augment/test_probs.csv --details metrics/augment_details.json
 
 lock:  ## re-pin requirements.lock from the current environment (after changing pyproject.toml)
 	{ head -n 2 requirements.lock; $(BIN)/python -m pip freeze --exclude-editable | grep -vi '^medgen'; } > requirements.lock.new

@@ -19,6 +19,7 @@ import numpy as np
 
 from medgen.config import SOURCE_ENV, DataConfig
 from medgen.errors import DataError
+from medgen.io import savez_compressed
 
 SPLITS = ("train", "val", "test")
 
@@ -160,7 +161,7 @@ def save_npz(dataset: Dataset, path: Path) -> None:
         for name in SPLITS:
             arrays[f"{name}_images"] = dataset.split(name).images
             arrays[f"{name}_labels"] = dataset.split(name).labels
-        np.savez_compressed(tmp, **arrays)
+        savez_compressed(tmp, **arrays)  # byte-stable (no timestamps): a DVC out
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:

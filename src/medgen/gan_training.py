@@ -25,6 +25,7 @@ from torch import nn
 from medgen.config import GenerateConfig
 from medgen.models.features import FeatureNet, rotate_batch
 from medgen.models.gan import Discriminator, Generator, diff_augment
+from medgen.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -153,16 +154,18 @@ def fit_feature_net(images: torch.Tensor, labels: torch.Tensor, n_classes: int, 
     net = FeatureNet(n_classes, feature_dim=cfg.feature_dim).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     images, labels = images.to(device), labels.to(device)
-    for _ in range(cfg.feature_epochs):
-        net.train()
-        order = torch.randperm(len(images), device=device)
-        for start in range(0, len(images), 64):
-            index = order[start : start + 64]
-            x, t = rotate_batch(images[index], labels[index])
-            loss = F.cross_entropy(net(x), t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    with Progress(cfg.feature_epochs, "metric feature net", unit="epochs") as progress:
+        for epoch in range(cfg.feature_epochs):
+            net.train()
+            order = torch.randperm(len(images), device=device)
+            for start in range(0, len(images), 64):
+                index = order[start : start + 64]
+                x, t = rotate_batch(images[index], labels[index])
+                loss = F.cross_entropy(net(x), t)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            progress.update(epoch + 1, loss=float(loss.detach()))
     return net.eval()
 
 

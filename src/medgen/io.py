@@ -29,5 +29,20 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def savez_compressed(file: str | Path, **arrays: Any) -> None:
+    """np.savez_compressed with a fixed timestamp in every zip entry: numpy stamps each entry with the
+    current time, so the same arrays gave a different file (and DVC hash, and Optuna study name) per run."""
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(entry, "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asanyarray(value), allow_pickle=False)
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())

@@ -14,6 +14,8 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import NearestNeighbors
 
+from medgen.progress import Progress
+
 
 def neighbour_labels(z_fit: np.ndarray, y_fit: np.ndarray, z_eval: np.ndarray, k_max: int) -> np.ndarray:
     """Labels of the k_max nearest fitted points of each eval point, nearest first: (N_eval, k_max).
@@ -104,20 +106,23 @@ def fit_autoencoder(model: torch.nn.Module, x: torch.Tensor, epochs: int, lr: fl
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=generator)
-        sums: dict[str, float] = {}
-        # drop a trailing batch of one: batch norm cannot normalise a single sample
-        batches = [order[i : i + batch_size] for i in range(0, len(x), batch_size) if len(order[i : i + batch_size]) > 1]
-        for idx in batches:
-            loss, parts = model.loss(x[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value / len(batches)
-        history.append(sums)
-        if on_epoch is not None:
-            on_epoch(epoch)
+    with Progress(epochs, f"fit {type(model).__name__}", unit="epochs") as progress:
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(x), generator=generator)
+            sums: dict[str, float] = {}
+            # drop a trailing batch of one: batch norm cannot normalise a single sample
+            batches = [order[i : i + batch_size] for i in range(0, len(x), batch_size)
+                       if len(order[i : i + batch_size]) > 1]
+            for idx in batches:
+                loss, parts = model.loss(x[idx].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0.0) + value / len(batches)
+            history.append(sums)
+            progress.update(epoch + 1, **sums)
+            if on_epoch is not None:
+                on_epoch(epoch)
     return history

@@ -65,9 +65,15 @@ def comparison_table(entries: dict, objective: str):
     table.auto_set_column_width(list(range(len(columns))))
     table.scale(1.2, 1.4)
     values = [entries[m].get("test_balanced_acc", float("nan")) for m in methods]
-    bottom.bar(methods, values, color=["#888888" if m in ("pca", "isomap") else "#3b75af" for m in methods])
+    intervals = [entries[m].get("test_balanced_acc_ci95") for m in methods]
+    yerr = None
+    if all(intervals):  # 95% bootstrap interval over test images (medgen.stats)
+        yerr = [[max(v - lo, 0.0) for v, (lo, _) in zip(values, intervals)],
+                [max(hi - v, 0.0) for v, (_, hi) in zip(values, intervals)]]
+    colours = ["#888888" if m in ("pca", "isomap") else "#3b75af" for m in methods]
+    bottom.bar(methods, values, yerr=yerr, capsize=4, color=colours)
     bottom.axhline(0.5, color="red", linestyle="--", linewidth=1, label="chance / majority class (0.5)")
-    bottom.set_ylabel("test balanced accuracy (KNN)")
+    bottom.set_ylabel("test balanced accuracy (KNN, 95% interval)")
     bottom.set_ylim(0, 1)
     bottom.legend(loc="lower right")
     fig.suptitle("Representation study: KNN on each latent space (selected by CV on train+val, test scored once)")
@@ -218,8 +224,9 @@ def gan_history(history: list[dict]):
 # --- augment
 
 
-def arms_figure(per_arm: dict[str, dict[str, list[float]]]):
-    """One panel per metric: each arm's per-seed test values (dots) and mean ± std (bar)."""
+def arms_figure(per_arm: dict[str, dict[str, list[float]]], intervals: dict[str, dict[str, list[float]]] | None = None):
+    """One panel per metric: each arm's per-seed test values (dots), their mean (square) and, when given,
+    the 95% interval of that mean (bar; medgen.stats), else ± one std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,11 +238,17 @@ def arms_figure(per_arm: dict[str, dict[str, list[float]]]):
     for ax, name in zip(axes[0], metric_names):
         for i, arm in enumerate(arms):
             values = np.asarray(per_arm[arm][name], dtype=float)
-            std = values.std(ddof=1) if len(values) > 1 else 0.0
-            ax.errorbar(i, values.mean(), yerr=std, fmt="s", capsize=6, color="C0")
+            mean = values.mean()
+            if intervals is not None:
+                lo, hi = intervals[arm][name]
+                yerr = [[max(mean - lo, 0.0)], [max(hi - mean, 0.0)]]
+            else:
+                yerr = values.std(ddof=1) if len(values) > 1 else 0.0
+            ax.errorbar(i, mean, yerr=yerr, fmt="s", capsize=6, color="C0")
             ax.scatter(np.full(len(values), i + 0.15), values, s=14, color="C1", zorder=3)
         ax.set_xticks(range(len(arms)), arms, rotation=20)
-        ax.set_title(f"test {name} (mean ± std over seeds)")
+        spread = "95% interval" if intervals is not None else "± std"
+        ax.set_title(f"test {name} (seeds; mean, {spread})")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

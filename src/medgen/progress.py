@@ -46,6 +46,7 @@ class Progress:
         self.started = time.monotonic()
         self.facts: dict[str, Any] = {}
         self._last = 0.0
+        self._printed = start  # the `done` count of the last line printed
         self._bar = None
         if _use_bars():
             from tqdm import tqdm
@@ -71,12 +72,16 @@ class Progress:
             return
         now = time.monotonic()
         if now - self._last >= MIN_INTERVAL_S or done >= self.total or self._last == 0.0:
-            self._last = now
+            self._last, self._printed = now, done
             _emit(self.line())
 
     def close(self) -> None:
+        """End this level; on a log, print its last state if the rate limit held it back (early stop, prune)."""
         if self._bar is not None:
             self._bar.close()
+        elif self._last and self._printed != self.done:
+            self._printed = self.done
+            _emit(self.line())
         with _lock:
             if self in _active:
                 _active.remove(self)
@@ -96,12 +101,15 @@ def _emit(text: str) -> None:
 def _heartbeat() -> None:
     while True:
         time.sleep(max(1.0, HEARTBEAT_S / 3))
-        with _lock:
-            levels = list(_active)
-        if not levels or levels[-1]._bar is not None:
-            continue
-        if time.monotonic() - _last_line[0] >= HEARTBEAT_S:
-            _emit("still working: " + " > ".join(p.line() for p in levels))
+        beat()
+
+
+def beat() -> None:
+    """One heartbeat check: off a terminal, print every open level if nothing was printed for HEARTBEAT_S."""
+    with _lock:
+        levels = list(_active)
+    if levels and levels[-1]._bar is None and time.monotonic() - _last_line[0] >= HEARTBEAT_S:
+        _emit("still working: " + " > ".join(p.line() for p in levels))
 
 
 def _ensure_ticker() -> None:

@@ -147,7 +147,9 @@ def owner_alive(owner: str) -> bool | None:
     if host != socket.gethostname() or not pid_text.isdigit():
         return None
     try:
-        return f"{psutil.Process(int(pid_text)).create_time():.3f}" == started
+        process = psutil.Process(int(pid_text))
+        # a zombie (killed, not yet reaped by its parent) runs nothing: its trial is dead
+        return f"{process.create_time():.3f}" == started and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 

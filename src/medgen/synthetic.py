@@ -12,6 +12,7 @@ import numpy as np
 
 from medgen.data import Split
 from medgen.errors import DataError, MedgenError
+from medgen.io import savez_compressed
 
 
 def validate_request(labels: Sequence[int], n: int, n_classes: int) -> None:
@@ -101,7 +102,7 @@ def save_samples(split: Split, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
     os.close(fd)
     try:
-        np.savez_compressed(tmp, images=split.images, labels=split.labels)
+        savez_compressed(tmp, images=split.images, labels=split.labels)  # byte-stable: a DVC out
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

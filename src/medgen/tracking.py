@@ -152,10 +152,13 @@ def log_dict(obj: dict[str, Any], artifact_file: str) -> None:
 
 
 def numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Flatten nested metric dicts to `a.b.c` -> float, dropping non-numbers (for mlflow.log_metrics)."""
+    """Flatten nested metric dicts to `a.b.c` -> float, dropping non-numbers (for mlflow.log_metrics); a list
+    of numbers (an interval [lo, hi]) becomes `name.0`, `name.1`."""
     flat: dict[str, float] = {}
     for key, value in metrics.items():
         name = _METRIC_NAME_BAD.sub("_", f"{prefix}{key}")  # e.g. arm "classic+synthetic"
+        if isinstance(value, (list, tuple)):
+            value = {str(i): v for i, v in enumerate(value)}
         if isinstance(value, dict):
             flat.update(numeric_metrics(value, prefix=f"{name}."))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -1,6 +1,7 @@
 """`classify` on the real BreastMNIST: smoke end to end, ablation switches, transfer, checkpoint reload."""
 
 import json
+import logging
 import urllib.error
 from dataclasses import replace
 from pathlib import Path
@@ -17,8 +18,8 @@ from medgen.stages import classify, prepare
 from medgen.training import load_model, save_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
-KEYS = {"seeds", "test_acc_mean", "test_acc_std", "test_auc_mean", "test_auc_std", "test_balanced_acc_mean",
-        "test_f1_mean", "test_precision_mean", "test_recall_mean"}
+METRICS = ("acc", "auc", "balanced_acc", "f1", "precision", "recall", "minority_recall")
+KEYS = {"seeds", "ensemble", *(f"test_{m}_{s}" for m in METRICS for s in ("mean", "std", "ci95"))}
 
 
 
@@ -35,13 +36,28 @@ def tiny(dataset, n=48):
     return classify.subsample(dataset.train, n / len(dataset.train), seed=0)
 
 
-def test_smoke_end_to_end_and_checkpoint_reproduces_test_predictions(smoke_cfg, prepared):
+def test_smoke_end_to_end_and_checkpoint_reproduces_test_predictions(smoke_cfg, prepared, caplog, monkeypatch):
+    monkeypatch.setenv("MEDGEN_PROGRESS", "log")
+    caplog.set_level(logging.INFO, logger="medgen.progress")
     cfg = smoke_cfg()
     summary = classify.run(cfg)
     assert set(summary) == KEYS and summary["seeds"] == cfg.classify.seeds == 2
     assert 0.0 <= summary["test_auc_mean"] <= 1.0 and summary["test_acc_std"] >= 0.0
+    for metric in ("acc", "auc"):  # the interval of the seed mean: two numbers around it
+        lo, hi = summary[f"test_{metric}_ci95"]
+        assert lo <= summary[f"test_{metric}_mean"] <= hi
+        ens_lo, ens_hi = summary["ensemble"][f"{metric}_ci95"]
+        assert ens_lo <= summary["ensemble"][metric] <= ens_hi
+    # AUC moves when test images are resampled (the smoke model may still call every image one class,
+    # which fixes accuracy under a class-stratified bootstrap)
+    assert summary["test_auc_ci95"][1] - summary["test_auc_ci95"][0] > 0.01
     assert json.loads(Path(cfg.classify.metrics).read_text()) == summary
+    lines = [r.getMessage() for r in caplog.records if r.name == "medgen.progress"]
+    assert any(line.startswith("classify seeds: 2/2 seeds seed 43 ") for line in lines), lines[-5:]
+    assert any(line.startswith("fit seed 42: ") and " epochs val_auc " in line for line in lines), lines[-5:]
+    assert any(line.startswith("search breastmnist-classify-") for line in lines), lines[-5:]
     details = json.loads(Path(cfg.classify.details).read_text())
+    assert all("seconds" not in r for r in details["per_seed"])  # timings live in MLflow and the log
     assert len(details["per_seed"]) == 2 and details["search"]["trials"] == cfg.classify.n_trials
     assert np.sum(details["confusion"]) == len(prepared.test)
     for name in ("history.csv", "confusion.json", "roc.csv", "curves.png", "confusion.png", "roc.png"):

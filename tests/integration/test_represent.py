@@ -2,6 +2,7 @@
 pruning, figures, the encoder checkpoint classify reads, and bad inputs failing before any training."""
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,10 +36,15 @@ def _study(cfg, method):
                              storage=search.storage_url(cfg.tracking))
 
 
-def test_all_methods_end_to_end(smoke_cfg, workdir):
+def test_all_methods_end_to_end(smoke_cfg, workdir, caplog, monkeypatch):
+    monkeypatch.setenv("MEDGEN_PROGRESS", "log")
+    caplog.set_level(logging.INFO, logger="medgen.progress")
     cfg = smoke_cfg()
     prepare.run(cfg)
     metrics = represent.run(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.name == "medgen.progress"]
+    assert any(line.startswith("represent methods: 6/6 ") for line in lines), lines[-5:]
+    assert any(line.startswith("fit ") and "/2 epochs recon " in line for line in lines), lines[-5:]
     assert list(metrics) == list(cfg.represent.methods)
     assert json.loads(Path(cfg.represent.metrics).read_text()) == metrics
     for method, entry in metrics.items():
@@ -47,6 +53,17 @@ def test_all_methods_end_to_end(smoke_cfg, workdir):
         assert cfg.represent.k_min <= entry["k"] <= cfg.represent.k_max
         assert all(0.0 <= entry[key] <= 1.0 for key in ENTRY_KEYS - {"latent_dim", "k"}), entry
         assert ("lr" in entry) == (method not in ("pca", "isomap"))
+        for key in ("test_acc", "test_balanced_acc", "test_auc"):  # 95% bootstrap interval around the value
+            lo, hi = entry[f"{key}_ci95"]
+            assert lo <= entry[key] <= hi and hi - lo > 0.01, (method, key)
+        if method != "pca":  # paired comparison with PCA on the same test images, decided by the rule
+            for key in ("test_balanced_acc", "test_auc"):
+                found = entry["vs_pca"][key]
+                assert found["diff"] == pytest.approx(entry[key] - metrics["pca"][key])
+                assert found["ci95"][0] <= found["diff"] <= found["ci95"][1]
+                assert 0 < found["p_value"] <= found["p_holm"] <= 1
+                assert found["significant"] == (found["p_holm"] < 0.05)
+    assert "vs_pca" not in metrics["pca"]
     for name in FIGURES:
         path = Path(cfg.represent.plots_dir) / f"{name}.png"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

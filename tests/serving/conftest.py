@@ -35,7 +35,7 @@ def export_standins(folder: Path, npz: Path) -> Path:
     save_classifier(cfg.export.classifier_checkpoint, images=real[:64])
     save_generator(cfg.export.generator_checkpoint)
     for target in export.targets(cfg):
-        export.export_one(target, cfg, real.numpy(), run_id="")
+        export.export_one(target, cfg, real.numpy())
     manifest.write(cfg, cfg.export.out_dir)  # as the stage does last
     return Path(cfg.export.out_dir)
 

@@ -136,3 +136,22 @@ def test_best_params_requires_a_completed_trial(cfg):
         search.optimize(study, always_pruned, n_trials=2, parent_run_id=parent.info.run_id)
     with pytest.raises(MedgenError, match="no completed trial"):
         search.best_params(study)
+
+
+def test_a_killed_but_unreaped_owner_is_dead():
+    import signal
+    import socket
+    import time
+
+    import psutil
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    owner = f"{socket.gethostname()}:{child.pid}:{psutil.Process(child.pid).create_time():.3f}"
+    assert search.owner_alive(owner) is True
+    os.kill(child.pid, signal.SIGKILL)  # not waited for: a zombie until reaped
+    deadline = time.monotonic() + 10
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert search.owner_alive(owner) is False
+    child.wait()
+    assert search.owner_alive(owner) is False

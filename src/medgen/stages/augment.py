@@ -9,8 +9,11 @@ metrics are reported for every arm, never used to choose.
 
 Inputs : data/prepared/<flag>.npz, classify.checkpoint (chosen hyper-parameters),
          <generate.samples_dir>/<flag>/samples.npz (synthetic arms only).
-Outputs: augment.metrics, augment.details (per seed), augment.plots_dir/arms.png + arms.csv,
-         augment.checkpoint (the best synthetic arm's model by validation AUC, for export).
+Outputs: augment.metrics (per arm: mean, std and 95% interval of each test metric; per arm vs baseline:
+         paired difference, interval, p-value and `significant` by medgen.stats' rule), augment.details
+         (per seed), augment.plots_dir/arms.png + arms.csv + test_probs.csv (per-image test probabilities
+         of every arm and seed: what scripts/power.py reads), augment.checkpoint (the best synthetic arm's
+         model by validation AUC, for export). Timings go to MLflow and the log, not to the metrics files.
 """
 
 from __future__ import annotations
@@ -24,18 +27,20 @@ import mlflow
 import numpy as np
 import torch
 
-from medgen import data, plots, tracking
+from medgen import data, metrics, plots, stats, tracking
 from medgen.config import Config
 from medgen.errors import DataError
-from medgen.io import write_json
+from medgen.io import atomic_write_bytes, write_json
+from medgen.progress import Progress
 from medgen.stages import classify
 from medgen.stages.generate import samples_path
-from medgen.stats import mean_std, paired_comparison
 from medgen.synthetic import load_samples, rebalance
 from medgen.training import load_checkpoint, pick_device, save_model, set_seed
 
 log = logging.getLogger(__name__)
-COMPARED = ("auc", "balanced_acc")  # the paired comparisons against baseline
+REPORTED = ("auc", "balanced_acc", "acc", "f1", "minority_recall")  # per arm: mean, std, ci95
+COMPARED = ("auc", "balanced_acc", "minority_recall")  # paired against baseline: one Holm family
+VERDICT = ("auc", "balanced_acc")  # synthetic_beats_baseline: a significant gain on one of these
 
 
 def chosen_hparams(cfg: Config) -> dict[str, float]:
@@ -68,32 +73,41 @@ def fit_arm(cfg: Config, arm: str, seed: int, dataset: data.Dataset, train: data
         model, history = classify.fit_classifier(cfg.classify, train, dataset.val, dataset.n_classes, seed, device,
                                                  hparams, classic_augmentation="classic" in arm, epochs=epochs)
         val = classify.evaluate(model, dataset.val, device)
-        test = classify.evaluate(model, dataset.test, device)
-        mlflow.log_metrics({f"val_{k}": v for k, v in val.items()} | {f"test_{k}": v for k, v in test.items()})
-    log.info("augment %s seed %d: val_auc %.3f test_auc %.3f", arm, seed, val["auc"], test["auc"])
+        probs = classify.predict_proba(model, dataset.test, device)
+        test = metrics.classification_metrics(dataset.test.labels, probs)
+        seconds = time.perf_counter() - started
+        mlflow.log_metrics({f"val_{k}": v for k, v in val.items()} | {f"test_{k}": v for k, v in test.items()}
+                           | {"seconds": seconds})
+    log.info("augment %s seed %d: val_auc %.3f test_auc %.3f (%.0f s)", arm, seed, val["auc"], test["auc"], seconds)
     return {"arm": arm, "seed": seed, "n_train": len(train), "class_counts": data.class_counts(train.labels, dataset.n_classes),
-            "val": val, "test": test, "model": model.cpu(), "init_kwargs": history["init_kwargs"],
-            "best_epoch": history["best_epoch"], "seconds": time.perf_counter() - started}
+            "val": val, "test": test, "probs": probs, "model": model.cpu(), "init_kwargs": history["init_kwargs"],
+            "best_epoch": history["best_epoch"]}
 
 
-def summarize(results: list[dict], arms: tuple[str, ...]) -> dict[str, Any]:
-    """Mean ± std per arm, paired deltas against baseline, best arm by validation AUC."""
+def summarize(results: list[dict], arms: tuple[str, ...], labels: np.ndarray) -> dict[str, Any]:
+    """Per arm mean, std and 95% interval of the test metrics; every arm vs baseline as a paired comparison
+    decided by medgen.stats' rule (Holm over all arms x COMPARED); best arm by validation AUC."""
     by_arm = {arm: sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"]) for arm in arms}
-    summary: dict[str, Any] = {"seeds": len(by_arm[arms[0]]), "arms": {}, "delta_vs_baseline": {}}
+    seeds = [r["seed"] for r in by_arm[arms[0]]]
+    if any([r["seed"] for r in rows] != seeds for rows in by_arm.values()):
+        found = {a: [r["seed"] for r in rs] for a, rs in by_arm.items()}
+        raise ValueError(f"arms were not trained on the same seeds: {found}")
+    probs = {arm: [r["probs"] for r in rows] for arm, rows in by_arm.items()}
+    weights = stats.draw(labels)  # the same resampled test images for every arm and seed: paired
+    summary: dict[str, Any] = {"seeds": len(seeds), "arms": {}}
     for arm, rows in by_arm.items():
-        entry = {"n_train": rows[0]["n_train"], "val_auc_mean": mean_std([r["val"]["auc"] for r in rows])[0]}
-        for key in ("auc", "balanced_acc", "acc", "f1"):
-            entry[f"test_{key}_mean"], entry[f"test_{key}_std"] = mean_std([r["test"][key] for r in rows])
-        summary["arms"][arm] = entry
-    for arm in arms[1:]:
-        summary["delta_vs_baseline"][arm] = {
-            f"test_{key}": paired_comparison([r["test"][key] for r in by_arm[arm]], [r["test"][key] for r in by_arm["baseline"]])
-            for key in COMPARED
-        }
+        summary["arms"][arm] = {"n_train": rows[0]["n_train"],
+                                "val_auc_mean": stats.mean_std([r["val"]["auc"] for r in rows])[0],
+                                **stats.describe(labels, probs[arm], REPORTED, weights)}
+    family = {arm: {f"test_{key}": stats.compare(labels, probs[arm], probs["baseline"], key, weights)
+                    for key in COMPARED} for arm in arms[1:]}
+    summary["vs_baseline"] = stats.decide(family)
+    summary["rule"] = stats.rule(sum(len(v) for v in family.values()))
     summary["best_arm"] = max(arms, key=lambda a: summary["arms"][a]["val_auc_mean"])  # validation, not test
-    synthetic_arms = [a for a in arms[1:] if "synthetic" in a]
     summary["synthetic_beats_baseline"] = any(
-        summary["delta_vs_baseline"][a][f"test_{key}"]["beats"] for a in synthetic_arms for key in COMPARED
+        found["significant"] and found["diff"] > 0
+        for arm, by_key in summary["vs_baseline"].items() if "synthetic" in arm
+        for key, found in by_key.items() if key.removeprefix("test_") in VERDICT
     )
     return summary
 
@@ -111,19 +125,32 @@ def save_best_synthetic(cfg: Config, dataset: data.Dataset, results: list[dict],
     return save_model(cfg.augment.checkpoint, best["model"], best["init_kwargs"], config=config, metrics=scores)
 
 
-def write_outputs(cfg: Config, results: list[dict], summary: dict) -> list[Path]:
+def write_outputs(cfg: Config, results: list[dict], summary: dict, labels: np.ndarray) -> list[Path]:
     out = Path(cfg.augment.plots_dir)
-    per_arm = {arm: {key: [r["test"][key] for r in results if r["arm"] == arm] for key in COMPARED} for arm in cfg.augment.arms}
-    rows = [",".join(["arm", "seed", "n_train", *[f"test_{k}" for k in COMPARED], "val_auc"])]
-    rows += [",".join([r["arm"], str(r["seed"]), str(r["n_train"]), *[f"{r['test'][k]:.6f}" for k in COMPARED],
+    shown = VERDICT
+    per_arm = {arm: {key: [r["test"][key] for r in results if r["arm"] == arm] for key in shown}
+               for arm in cfg.augment.arms}
+    intervals = {arm: {key: summary["arms"][arm][f"test_{key}_ci95"] for key in shown} for arm in cfg.augment.arms}
+    rows = [",".join(["arm", "seed", "n_train", *[f"test_{k}" for k in shown], "val_auc"])]
+    rows += [",".join([r["arm"], str(r["seed"]), str(r["n_train"]), *[f"{r['test'][k]:.6f}" for k in shown],
                        f"{r['val']['auc']:.6f}"]) for r in results]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "arms.csv").write_text("\n".join(rows) + "\n")
-    details = [{k: v for k, v in r.items() if k not in ("model", "init_kwargs")} for r in results]
+    atomic_write_bytes(out / "arms.csv", ("\n".join(rows) + "\n").encode())
+    details = [{k: v for k, v in r.items() if k not in ("model", "init_kwargs", "probs")} for r in results]
     write_json(cfg.augment.metrics, summary)
     write_json(cfg.augment.details, {"per_seed": details})
-    return [out / "arms.csv", plots.save_figure(plots.arms_figure(per_arm), out / "arms.png"),
+    return [out / "arms.csv", write_probabilities(results, labels, out / "test_probs.csv"),
+            plots.save_figure(plots.arms_figure(per_arm, intervals), out / "arms.png"),
             Path(cfg.augment.metrics), Path(cfg.augment.details)]
+
+
+def write_probabilities(results: list[dict], labels: np.ndarray, path: Path) -> Path:
+    """arm, seed, image (test index), label, p_0..p_{C-1}: every arm's test predictions (6 decimals)."""
+    n_classes = results[0]["probs"].shape[1]
+    rows = [",".join(["arm", "seed", "image", "label", *[f"p_{c}" for c in range(n_classes)]])]
+    for r in results:
+        rows += [",".join([r["arm"], str(r["seed"]), str(i), str(int(y)), *[f"{p:.6f}" for p in row]])
+                 for i, (y, row) in enumerate(zip(labels, r["probs"]))]
+    return atomic_write_bytes(path, ("\n".join(rows) + "\n").encode())
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -138,14 +165,16 @@ def run(cfg: Config) -> dict[str, Any]:
         synthetic = load_synthetic(cfg, dataset) if needs_synthetic else None
         train = classify.subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
         seeds = range(cfg.seed, cfg.seed + cfg.augment.seeds)
-        results = [
-            fit_arm(cfg, arm, seed, dataset, arm_split(arm, train, synthetic, cfg.augment.ratio, seed), hparams, device,
-                    stage.info.run_id)
-            for arm in cfg.augment.arms for seed in seeds
-        ]
-        summary = summarize(results, cfg.augment.arms)
+        results = []
+        with Progress(len(cfg.augment.arms) * len(seeds), "augment arms x seeds", unit="fits") as progress:
+            for arm in cfg.augment.arms:
+                for seed in seeds:
+                    split = arm_split(arm, train, synthetic, cfg.augment.ratio, seed)
+                    results.append(fit_arm(cfg, arm, seed, dataset, split, hparams, device, stage.info.run_id))
+                    progress.update(len(results), arm=arm, seed=seed, test_auc=results[-1]["test"]["auc"])
+        summary = summarize(results, cfg.augment.arms, dataset.test.labels)
         save_best_synthetic(cfg, dataset, results, hparams)
-        files = write_outputs(cfg, results, summary)
+        files = write_outputs(cfg, results, summary, dataset.test.labels)
         mlflow.log_metrics(tracking.numeric_metrics(summary))
         mlflow.set_tag("medgen.best_arm", summary["best_arm"])
         tracking.log_files(files, "augment")

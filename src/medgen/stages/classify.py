@@ -3,8 +3,10 @@
 Inputs : data/prepared/<flag>.npz; classify.encoder_checkpoint when classify.pretrained=encoder.
 Outputs: classify.checkpoint (the final seed with the best validation AUC, written with
          medgen.training.save_model; config holds n_classes, class_names, input_size), classify.metrics
-         (mean/std over seeds of the test metrics), classify.details (per seed, chosen hyper-parameters,
-         search summary), classify.plots_dir (history.csv, confusion.csv, roc.csv, PNGs, report).
+         (per test metric: mean and std over seeds and the 95% interval of that mean, medgen.stats; plus
+         the seed-averaged ensemble with its interval), classify.details (per seed, chosen
+         hyper-parameters, search summary), classify.plots_dir (history.csv, confusion.csv, roc.csv, PNGs).
+         Wall-clock timings go to MLflow and the log only: a metrics file is a function of its inputs.
          MLflow experiment medgen/<flag>/classify: one child run per Optuna trial and per final seed.
 
 Reusable API (the augment stage retrains with synthetic images through it):
@@ -37,16 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgen import data, metrics, plots, search, tracking
+from medgen import data, metrics, plots, search, stats, tracking
 from medgen.config import ClassifyConfig, Config
 from medgen.errors import MedgenError
 from medgen.io import write_json
 from medgen.models.classifier import EncoderClassifier, ResNetClassifier
+from medgen.progress import Progress
 from medgen.training import EarlyStopping, load_model, pick_device, save_model, set_seed
 from medgen.transforms import ClassicAugmentation
 
 log = logging.getLogger(__name__)
-SUMMARY = ("acc", "auc", "balanced_acc", "f1", "precision", "recall")
+SUMMARY = ("acc", "auc", "balanced_acc", "f1", "precision", "recall", "minority_recall")
 IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"  # torchvision IMAGENET1K_V1
 
 
@@ -211,19 +214,22 @@ def fit_classifier(
     optimizer, scheduler = _optimizer(model, cfg, hp["lr"], hp["weight_decay"], epochs)
     freeze = cfg.freeze_epochs if cfg.pretrained != "none" else 0
     stopper, best_state, rows = EarlyStopping(patience=cfg.patience, mode="max"), None, []
-    for epoch in range(epochs):
-        _set_frozen(model, epoch < freeze)
-        train_loss, train_acc = _train_epoch(model, x_train, y_train, optimizer, loss_fn, augment, generator,
-                                             cfg.batch_size, epoch < freeze)
-        scheduler.step()
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, **_validate(model, x_val, y_val)}
-        rows.append(row)
-        _report(row, trial)
-        score = row["val_auc"] if np.isfinite(row["val_auc"]) else -1.0  # one-class validation: AUC undefined
-        if best_state is None or stopper.improved(score):
-            best_state = copy.deepcopy(model.state_dict())
-        if stopper.step(score, epoch) and epoch >= freeze:
-            break
+    with Progress(epochs, f"fit seed {seed}", unit="epochs") as progress:
+        for epoch in range(epochs):
+            _set_frozen(model, epoch < freeze)
+            train_loss, train_acc = _train_epoch(model, x_train, y_train, optimizer, loss_fn, augment, generator,
+                                                 cfg.batch_size, epoch < freeze)
+            scheduler.step()
+            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, **_validate(model, x_val, y_val)}
+            rows.append(row)
+            _report(row, trial)
+            score = row["val_auc"] if np.isfinite(row["val_auc"]) else -1.0  # one-class validation: AUC undefined
+            if best_state is None or stopper.improved(score):
+                best_state = copy.deepcopy(model.state_dict())
+            stop = stopper.step(score, epoch) and epoch >= freeze
+            progress.update(epoch + 1, val_auc=row["val_auc"], best=stopper.best, stopped="early" if stop else None)
+            if stop:
+                break
     _set_frozen(model, False)
     model.load_state_dict(best_state)
     history = {"rows": rows, "best_epoch": stopper.best_epoch, "best_val_auc": float(stopper.best), "init_kwargs": init_kwargs}
@@ -274,29 +280,30 @@ def search_hparams(cfg: Config, dataset: data.Dataset, train: data.Split, device
 def train_seeds(cfg: Config, dataset: data.Dataset, train: data.Split, hparams: dict, device, parent_run_id: str) -> list[dict]:
     """Final training, one child run per seed; test metrics computed once per seed."""
     results = []
-    for seed in range(cfg.seed, cfg.seed + cfg.classify.seeds):
-        started = time.perf_counter()
-        with tracking.child_run(parent_run_id, f"seed-{seed}", {"seed": seed, **hparams}):
-            model, history = fit_classifier(cfg.classify, train, dataset.val, dataset.n_classes, seed, device, hparams)
-            probs = predict_proba(model, dataset.test, device)
-            test = metrics.classification_metrics(dataset.test.labels, probs)
-            mlflow.log_metrics({f"test_{k}": v for k, v in test.items()} | {"best_val_auc": history["best_val_auc"]})
-        results.append({"seed": seed, "model": model.cpu(), "history": history, "test": test, "probs": probs,
-                        "seconds": time.perf_counter() - started})
-        log.info("seed %d: test %s (best epoch %d)", seed, test, history["best_epoch"])
+    with Progress(cfg.classify.seeds, "classify seeds", unit="seeds") as progress:
+        for seed in range(cfg.seed, cfg.seed + cfg.classify.seeds):
+            started = time.perf_counter()
+            with tracking.child_run(parent_run_id, f"seed-{seed}", {"seed": seed, **hparams}):
+                model, history = fit_classifier(cfg.classify, train, dataset.val, dataset.n_classes, seed, device,
+                                                hparams)
+                probs = predict_proba(model, dataset.test, device)
+                test = metrics.classification_metrics(dataset.test.labels, probs)
+                seconds = time.perf_counter() - started
+                mlflow.log_metrics({f"test_{k}": v for k, v in test.items()}
+                                   | {"best_val_auc": history["best_val_auc"], "seconds": seconds})
+            results.append({"seed": seed, "model": model.cpu(), "history": history, "test": test, "probs": probs})
+            log.info("seed %d: test %s (best epoch %d, %.0f s)", seed, test, history["best_epoch"], seconds)
+            progress.update(len(results), seed=seed, val_auc=history["best_val_auc"])
     return results
 
 
 # ---------------------------------------------------------------- outputs
-def summarize(results: list[dict]) -> dict[str, Any]:
-    """The metrics file: mean (and std for acc/auc) over seeds of the test metrics."""
-    out: dict[str, Any] = {"seeds": len(results)}
-    for key in SUMMARY:
-        mean, std = metrics.mean_std([r["test"][key] for r in results])
-        out[f"test_{key}_mean"] = mean
-        if key in ("acc", "auc"):
-            out[f"test_{key}_std"] = std
-    return out
+def summarize(results: list[dict], labels: np.ndarray) -> dict[str, Any]:
+    """The metrics file: per test metric `test_<m>_mean`, `_std` (sample std over seeds) and `_ci95` (95%
+    interval of the seed mean: bootstrap over test images and seeds, medgen.stats), and `ensemble`: the
+    metrics of the seed-averaged probabilities with a bootstrap interval over test images."""
+    probs = [r["probs"] for r in results]
+    return {"seeds": len(results), **stats.describe(labels, probs, SUMMARY), "ensemble": stats.ensemble(labels, probs)}
 
 
 def save_best(cfg: Config, dataset: data.Dataset, best: dict, hparams: dict) -> Path:
@@ -342,7 +349,7 @@ def details(dataset: data.Dataset, results: list[dict], best: dict, found: dict,
         "search": found,
         "n_train": len(train),
         "per_seed": [{"seed": r["seed"], "best_epoch": r["history"]["best_epoch"], "epochs_run": len(r["history"]["rows"]),
-                      "val_auc": r["history"]["best_val_auc"], "seconds": round(r["seconds"], 1),
+                      "val_auc": r["history"]["best_val_auc"],
                       **{f"test_{k}": v for k, v in r["test"].items()}} for r in results],
         "confusion": metrics.confusion(dataset.test.labels, best["probs"].argmax(1), dataset.n_classes).tolist(),
         "classification_report": metrics.report(dataset.test.labels, best["probs"], dataset.class_names),
@@ -364,11 +371,11 @@ def run(cfg: Config) -> dict[str, Any]:
         results = train_seeds(cfg, dataset, train, found["hparams"], device, stage.info.run_id)
         best = max(results, key=lambda r: r["history"]["best_val_auc"])  # chosen on validation, never test
         save_best(cfg, dataset, best, found["hparams"])
-        summary = summarize(results)
+        summary = summarize(results, dataset.test.labels)
         write_json(cfg.classify.metrics, summary)
         write_json(cfg.classify.details, details(dataset, results, best, found, train))
         files = write_plots(cfg, dataset, results, best)
-        mlflow.log_metrics(summary)
+        mlflow.log_metrics(tracking.numeric_metrics(summary))
         tracking.log_files(files, "plots")
         tracking.log_files([Path(cfg.classify.metrics), Path(cfg.classify.details)], "metrics")
         mlflow.log_text(metrics.report_text(dataset.test.labels, best["probs"], dataset.class_names), "classification_report.txt")

@@ -84,16 +84,17 @@ def _generator_spec(model: torch.nn.Module, checkpoint: dict[str, Any], cfg: Con
     return meta, example, ("z", "labels"), ("images",), batches
 
 
-def export_one(target: Target, cfg: Config, real: np.ndarray, run_id: str) -> tuple[dict[str, Any], Path, Path]:
+def export_one(target: Target, cfg: Config, real: np.ndarray) -> tuple[dict[str, Any], Path, Path]:
     """Export, check and compare one model; the ONNX file is removed again when parity fails."""
     model, checkpoint = load_model(target.checkpoint)
     if target.kind == "classifier":
         spec, example, inputs, outputs, batches = _classifier_spec(model, checkpoint, real, cfg)
     else:
         spec, example, inputs, outputs, batches = _generator_spec(model, checkpoint, cfg)
+    # No run id or registry version in the files: they are DVC outputs, the same for the same checkpoints.
+    # MLflow links them instead (the export run logs them; the registered version records its run).
     meta = {**onnx_export.base_metadata(target.kind, target.checkpoint, checkpoint, cfg.export.opset), **spec,
-            "name": target.stem, "file": f"{target.stem}.onnx", "registry_name": target.registry_name,
-            "export_run_id": run_id}
+            "name": target.stem, "file": f"{target.stem}.onnx", "registry_name": target.registry_name}
     out = Path(cfg.export.out_dir)
     onnx_path = onnx_export.export_onnx(model, example, out / f"{target.stem}.onnx", inputs, outputs, cfg.export.opset, meta)
     diffs = onnx_export.max_abs_diff(onnx_export.session(onnx_path), model, batches)
@@ -115,13 +116,12 @@ def run(cfg: Config) -> dict[str, Any]:
         real = test_images.numpy()
         metrics: dict[str, Any] = {}
         for target in chosen:
-            result, onnx_path, json_path = export_one(target, cfg, real, run.info.run_id)
+            result, onnx_path, json_path = export_one(target, cfg, real)
             if cfg.export.register:
                 version = tracking.register_onnx(onnx_path, target.registry_name, cfg.export.alias, [json_path])
-                meta = {**_read(json_path), "registered": {"name": target.registry_name, "version": version,
-                                                           "alias": cfg.export.alias}}
-                write_json(json_path, meta)
-                result = {**result, "registered_version": int(version)}
+                registered = f"{target.registry_name}/{version}@{cfg.export.alias}"
+                mlflow.set_tag(f"medgen.registered.{target.key}", registered)
+                log.info("registered %s version %s (alias %s)", target.registry_name, version, cfg.export.alias)
             tracking.log_files([onnx_path, json_path], "onnx")
             metrics[target.key] = result
             log.info("exported %s: max |ort - torch| = %.2e", target.key, result["max_abs_diff"])
@@ -131,8 +131,3 @@ def run(cfg: Config) -> dict[str, Any]:
         mlflow.log_metrics(tracking.numeric_metrics(metrics))
     return metrics
 
-
-def _read(path: Path) -> dict[str, Any]:
-    from medgen.io import read_json
-
-    return read_json(path)

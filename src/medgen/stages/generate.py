@@ -33,6 +33,7 @@ from medgen.errors import ConfigError, MedgenError
 from medgen.gan_training import GanHyper, GanTrainer, extract_features, fit_feature_net, generator_kwargs
 from medgen.io import write_json
 from medgen.models.features import FeatureNet
+from medgen.progress import Progress
 from medgen.training import pick_device, save_checkpoint, save_model, set_seed
 
 log = logging.getLogger(__name__)
@@ -99,18 +100,21 @@ def make_objective(cfg: Config, real: Real, device: torch.device):
         set_seed(cfg.seed)  # every trial starts from the same weights and batches: only hypers differ
         trainer = GanTrainer(gcfg, hyper_from_trial(trial, gcfg), real.dataset.n_classes, device)
         best = math.inf
-        for epoch in range(1, gcfg.search_epochs + 1):
-            losses = trainer.train_epoch(real.x, real.y)
-            if not math.isfinite(losses["loss_d"]):
-                raise optuna.TrialPruned()  # diverged: not a failure of the code, a bad region
-            if epoch % gcfg.eval_every and epoch != gcfg.search_epochs:
-                continue
-            fd = val_fd(trainer.sampler(), real, n_eval, cfg.seed)
-            mlflow.log_metrics({"val_fd": fd, "loss_d": losses["loss_d"], "loss_g": losses["loss_g"]}, step=epoch)
-            best = min(best, fd)
-            trial.report(fd, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
+        label = f"gan trial {trial.number} ({trainer.hyper.variant})"
+        with Progress(gcfg.search_epochs, label, unit="epochs") as progress:
+            for epoch in range(1, gcfg.search_epochs + 1):
+                losses = trainer.train_epoch(real.x, real.y)
+                progress.update(epoch, **losses, best_val_fd=best if math.isfinite(best) else None)
+                if not math.isfinite(losses["loss_d"]):
+                    raise optuna.TrialPruned()  # diverged: not a failure of the code, a bad region
+                if epoch % gcfg.eval_every and epoch != gcfg.search_epochs:
+                    continue
+                fd = val_fd(trainer.sampler(), real, n_eval, cfg.seed)
+                mlflow.log_metrics({"val_fd": fd, "loss_d": losses["loss_d"], "loss_g": losses["loss_g"]}, step=epoch)
+                best = min(best, fd)
+                trial.report(fd, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
         return best
 
     return objective
@@ -151,6 +155,7 @@ def fit_final(cfg: Config, hyper: GanHyper, real: Real, device: torch.device) ->
     history, best, best_state, best_epoch = [], math.inf, None, 0
     for stale in Path(gcfg.plots_dir).glob("grid_epoch_*.png"):  # grids of an earlier, longer run
         stale.unlink()
+    progress = Progress(gcfg.epochs, f"gan final fit ({hyper.variant})", unit="epochs")
     for epoch in range(1, gcfg.epochs + 1):
         row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(real.x, real.y)}
         if epoch % gcfg.eval_every == 0 or epoch == gcfg.epochs:
@@ -162,6 +167,8 @@ def fit_final(cfg: Config, hyper: GanHyper, real: Real, device: torch.device) ->
             plots.save_png(grid, Path(gcfg.plots_dir) / f"grid_epoch_{epoch:04d}.png")
         mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}, step=epoch)
         history.append(row)
+        progress.update(epoch, loss_d=row["loss_d"], loss_g=row["loss_g"], best_val_fd=best if best_state else None)
+    progress.close()
     if best_state is None:
         raise MedgenError("generate: the GAN diverged (no finite val FD); lower generate.lr_g/lr_d or change variant")
     generator = trainer.sampler()
@@ -206,6 +213,15 @@ def write_outputs(cfg: Config, generator: torch.nn.Module, history: list[dict]) 
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.generate.threads)
+    try:  # restore: later stages in the same process (`medgen pipeline`) choose their own
+        return _run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: Config) -> dict[str, Any]:
     set_seed(cfg.seed)
     gcfg = cfg.generate
     device = pick_device(gcfg.device)
@@ -219,19 +235,22 @@ def run(cfg: Config) -> dict[str, Any]:
         generator, history, best_epoch = fit_final(cfg, hyper, real, device)
         trained = time.perf_counter()
         report = evaluate(cfg, generator, real)
-        result = {"variant": hyper.variant, **report, "hyper": asdict(hyper), "search": summary, "best_epoch": best_epoch,
-                  "seconds": {"search": round(searched - started, 1), "train": round(trained - searched, 1)}}
+        # no timings in the metrics file (same inputs, same file): they go to MLflow and the log
+        result = {"variant": hyper.variant, **report, "hyper": asdict(hyper), "search": summary,
+                  "best_epoch": best_epoch}
         extra = {"latent_dim": gcfg.latent_dim, "n_classes": dataset.n_classes, "class_names": list(dataset.class_names),
                  "variant": hyper.variant, "lr_g": hyper.lr_g, "lr_d": hyper.lr_d, "beta1": hyper.beta1}
         save_model(gcfg.checkpoint, generator, generator_kwargs(gcfg, dataset.n_classes),
                    config=asdict(gcfg) | extra, metrics=tracking.numeric_metrics(report))
         figures = write_outputs(cfg, generator, history)
-        result["seconds"]["total"] = round(time.perf_counter() - started, 1)
+        seconds = {"search": searched - started, "train": trained - searched, "total": time.perf_counter() - started}
         write_json(gcfg.metrics, result)
         mlflow.log_params({f"chosen.{k}": v for k, v in asdict(hyper).items()})
-        mlflow.log_metrics(tracking.numeric_metrics(report))
+        mlflow.log_metrics(tracking.numeric_metrics(report) | {f"seconds_{k}": v for k, v in seconds.items()})
         tracking.log_files([*figures, *sorted(Path(gcfg.plots_dir).glob("grid_epoch_*.png"))], "plots")
         tracking.log_files([Path(gcfg.checkpoint)], "model")
         tracking.log_dict(result, "generate.json")
-    log.info("generate: %s fd %.3g (real %.3g) c2st %.3f", hyper.variant, report["fd_real_vs_synth"], report["fd_real_vs_real"], report["c2st_acc"])
+    log.info("generate: %s fd %.3g (real %.3g) c2st %.3f; %.0f s search, %.0f s final fit", hyper.variant,
+             report["fd_real_vs_synth"], report["fd_real_vs_real"], report["c2st_acc"], seconds["search"],
+             seconds["train"])
     return result

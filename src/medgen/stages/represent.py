@@ -2,9 +2,11 @@
 autoencoders, each followed by a KNN, each searched by its own Optuna study.
 
 Inputs : data/prepared/<flag>.npz.
-Outputs: metrics/represent.json (one entry per method), plots/represent/*.png (comparison table, 2-D VAE
-         latent grid and scatter, posterior histograms, AE vs VAE reconstructions), and the encoder of the
-         best convolutional model at represent.encoder_checkpoint (for the classifier's transfer learning).
+Outputs: metrics/represent.json (one entry per method: test scores with 95% intervals; every method but
+         PCA also `vs_pca`, a paired comparison decided by medgen.stats' rule), plots/represent/*.png
+         (comparison table, 2-D VAE latent grid and scatter, posterior histograms, AE vs VAE
+         reconstructions), and the encoder of the best convolutional model at represent.encoder_checkpoint
+         (for the classifier's transfer learning).
 Search : study `<flag>-represent-<method>` per method over latent_dim, k and (neural) lr. Selection is
          stratified k-fold KNN on train+val latents (val alone is 78 images; see DESIGN.md "Search");
          autoencoders are trained on train images only (no labels) and pruned on the per-epoch CV score.
@@ -24,11 +26,12 @@ import numpy as np
 import optuna
 import torch
 
-from medgen import data, latent, plots, search, tracking
+from medgen import data, latent, plots, search, stats, tracking
 from medgen.config import Config, RepresentConfig
 from medgen.errors import ConfigError
 from medgen.io import write_json
 from medgen.models import autoencoders
+from medgen.progress import Progress
 from medgen.training import pick_device, save_model, set_seed
 
 log = logging.getLogger(__name__)
@@ -174,13 +177,14 @@ def search_neural(cfg: Config, method: str, arrays: Arrays, parent_id: str, devi
     return search.optimize(study, objective, rc.trials_neural, parent_run_id=parent_id)
 
 
-def final_scores(z: dict[str, np.ndarray], arrays: Arrays, k: int) -> dict[str, float]:
-    """KNN fitted on train latents, scored once on val and once on test."""
-    out = {}
+def final_scores(z: dict[str, np.ndarray], arrays: Arrays, k: int) -> tuple[dict[str, float], np.ndarray]:
+    """KNN fitted on train latents, scored once on val and once on test; also its test probabilities (N, C)."""
+    out, probs = {}, {}
     for split in ("val", "test"):
-        found = latent.knn_scores(z["train"], arrays.y["train"], z[split], arrays.y[split], k, arrays.n_classes)
-        out.update({f"{split}_{m}": v for m, v in found.items()})
-    return out
+        neighbours = latent.neighbour_labels(z["train"], arrays.y["train"], z[split], k)
+        probs[split] = latent.knn_proba(neighbours, k, arrays.n_classes)
+        out.update({f"{split}_{m}": v for m, v in latent.scores(arrays.y[split], probs[split]).items()})
+    return out, probs["test"]
 
 
 def refit(cfg: Config, method: str, params: dict[str, Any], arrays: Arrays, device: torch.device):
@@ -196,7 +200,8 @@ def refit(cfg: Config, method: str, params: dict[str, Any], arrays: Arrays, devi
 
 
 def study_method(cfg: Config, method: str, arrays: Arrays, parent_id: str, device: torch.device):
-    """Search (resuming the stored study), refit the best trial, score it: (metrics entry, model or None)."""
+    """Search (resuming the stored study), refit the best trial, score it: (metrics entry, model or None,
+    KNN test probabilities (N, C))."""
     if method in CLASSIC:
         study = search_classic(cfg, method, arrays, parent_id)
     else:
@@ -204,10 +209,29 @@ def study_method(cfg: Config, method: str, arrays: Arrays, parent_id: str, devic
     params = search.best_params(study)
     z, model = refit(cfg, method, params, arrays, device)
     found = search.counts(study)
-    entry = {**params, f"cv_{cfg.represent.objective}": float(study.best_value), **final_scores(z, arrays, params["k"]),
+    scores, test_probs = final_scores(z, arrays, params["k"])
+    entry = {**params, f"cv_{cfg.represent.objective}": float(study.best_value), **scores,
              "trials": found["trials"], "pruned": found["pruned"]}
     log.info("represent %s: %s", method, entry)
-    return entry, model
+    return entry, model, test_probs
+
+
+COMPARED = ("balanced_acc", "auc")  # every method vs PCA: one Holm family (medgen.stats)
+
+
+def add_uncertainty(entries: dict[str, dict], test_probs: dict[str, np.ndarray], labels: np.ndarray) -> None:
+    """Per method `test_<m>_ci95` (stratified bootstrap over test images; one model, so no seed level) and,
+    for every method but PCA, `vs_pca`: paired comparison on the same resampled images, decided by the rule."""
+    weights = stats.draw(labels)  # the same resampled test images for every method: paired
+    for method, probs in test_probs.items():
+        found = stats.describe(labels, [probs], SCORES, weights)
+        entries[method].update({f"test_{m}_ci95": found[f"test_{m}_ci95"] for m in SCORES})
+    if "pca" not in test_probs:
+        return
+    family = {m: {f"test_{key}": stats.compare(labels, [p], [test_probs["pca"]], key, weights) for key in COMPARED}
+              for m, p in test_probs.items() if m != "pca"}
+    for method, found in stats.decide(family).items():
+        entries[method]["vs_pca"] = found
 
 
 def save_encoder(cfg: Config, entries: dict[str, dict], models: dict[str, Any]) -> str | None:
@@ -287,11 +311,15 @@ def _run(cfg: Config) -> dict[str, Any]:
     with tracking.stage_run(cfg, "represent", params_sections=("represent",)) as stage:
         arrays = load_arrays(cfg)
         validate(rc, arrays)  # before any training
-        entries, models = {}, {}
-        for method in rc.methods:
-            entries[method], model = study_method(cfg, method, arrays, stage.info.run_id, device)
+        entries, models, test_probs = {}, {}, {}
+        progress = Progress(len(rc.methods), "represent methods")
+        for i, method in enumerate(rc.methods, 1):
+            entries[method], model, test_probs[method] = study_method(cfg, method, arrays, stage.info.run_id, device)
             if model is not None:
                 models[method] = model
+            progress.update(i, method=method, test_balanced_acc=entries[method]["test_balanced_acc"])
+        progress.close()
+        add_uncertainty(entries, test_probs, arrays.y["test"])
         best_conv = save_encoder(cfg, entries, models)
         figures, explore_vae = explore(cfg, arrays, device, out_dir)
         figures.append(reconstructions(cfg, arrays, models, explore_vae, out_dir))
