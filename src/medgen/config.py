@@ -29,20 +29,30 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+MIN_SIZE, MAX_SIZE = 28, 224  # image sides medgen's models are built and tested for
+
+
 @dataclass(frozen=True)
 class DataConfig:
     section: ClassVar[str] = "data"
-    flag: str = "breastmnist"  # a MedMNIST 2D flag, or any name for a custom npz (then set n_classes)
-    size: int = 28  # MedMNIST+ also ships 64/128/224
-    n_classes: int = 0  # 0 = take it from medmnist's INFO for the flag
-    source: str = ""  # local npz used when raw_dir has none; empty -> $MEDGEN_DATA_SOURCE -> download
+    # a MedMNIST 2D flag, cifar10 / fashionmnist, or any name for a custom npz (then set n_classes)
+    flag: str = "breastmnist"
+    # square side of the images: MedMNIST+ ships 28/64/128/224, CIFAR-10 is 32, Fashion-MNIST 28; a custom
+    # npz may use any side in 28..224 divisible by 4 (the conv autoencoders halve it twice)
+    size: int = 28
+    n_classes: int = 0  # 0 = take it from the flag (medmnist's INFO, medgen.native)
+    # local npz, or a folder holding MedMNIST's file for the size (<flag>_<size>.npz) or a flag's native
+    # files (cifar-10-batches-py/, Fashion-MNIST's idx .gz); empty -> $MEDGEN_DATA_SOURCE -> download
+    source: str = ""
     download: bool = True
+    check_counts: bool = True  # split sizes must be the flag's published ones; false for subsets and stand-ins
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
 
     def __post_init__(self) -> None:
         _require(bool(self.flag) and self.flag.isidentifier(), "data.flag", f"must be a plain name, got {self.flag!r}")
-        _require(self.size in (28, 64, 128, 224), "data.size", f"must be 28, 64, 128 or 224, got {self.size}")
+        _require(MIN_SIZE <= self.size <= MAX_SIZE and self.size % 4 == 0, "data.size",
+                 f"must be a side in {MIN_SIZE}..{MAX_SIZE} divisible by 4 (MedMNIST: 28, 64, 128, 224; CIFAR-10: 32), got {self.size}")
         _require(self.n_classes == 0 or self.n_classes >= 2, "data.n_classes", "must be 0 (auto) or >= 2")
 
     @property
@@ -181,7 +191,8 @@ class ExportConfig:
         _require(len(self.parity_batches) > 0 and all(1 <= b <= 512 for b in self.parity_batches),
                  "export.parity_batches", "must be a non-empty list of sizes in 1..512")
         _require(self.alias.isidentifier(), "export.alias", f"must be a plain name, got {self.alias!r}")
-CLASSIFIER_STEMS = ("standard", "pool", "cifar")  # medgen.models.classifier checks the same names
+# medgen.models.classifier checks the same names; "auto" = a rule on the image size (cifar <= 32 px, else standard)
+CLASSIFIER_STEMS = ("standard", "pool", "cifar", "auto")
 CLASSIFIER_INITS = ("default", "xavier")
 
 
@@ -191,7 +202,7 @@ class ClassifyConfig:
 
     section: ClassVar[str] = "classify"
     # model (medgen.models.classifier)
-    stem: str = "pool"  # standard | pool | cifar: see models/classifier.py for cost vs resolution
+    stem: str = "pool"  # standard | pool | cifar | auto: see models/classifier.py for cost vs resolution
     dropout: float = 0.3  # before the linear head
     init: str = "default"  # default (torchvision's He init) | xavier (Glorot uniform)
     pretrained: str = "none"  # none | imagenet (needs the torchvision weights file) | encoder (represent's)

@@ -26,7 +26,7 @@ def validate_request(labels: Sequence[int], n: int, n_classes: int) -> None:
 
 
 def sample(generator, labels: Sequence[int], n: int, seed: int, batch: int = 500) -> Split:
-    """`n` images per label from G(z, labels) -> uint8 Split (len(labels) * n, 28, 28), labels int64.
+    """`n` images per label from G(z, labels) -> uint8 Split (len(labels) * n, S, S[, C]), labels int64.
 
     Same seed, same images: z comes from a torch.Generator seeded here, not the global RNG.
     """
@@ -58,7 +58,7 @@ def sample_like(generator, labels: np.ndarray, seed: int) -> Split:
 
 
 def save_samples(split: Split, path: str | Path) -> Path:
-    """`images` uint8 (N, 28, 28) and `labels` int64 (N,) in one npz, written atomically."""
+    """`images` uint8 (N, S, S[, C]) and `labels` int64 (N,) in one npz, written atomically."""
     import os
     import tempfile
 
@@ -83,8 +83,10 @@ def load_samples(path: str | Path) -> Split:
         if {"images", "labels"} - set(archive.files):
             raise DataError(f"{path}: expected keys images and labels, got {archive.files}")
         images, labels = archive["images"], archive["labels"]
-    if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(labels):
-        raise DataError(f"{path}: images must be uint8 (N, H, W) with one label each, got {images.dtype} {images.shape}")
+    grey_or_rgb = images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)
+    if images.dtype != np.uint8 or not grey_or_rgb or len(images) != len(labels):
+        raise DataError(f"{path}: images must be uint8 (N, S, S) or (N, S, S, 3) with one label each, "
+                        f"got {images.dtype} {images.shape}")
     return Split(images, labels.astype(np.int64))
 
 

@@ -44,7 +44,7 @@ class Real:
     """The real data as the stage uses it: tensors in [-1, 1] and metric features of each set."""
 
     dataset: data.Dataset
-    x: torch.Tensor  # train images (N, 1, 28, 28)
+    x: torch.Tensor  # train images (N, C, S, S)
     y: torch.Tensor  # train labels (N,)
     net: FeatureNet
     train_features: np.ndarray  # (N, feature_dim)
@@ -68,7 +68,8 @@ def requested_labels(cfg: GenerateConfig, n_classes: int) -> list[int]:
 def prepare_real(cfg: Config, dataset: data.Dataset, device: torch.device) -> Real:
     x, y = data.to_tensors(dataset.train, str(device))
     net = fit_feature_net(x, y, dataset.n_classes, cfg.generate, device)
-    save_checkpoint(cfg.generate.feature_checkpoint, net, config=asdict(cfg.generate) | {"n_classes": dataset.n_classes}, metrics={})
+    shape = {"n_classes": dataset.n_classes, "image_shape": list(dataset.image_shape)}
+    save_checkpoint(cfg.generate.feature_checkpoint, net, config=asdict(cfg.generate) | shape, metrics={})
     heldout = data.Split(
         np.concatenate([dataset.val.images, dataset.test.images]), np.concatenate([dataset.val.labels, dataset.test.labels])
     )
@@ -97,7 +98,7 @@ def make_objective(cfg: Config, real: Real, device: torch.device):
 
     def objective(trial: optuna.Trial) -> float:
         set_seed(cfg.seed)  # every trial starts from the same weights and batches: only hypers differ
-        trainer = GanTrainer(gcfg, hyper_from_trial(trial, gcfg), real.dataset.n_classes, device)
+        trainer = GanTrainer(gcfg, hyper_from_trial(trial, gcfg), real.dataset.n_classes, device, real.dataset.image_shape)
         best = math.inf
         for epoch in range(1, gcfg.search_epochs + 1):
             losses = trainer.train_epoch(real.x, real.y)
@@ -147,7 +148,7 @@ def fit_final(cfg: Config, hyper: GanHyper, real: Real, device: torch.device) ->
     """
     gcfg, n_eval = cfg.generate, cfg.generate.eval_samples or len(real.dataset.val)
     set_seed(cfg.seed)
-    trainer = GanTrainer(gcfg, hyper, real.dataset.n_classes, device)
+    trainer = GanTrainer(gcfg, hyper, real.dataset.n_classes, device, real.dataset.image_shape)
     history, best, best_state, best_epoch = [], math.inf, None, 0
     for stale in Path(gcfg.plots_dir).glob("grid_epoch_*.png"):  # grids of an earlier, longer run
         stale.unlink()
@@ -222,8 +223,9 @@ def run(cfg: Config) -> dict[str, Any]:
         result = {"variant": hyper.variant, **report, "hyper": asdict(hyper), "search": summary, "best_epoch": best_epoch,
                   "seconds": {"search": round(searched - started, 1), "train": round(trained - searched, 1)}}
         extra = {"latent_dim": gcfg.latent_dim, "n_classes": dataset.n_classes, "class_names": list(dataset.class_names),
-                 "variant": hyper.variant, "lr_g": hyper.lr_g, "lr_d": hyper.lr_d, "beta1": hyper.beta1}
-        save_model(gcfg.checkpoint, generator, generator_kwargs(gcfg, dataset.n_classes),
+                 "variant": hyper.variant, "lr_g": hyper.lr_g, "lr_d": hyper.lr_d, "beta1": hyper.beta1,
+                 "image_shape": list(dataset.image_shape)}
+        save_model(gcfg.checkpoint, generator, generator_kwargs(gcfg, dataset.n_classes, dataset.image_shape),
                    config=asdict(gcfg) | extra, metrics=tracking.numeric_metrics(report))
         figures = write_outputs(cfg, generator, history)
         result["seconds"]["total"] = round(time.perf_counter() - started, 1)
