@@ -14,6 +14,7 @@ choice is recorded in the dataset's metadata. Every problem with a file is a one
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import pickle
@@ -60,13 +61,15 @@ CIFAR_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "
 CIFAR_SIDE = 32
 # numpy's own array-rebuilding function, found through ndarray's pickle protocol rather than by its
 # private module path (numpy.core.multiarray in numpy 1, numpy._core.multiarray in numpy 2; files
-# written by either name it).
+# written by either name it). `_codecs.encode` is how Python 3 writes bytes in protocol 2 (a re-saved
+# batch); it only turns a str into bytes.
 _RECONSTRUCT = np.zeros(1).__reduce__()[0]
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
 }
 
 
