@@ -106,6 +106,7 @@ class RepresentConfig:
     k_max: int = 100
     lr_min: float = 1e-4
     lr_max: float = 1e-2
+    sampler: str = "tpe"  # tpe | random (the assignment's random search: every trial a seeded uniform draw)
     trials_classic: int = 40  # pca / isomap trials (cheap: one fit per fold serves every latent_dim and k)
     trials_neural: int = 10  # per autoencoder method
     cv_folds: int = 5  # stratified k-fold on train+val selects every method (val alone is 78 images)
@@ -147,6 +148,7 @@ class RepresentConfig:
         for name, low, high in (("latent_dim", self.latent_dim_min, self.latent_dim_max),
                                 ("k", self.k_min, self.k_max), ("lr", self.lr_min, self.lr_max)):
             _require(low <= high, f"{s}.{name}_min", f"search space is empty: {name}_min={low} > {name}_max={high}")
+        _require(self.sampler in ("tpe", "random"), f"{s}.sampler", f"must be tpe or random, got {self.sampler!r}")
         _require(self.trials_classic >= 1 and self.trials_neural >= 1, f"{s}.trials_*", "must be >= 1")
         _require(self.cv_folds >= 2, f"{s}.cv_folds", "must be >= 2")
         _require(self.isomap_neighbors >= 2, f"{s}.isomap_neighbors", "must be >= 2")

@@ -30,6 +30,7 @@ from medgen.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
 MEDMNIST_SIZES = (28, 64, 128, 224)  # MedMNIST+ ships every 2D flag at these sides
+MEDMNIST_BASE = MEDMNIST_SIZES[0]  # the original MedMNIST side: its file names carry no size suffix
 METADATA_KEY = "metadata"
 
 
@@ -114,7 +115,7 @@ def _check_n_classes(cfg: DataConfig, known: int) -> None:
 
 def medmnist_file_name(flag: str, size: int) -> str:
     """MedMNIST's own file name: `<flag>.npz` at 28 px, `<flag>_<size>.npz` for the MedMNIST+ sizes."""
-    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+    return f"{flag}.npz" if size == MEDMNIST_BASE else f"{flag}_{size}.npz"
 
 
 def file_md5(path: str | Path) -> str:

@@ -202,7 +202,7 @@ def read_fashionmnist(folder: Path) -> dict[str, np.ndarray]:
         images = read_idx(paths[f"{split}_images"], 3)
         labels = read_idx(paths[f"{split}_labels"], 1).astype(np.int64)
         if images.shape[1:] != (FASHION_SIDE, FASHION_SIDE):
-            raise DataError(f"{paths[f'{split}_images']}: images are {images.shape[1:]}, expected (28, 28)")
+            raise DataError(f"{paths[f'{split}_images']}: images are {images.shape[1:]}, expected {(FASHION_SIDE, FASHION_SIDE)}")
         if len(images) != len(labels):
             raise DataError(f"{paths[f'{split}_labels']}: {len(labels)} labels for {len(images)} images")
         _check_labels(paths[f"{split}_labels"], labels, len(FASHION_NAMES))
