@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for profile in args.profiles:
         cfg = load_config(ROOT / "params.yaml", profile=profile)
-        row = {k: round(v, 3) if isinstance(v, float) else v for k, v in measure(cfg, args.channels, args.images).items()}
+        measured = measure(cfg, args.channels, args.images)
+        row = {k: round(v, 3) if isinstance(v, float) else v for k, v in measured.items()}
         row["estimate_s"] = full_run_estimate(cfg, row)
         rows[profile] = row
         print(json.dumps({profile: row}), flush=True)

@@ -44,7 +44,8 @@ def save_generator(path: str | Path, seed: int = 0, latent_dim: int = 16, width:
     kwargs = {"latent_dim": latent_dim, "n_classes": 2, "width": width, "channels": channels, "image_size": size}
     model = ReferenceGenerator(**kwargs)
     _warm_batchnorm(model, torch.randn(32, latent_dim), torch.arange(32) % 2)
-    config = {"latent_dim": latent_dim, "n_classes": 2, "class_names": CLASS_NAMES, "image_shape": [channels, size, size]}
+    config = {"latent_dim": latent_dim, "n_classes": 2, "class_names": CLASS_NAMES,
+              "image_shape": [channels, size, size]}
     return save_model(path, model, kwargs, config=config, metrics={})
 
 

@@ -52,7 +52,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         _require(bool(self.flag) and self.flag.isidentifier(), "data.flag", f"must be a plain name, got {self.flag!r}")
         _require(MIN_SIZE <= self.size <= MAX_SIZE and self.size % 4 == 0, "data.size",
-                 f"must be a side in {MIN_SIZE}..{MAX_SIZE} divisible by 4 (MedMNIST: 28, 64, 128, 224; CIFAR-10: 32), got {self.size}")
+                 f"must be a side in {MIN_SIZE}..{MAX_SIZE} divisible by 4 (MedMNIST: 28, 64, 128, 224; "
+                 f"CIFAR-10: 32), got {self.size}")
         _require(self.n_classes == 0 or self.n_classes >= 2, "data.n_classes", "must be 0 (auto) or >= 2")
 
     @property

@@ -101,7 +101,8 @@ def flag_info(cfg: DataConfig) -> FlagInfo:
     if info["task"] == "multi-label, binary-class":
         raise DataError(f"data.flag {cfg.flag!r} is multi-label; medgen handles single-label tasks only")
     if cfg.size not in MEDMNIST_SIZES:
-        raise ConfigError(f"data.size: MedMNIST ships {cfg.flag} at {', '.join(map(str, MEDMNIST_SIZES))} px, got {cfg.size}")
+        sizes = ", ".join(map(str, MEDMNIST_SIZES))
+        raise ConfigError(f"data.size: MedMNIST ships {cfg.flag} at {sizes} px, got {cfg.size}")
     names = tuple(info["label"][str(i)] for i in range(len(info["label"])))
     _check_n_classes(cfg, len(names))
     return FlagInfo(cfg.n_classes or len(names), names, info["n_channels"],
@@ -284,15 +285,18 @@ def _from_source(cfg: DataConfig, source: Path, raw: Path) -> tuple[Path, str]:
     if source.is_dir():
         named = source / medmnist_file_name(cfg.flag, cfg.size)
         if not named.is_file():
-            raise DataError(f"local source folder {source} has no {named.name} (MedMNIST's name for {cfg.flag} at {cfg.size} px)")
+            raise DataError(f"local source folder {source} has no {named.name} "
+                            f"(MedMNIST's name for {cfg.flag} at {cfg.size} px)")
         source = named
     elif not source.is_file():
         raise DataError(f"local source {str(source)!r} (data.source or ${SOURCE_ENV}) is not a file or folder")
     held = npz_image_shape(source)
     if held is not None and held[1:3] != (cfg.size, cfg.size):
-        sibling = source.parent / medmnist_file_name(cfg.flag, cfg.size)  # e.g. breastmnist_64.npz beside breastmnist.npz
+        # e.g. breastmnist_64.npz beside breastmnist.npz
+        sibling = source.parent / medmnist_file_name(cfg.flag, cfg.size)
         if not sibling.is_file():
-            raise DataError(f"{source} holds {held[1]} px images and there is no {sibling.name} beside it for data.size={cfg.size}")
+            raise DataError(f"{source} holds {held[1]} px images and there is no {sibling.name} beside it "
+                            f"for data.size={cfg.size}")
         source = sibling
     load_npz(source, cfg)  # validate before anything lands in raw_dir
     atomic_copy(source, raw)

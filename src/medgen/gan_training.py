@@ -44,11 +44,12 @@ class GanHyper:
 GREY_28 = (1, 28, 28)  # default image shape (C, S, S): BreastMNIST's
 
 
-def generator_kwargs(cfg: GenerateConfig, n_classes: int, image_shape: tuple[int, int, int] = GREY_28) -> dict[str, Any]:
+def generator_kwargs(cfg: GenerateConfig, n_classes: int,
+                     image_shape: tuple[int, int, int] = GREY_28) -> dict[str, Any]:
     """Constructor kwargs of the Generator for images (C, S, S) (plain data: stored in the checkpoint by save_model)."""
     channels, size, _ = image_shape
-    return {"latent_dim": cfg.latent_dim, "n_classes": n_classes, "channels": cfg.g_channels, "embed_dim": cfg.embed_dim,
-            "image_size": size, "image_channels": channels}
+    return {"latent_dim": cfg.latent_dim, "n_classes": n_classes, "channels": cfg.g_channels,
+            "embed_dim": cfg.embed_dim, "image_size": size, "image_channels": channels}
 
 
 class GanTrainer:

@@ -95,8 +95,10 @@ def _unpickle(path: Path) -> dict[str, Any]:
         if "refused global" in str(exc):
             raise DataError(f"{path}: not a CIFAR-10 batch ({exc})") from None
         raise DataError(f"{path}: not a readable CIFAR-10 batch (truncated or corrupt: {exc})") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CIFAR-10 batch (truncated or corrupt: {type(exc).__name__}: {exc})") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError,
+            UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CIFAR-10 batch "
+                        f"(truncated or corrupt: {type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: not a CIFAR-10 batch (a {type(obj).__name__}, expected a dict)")
     return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
@@ -111,7 +113,8 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     pixels = CIFAR_SIDE * CIFAR_SIDE * 3
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels:
         shape = getattr(data, "shape", None)
-        raise DataError(f"{path}: 'data' must be uint8 (N, {pixels}), got {getattr(data, 'dtype', type(data).__name__)} {shape}")
+        got = getattr(data, "dtype", type(data).__name__)
+        raise DataError(f"{path}: 'data' must be uint8 (N, {pixels}), got {got} {shape}")
     if not isinstance(labels, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
         raise DataError(f"{path}: 'labels' must be a list of integers")
     if len(labels) != len(data):
@@ -142,12 +145,14 @@ def read_cifar10(folder: Path) -> dict[str, np.ndarray]:
             raise DataError(f"{meta}: label_names {names} are not CIFAR-10's {list(CIFAR_NAMES)}")
     parts = [_cifar_batch(where / n) for n in CIFAR_TRAIN]
     test_images, test_labels = _cifar_batch(where / "test_batch")
-    return {"train_images": np.concatenate([p[0] for p in parts]), "train_labels": np.concatenate([p[1] for p in parts]),
+    return {"train_images": np.concatenate([p[0] for p in parts]),
+            "train_labels": np.concatenate([p[1] for p in parts]),
             "test_images": test_images, "test_labels": test_labels}
 
 
 # ------------------------------------------------------------------------------------- Fashion-MNIST
-FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot")
 FASHION_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
                  "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 FASHION_SIDE = 28
@@ -202,7 +207,8 @@ def read_fashionmnist(folder: Path) -> dict[str, np.ndarray]:
         images = read_idx(paths[f"{split}_images"], 3)
         labels = read_idx(paths[f"{split}_labels"], 1).astype(np.int64)
         if images.shape[1:] != (FASHION_SIDE, FASHION_SIDE):
-            raise DataError(f"{paths[f'{split}_images']}: images are {images.shape[1:]}, expected {(FASHION_SIDE, FASHION_SIDE)}")
+            expected = (FASHION_SIDE, FASHION_SIDE)
+            raise DataError(f"{paths[f'{split}_images']}: images are {images.shape[1:]}, expected {expected}")
         if len(images) != len(labels):
             raise DataError(f"{paths[f'{split}_labels']}: {len(labels)} labels for {len(images)} images")
         _check_labels(paths[f"{split}_labels"], labels, len(FASHION_NAMES))

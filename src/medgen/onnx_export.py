@@ -29,7 +29,8 @@ def normalisation(channels: int) -> dict[str, Any]:
     layout = "(N, 1, S, S)" if channels == 1 else "(N, 3, S, S), channels first (from (N, S, S, 3) uint8)"
     return {
         "range": [-1.0, 1.0],
-        "from_uint8": f"x = pixel / 127.5 - 1  (pixel: {name} uint8 0..255, as medgen.data.to_tensors; layout {layout})",
+        "from_uint8": f"x = pixel / 127.5 - 1  (pixel: {name} uint8 0..255, as medgen.data.to_tensors; "
+                      f"layout {layout})",
         "to_uint8": "pixel = round((clip(x, -1, 1) + 1) * 127.5)  (as medgen.data.to_uint8)",
         "resize": f"{name} (PIL '{mode}'), bicubic resize to input_size x input_size, as MedMNIST built its images",
     }

@@ -44,7 +44,8 @@ def _write_batch(path: Path, images: np.ndarray, labels: np.ndarray, label: str)
     path.write_bytes(pickle.dumps(batch, protocol=2))  # protocol 2, as the original Python 2 files
 
 
-def write_fashionmnist(folder: str | Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> Path:
+def write_fashionmnist(folder: str | Path, train: tuple[np.ndarray, np.ndarray],
+                       test: tuple[np.ndarray, np.ndarray]) -> Path:
     """images uint8 (N, 28, 28), labels (N,) -> the four gzipped idx files in `folder`."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,8 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def skimage_patches(per_class: int, seed: int, side: int = native.CIFAR_SIDE) -> tuple[np.ndarray, np.ndarray]:
-    """`per_class` random side x side RGB patches of each SKIMAGE_PICTURES picture: uint8 (10 * per_class, side, side, 3).
+    """`per_class` random side x side RGB patches of each SKIMAGE_PICTURES picture -> uint8 images
+    (10 * per_class, side, side, 3) and labels (10 * per_class,), class i = picture i.
 
     Pictures narrower than 4 * side are first upscaled (nearest) so patches are not all the same few pixels.
     """
@@ -70,7 +72,8 @@ def skimage_patches(per_class: int, seed: int, side: int = native.CIFAR_SIDE) ->
     images, labels = [], []
     for label, name in enumerate(SKIMAGE_PICTURES):
         loaded = getattr(samples, name)()
-        picture = _rgb(loaded[0] if isinstance(loaded, tuple) else loaded)  # stereo_motorcycle: (left, right, disparity)
+        # stereo_motorcycle returns (left, right, disparity)
+        picture = _rgb(loaded[0] if isinstance(loaded, tuple) else loaded)
         scale = max(1, -(-4 * side // min(picture.shape[:2])))
         picture = picture.repeat(scale, 0).repeat(scale, 1)
         tops = rng.integers(0, picture.shape[0] - side + 1, per_class)

@@ -204,7 +204,8 @@ def test_cli_bad_native_file_is_one_line_and_writes_nothing(workdir):
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("medgen: error:")]
-    assert len(error_lines) == 1 and "data_batch_4: not a readable CIFAR-10 batch (truncated or corrupt" in error_lines[0]
+    assert len(error_lines) == 1
+    assert "data_batch_4: not a readable CIFAR-10 batch (truncated or corrupt" in error_lines[0]
     assert not list((workdir / "data").rglob("*.npz")) if (workdir / "data").exists() else True
     assert not (workdir / "metrics" / "prepare.json").exists()
 
@@ -227,9 +228,12 @@ def _rewrite(path: Path, payload: bytes) -> None:
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda p: p.write_bytes(p.read_bytes()[:100]), r"train-images-idx3-ubyte.gz: not a readable gzip file \(truncated"),
-    (lambda p: _rewrite(p, gzip.decompress(p.read_bytes())[:-7]), r"idx payload has 47033 bytes, its header \(60, 28, 28\) promises 47040"),
-    (lambda p: _rewrite(p, b"\x00\x00\x08\x01" + gzip.decompress(p.read_bytes())[4:]), r"not an idx ubyte file with 3 dimension"),
+    (lambda p: p.write_bytes(p.read_bytes()[:100]),
+     r"train-images-idx3-ubyte.gz: not a readable gzip file \(truncated"),
+    (lambda p: _rewrite(p, gzip.decompress(p.read_bytes())[:-7]),
+     r"idx payload has 47033 bytes, its header \(60, 28, 28\) promises 47040"),
+    (lambda p: _rewrite(p, b"\x00\x00\x08\x01" + gzip.decompress(p.read_bytes())[4:]),
+     r"not an idx ubyte file with 3 dimension"),
 ])
 def test_damaged_fashion_images(tmp_path, damage, message):
     folder = write_fashionmnist(tmp_path, *fashion_arrays())

@@ -141,7 +141,8 @@ def test_bentoml_serve_classifies_an_rgb_32px_png(cifar_run):
     root, _, done = cifar_run
     assert done.returncode == 0, done.stderr[-3000:]
     port = free_port()
-    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MedGen", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MedGen", "--host", "127.0.0.1",
+           "--port", str(port)]
     with (root / "serve.log").open("w") as log:
         process = subprocess.Popen(cmd, cwd=ROOT, env=serve_env(root / "models" / "export"), stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)

@@ -10,7 +10,9 @@ from tests.conftest import ROOT
 def test_size_profiles_fit_the_size_and_shrink_the_work(profile, size):
     full, cfg = load_config(ROOT / "params.yaml", profile="full"), load_config(ROOT / "params.yaml", profile=profile)
     assert cfg.data.size == size and cfg.classify.stem == "auto" and cfg.data.flag == full.data.flag
-    epochs = lambda c: c.classify.n_trials * c.classify.search_epochs + c.classify.seeds * c.classify.epochs  # noqa: E731
+    def epochs(c):
+        return c.classify.n_trials * c.classify.search_epochs + c.classify.seeds * c.classify.epochs
+
     assert epochs(cfg) < epochs(full) and cfg.generate.epochs < full.generate.epochs
     assert cfg.represent.trials_neural * cfg.represent.epochs < full.represent.trials_neural * full.represent.epochs
 

@@ -46,8 +46,8 @@ def test_gan_layout_at_28px_is_the_three_stage_dcgan():
     assert shapes == [(2, 16), (116, 128, 4, 4), (128,), (128,), (128, 64, 4, 4), (64,), (64,), (64, 32, 4, 4), (32,),
                       (32,), (32, 1, 4, 4), (1,)]
     d = Discriminator("cdcgan", n_classes=2, channels=32)
-    assert [tuple(p.shape) for p in d.parameters()] == [(32, 3, 4, 4), (32,), (64, 32, 4, 4), (64,), (64,), (128, 64, 4, 4),
-                                                        (128,), (128,), (1, 128, 4, 4), (1,)]
+    assert [tuple(p.shape) for p in d.parameters()] == [(32, 3, 4, 4), (32,), (64, 32, 4, 4), (64,), (64,),
+                                                        (128, 64, 4, 4), (128,), (128,), (1, 128, 4, 4), (1,)]
 
 
 @pytest.mark.parametrize("channels, size", [(3, 32), (1, 64)])
@@ -83,7 +83,8 @@ def test_resnet_channels_and_sizes(stem, channels, size):
 
 
 def test_auto_stem_rule_and_pool_unchanged_at_28():
-    assert [resolve_stem("auto", s) for s in (28, 32, 64, 128, 224)] == ["cifar", "cifar", "standard", "standard", "standard"]
+    stems = [resolve_stem("auto", s) for s in (28, 32, 64, 128, 224)]
+    assert stems == ["cifar", "cifar", "standard", "standard", "standard"]
     assert resolve_stem("pool", 28) == "pool" and resolve_stem("standard", 28) == "standard"
     pool = ResNetClassifier(2, stem="pool")  # BreastMNIST's default: 3x3 stride-1 conv, then the max-pool
     assert pool.backbone.conv1.kernel_size == (3, 3) and isinstance(pool.backbone.maxpool, torch.nn.MaxPool2d)

@@ -20,10 +20,13 @@ class ReferenceClassifier(nn.Module):
     def __init__(self, n_classes: int = 2, width: int = 16, channels: int = 1, image_size: int = 28) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),  # (N,w,S/2,S/2)
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),  # (N,2w,S/4,S/4)
+            # (N,w,S/2,S/2)
+            nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            # (N,2w,S/4,S/4)
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(2 * width * (image_size // 4) ** 2, n_classes))
+        flat = 2 * width * (image_size // 4) ** 2
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(flat, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -39,7 +42,8 @@ class ReferenceGenerator(nn.Module):
         self.embed = nn.Embedding(n_classes, latent_dim)
         self.project = nn.Sequential(nn.Linear(2 * latent_dim, 2 * width * self.quarter**2), nn.ReLU())
         self.decode = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),  # (N,w,S/2,S/2)
+            # (N,w,S/2,S/2)
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
             nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1), nn.Tanh(),  # (N,C,S,S)
         )
 

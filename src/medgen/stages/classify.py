@@ -52,7 +52,8 @@ IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"  # to
 
 
 # ---------------------------------------------------------------- model construction
-def build_model(cfg: ClassifyConfig, n_classes: int, image_shape: tuple[int, int, int]) -> tuple[nn.Module, dict[str, Any]]:
+def build_model(cfg: ClassifyConfig, n_classes: int,
+                image_shape: tuple[int, int, int]) -> tuple[nn.Module, dict[str, Any]]:
     """The configured classifier for images (C, S, S) and its constructor kwargs (for save_model).
 
     The kwargs record the concrete stem (`classify.stem: auto` resolved for S) and the input channels.
@@ -68,7 +69,8 @@ def build_model(cfg: ClassifyConfig, n_classes: int, image_shape: tuple[int, int
     return model, kwargs
 
 
-def _encoder_model(cfg: ClassifyConfig, n_classes: int, image_shape: tuple[int, int, int]) -> tuple[nn.Module, dict[str, Any]]:
+def _encoder_model(cfg: ClassifyConfig, n_classes: int,
+                   image_shape: tuple[int, int, int]) -> tuple[nn.Module, dict[str, Any]]:
     """Encoder weights from the represent stage's checkpoint, plus a fresh dropout + linear head."""
     path = Path(cfg.encoder_checkpoint)
     if not path.exists():
@@ -377,7 +379,8 @@ def run(cfg: Config) -> dict[str, Any]:
         train = subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
         found = search_hparams(cfg, dataset, train, device, stage.info.run_id)
         mlflow.log_params({f"chosen.{k}": v for k, v in found["hparams"].items()})
-        stem = "encoder" if cfg.classify.pretrained == "encoder" else resolve_stem(cfg.classify.stem, dataset.image_shape[1])
+        size = dataset.image_shape[1]
+        stem = "encoder" if cfg.classify.pretrained == "encoder" else resolve_stem(cfg.classify.stem, size)
         mlflow.log_params({"image_shape": list(dataset.image_shape), "stem_used": stem})
         results = train_seeds(cfg, dataset, train, found["hparams"], device, stage.info.run_id)
         best = max(results, key=lambda r: r["history"]["best_val_auc"])  # chosen on validation, never test

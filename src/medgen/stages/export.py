@@ -61,11 +61,12 @@ def _classifier_spec(model: torch.nn.Module, checkpoint: dict[str, Any], real: n
     channels, size = int(real.shape[1]), int(real.shape[-1])
     built = [int(v) for v in config.get("input_shape", [channels, size, size])]
     if built != [channels, size, size]:
-        raise MedgenError(f"classifier was trained on {built} inputs but the prepared images are {[channels, size, size]}: "
-                          "rerun classify (and augment) on this data")
+        raise MedgenError(f"classifier was trained on {built} inputs but the prepared images are "
+                          f"{[channels, size, size]}: rerun classify (and augment) on this data")
     n_classes = int(config.get("n_classes") or model(torch.from_numpy(real[:1])).shape[1])
     meta = {"class_names": onnx_export.class_names_of(config, n_classes), "n_classes": n_classes, "input_size": size,
-            "channels": channels, "input_shape": [channels, size, size], "normalisation": onnx_export.normalisation(channels),
+            "channels": channels, "input_shape": [channels, size, size],
+            "normalisation": onnx_export.normalisation(channels),
             "inputs": [{"name": "images", "shape": ["batch", channels, size, size], "dtype": "float32"}],
             "outputs": [{"name": "logits", "shape": ["batch", n_classes], "dtype": "float32"}]}
     if config.get("stem_used"):
@@ -91,7 +92,8 @@ def _generator_spec(model: torch.nn.Module, checkpoint: dict[str, Any], real: np
             "output_shape": shape, "normalisation": onnx_export.normalisation(channels),
             "inputs": [{"name": "z", "shape": ["batch", latent], "dtype": "float32"},
                        {"name": "labels", "shape": ["batch"], "dtype": "int64"}],
-            "outputs": [{"name": "images", "shape": ["batch", channels, size, size], "dtype": "float32", "range": [-1, 1]}]}
+            "outputs": [{"name": "images", "shape": ["batch", channels, size, size], "dtype": "float32",
+                         "range": [-1, 1]}]}
     return meta, example, ("z", "labels"), ("images",), batches
 
 

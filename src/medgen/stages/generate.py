@@ -98,7 +98,8 @@ def make_objective(cfg: Config, real: Real, device: torch.device):
 
     def objective(trial: optuna.Trial) -> float:
         set_seed(cfg.seed)  # every trial starts from the same weights and batches: only hypers differ
-        trainer = GanTrainer(gcfg, hyper_from_trial(trial, gcfg), real.dataset.n_classes, device, real.dataset.image_shape)
+        hyper = hyper_from_trial(trial, gcfg)
+        trainer = GanTrainer(gcfg, hyper, real.dataset.n_classes, device, real.dataset.image_shape)
         best = math.inf
         for epoch in range(1, gcfg.search_epochs + 1):
             losses = trainer.train_epoch(real.x, real.y)
