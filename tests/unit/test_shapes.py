@@ -105,3 +105,28 @@ def test_autoencoders_round_trip_shapes(method, channels, size):
     loss, parts = model.loss(x)
     loss.backward()
     assert torch.isfinite(loss) and parts["recon"] > 0
+
+
+def test_export_refuses_models_built_for_other_images(tmp_path):
+    """A stale checkpoint (grey 28 px) against RGB 32 px data is one clear error, not a torch traceback."""
+    import numpy as np
+
+    from medgen.config import build_config
+    from medgen.errors import MedgenError
+    from medgen.stages import export
+    from medgen.training import load_model
+    from tests.standins import save_classifier, save_generator
+
+    cfg = build_config({})
+    rgb = np.zeros((4, 3, 32, 32), dtype=np.float32)
+    model, checkpoint = load_model(save_classifier(tmp_path / "c.pt"))
+    del checkpoint["config"]["input_shape"]  # as written before input_shape existed: grey by definition
+    with pytest.raises(MedgenError, match=r"classifier was trained on \[1, 28, 28\] inputs but the prepared images "
+                                          r"are \[3, 32, 32\]"):
+        export._classifier_spec(model, checkpoint, rgb, cfg)
+    generator, checkpoint = load_model(save_generator(tmp_path / "g.pt"))
+    with pytest.raises(MedgenError, match=r"generator makes \[1, 28, 28\] images but the prepared images are \[3, 32, 32\]"):
+        export._generator_spec(generator, checkpoint, rgb, cfg)
+    rgb_model, checkpoint = load_model(save_classifier(tmp_path / "rgb.pt", channels=3, size=32))
+    meta = export._classifier_spec(rgb_model, checkpoint, rgb, cfg)[0]
+    assert meta["input_shape"] == [3, 32, 32] and meta["inputs"][0]["shape"] == ["batch", 3, 32, 32]

@@ -59,7 +59,10 @@ def _classifier_spec(model: torch.nn.Module, checkpoint: dict[str, Any], real: n
     """Metadata, example input, names and parity batches of a classifier for the prepared images (N, C, S, S)."""
     config = checkpoint.get("config") or {}
     channels, size = int(real.shape[1]), int(real.shape[-1])
-    built = [int(v) for v in config.get("input_shape", [channels, size, size])]
+    # checkpoints from before input_shape was recorded were grey: [1, input_size, input_size]
+    recorded = config.get("input_shape") or ([1, config["input_size"], config["input_size"]] if "input_size" in config
+                                             else [channels, size, size])
+    built = [int(v) for v in recorded]
     if built != [channels, size, size]:
         raise MedgenError(f"classifier was trained on {built} inputs but the prepared images are "
                           f"{[channels, size, size]}: rerun classify (and augment) on this data")
