@@ -125,7 +125,8 @@ def test_export_refuses_models_built_for_other_images(tmp_path):
                                           r"are \[3, 32, 32\]"):
         export._classifier_spec(model, checkpoint, rgb, cfg)
     generator, checkpoint = load_model(save_generator(tmp_path / "g.pt"))
-    with pytest.raises(MedgenError, match=r"generator makes \[1, 28, 28\] images but the prepared images are \[3, 32, 32\]"):
+    with pytest.raises(MedgenError, match=r"generator makes \[1, 28, 28\] images but the prepared images are "
+                                          r"\[3, 32, 32\]"):
         export._generator_spec(generator, checkpoint, rgb, cfg)
     rgb_model, checkpoint = load_model(save_classifier(tmp_path / "rgb.pt", channels=3, size=32))
     meta = export._classifier_spec(rgb_model, checkpoint, rgb, cfg)[0]
