@@ -74,3 +74,17 @@ def test_sizes_are_checked_per_flag(tmp_path):
             DataConfig(size=bad)
     custom = DataConfig(flag="rgb32", n_classes=2, size=32)  # a custom npz may use any such side
     assert load_npz(breast(tmp_path, 32, "rgb.npz", rgb=True), custom).image_shape == (3, 32, 32)
+
+
+def test_metadata_entry_round_trips_and_bad_metadata_is_named(tmp_path):
+    from medgen.data import save_npz
+
+    cfg = cfg_for(tmp_path, 28)
+    dataset = load_npz(breast(tmp_path, 28), cfg)
+    assert dataset.metadata == {}
+    save_npz(dataset.__class__(**{**vars(dataset), "metadata": {"note": "carved"}}), tmp_path / "with.npz")
+    assert load_npz(tmp_path / "with.npz", cfg).metadata == {"note": "carved"}
+    arrays = make_arrays(n=(8, 4, 4))
+    arrays["metadata"] = np.array("not json")
+    with pytest.raises(DataError, match="'metadata' must be a JSON object string"):
+        load_npz(write(tmp_path, arrays, "bad.npz"), cfg)
