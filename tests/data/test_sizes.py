@@ -12,6 +12,12 @@ from medgen.errors import ConfigError, DataError
 from tests.data.test_validation import make_arrays, write
 
 
+@pytest.fixture(autouse=True)
+def _no_env_source(monkeypatch):
+    """`make test` points $MEDGEN_DATA_SOURCE at BreastMNIST; these tests name their sources themselves."""
+    monkeypatch.delenv("MEDGEN_DATA_SOURCE", raising=False)
+
+
 def breast(tmp_path, size: int, name: str | None = None, rgb: bool = False):
     arrays = make_arrays(n=(8, 4, 4), size=size)
     if rgb:
