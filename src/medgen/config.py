@@ -29,20 +29,31 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+MIN_SIZE, MAX_SIZE = 28, 224  # image sides medgen's models are built and tested for
+
+
 @dataclass(frozen=True)
 class DataConfig:
     section: ClassVar[str] = "data"
-    flag: str = "breastmnist"  # a MedMNIST 2D flag, or any name for a custom npz (then set n_classes)
-    size: int = 28  # MedMNIST+ also ships 64/128/224
-    n_classes: int = 0  # 0 = take it from medmnist's INFO for the flag
-    source: str = ""  # local npz used when raw_dir has none; empty -> $MEDGEN_DATA_SOURCE -> download
+    # a MedMNIST 2D flag, cifar10 / fashionmnist, or any name for a custom npz (then set n_classes)
+    flag: str = "breastmnist"
+    # square side of the images: MedMNIST+ ships 28/64/128/224, CIFAR-10 is 32, Fashion-MNIST 28; a custom
+    # npz may use any side in 28..224 divisible by 4 (the conv autoencoders halve it twice)
+    size: int = 28
+    n_classes: int = 0  # 0 = take it from the flag (medmnist's INFO, medgen.native)
+    # local npz, or a folder holding MedMNIST's file for the size (<flag>_<size>.npz) or a flag's native
+    # files (cifar-10-batches-py/, Fashion-MNIST's idx .gz); empty -> $MEDGEN_DATA_SOURCE -> download
+    source: str = ""
     download: bool = True
+    check_counts: bool = True  # split sizes must be the flag's published ones; false for subsets and stand-ins
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
 
     def __post_init__(self) -> None:
         _require(bool(self.flag) and self.flag.isidentifier(), "data.flag", f"must be a plain name, got {self.flag!r}")
-        _require(self.size in (28, 64, 128, 224), "data.size", f"must be 28, 64, 128 or 224, got {self.size}")
+        _require(MIN_SIZE <= self.size <= MAX_SIZE and self.size % 4 == 0, "data.size",
+                 f"must be a side in {MIN_SIZE}..{MAX_SIZE} divisible by 4 (MedMNIST: 28, 64, 128, 224; "
+                 f"CIFAR-10: 32), got {self.size}")
         _require(self.n_classes == 0 or self.n_classes >= 2, "data.n_classes", "must be 0 (auto) or >= 2")
 
     @property
@@ -96,6 +107,7 @@ class RepresentConfig:
     k_max: int = 100
     lr_min: float = 1e-4
     lr_max: float = 1e-2
+    sampler: str = "tpe"  # tpe | random (the assignment's random search: every trial a seeded uniform draw)
     trials_classic: int = 40  # pca / isomap trials (cheap: one fit per fold serves every latent_dim and k)
     trials_neural: int = 10  # per autoencoder method
     cv_folds: int = 5  # stratified k-fold on train+val selects every method (val alone is 78 images)
@@ -137,6 +149,7 @@ class RepresentConfig:
         for name, low, high in (("latent_dim", self.latent_dim_min, self.latent_dim_max),
                                 ("k", self.k_min, self.k_max), ("lr", self.lr_min, self.lr_max)):
             _require(low <= high, f"{s}.{name}_min", f"search space is empty: {name}_min={low} > {name}_max={high}")
+        _require(self.sampler in ("tpe", "random"), f"{s}.sampler", f"must be tpe or random, got {self.sampler!r}")
         _require(self.trials_classic >= 1 and self.trials_neural >= 1, f"{s}.trials_*", "must be >= 1")
         _require(self.cv_folds >= 2, f"{s}.cv_folds", "must be >= 2")
         _require(self.isomap_neighbors >= 2, f"{s}.isomap_neighbors", "must be >= 2")
@@ -207,7 +220,8 @@ class ServeConfig:
         return {f"MEDGEN_{f.name.upper()}": str(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
-CLASSIFIER_STEMS = ("standard", "pool", "cifar")  # medgen.models.classifier checks the same names
+# medgen.models.classifier checks the same names; "auto" = a rule on the image size (cifar <= 32 px, else standard)
+CLASSIFIER_STEMS = ("standard", "pool", "cifar", "auto")
 CLASSIFIER_INITS = ("default", "xavier")
 
 
@@ -217,7 +231,7 @@ class ClassifyConfig:
 
     section: ClassVar[str] = "classify"
     # model (medgen.models.classifier)
-    stem: str = "pool"  # standard | pool | cifar: see models/classifier.py for cost vs resolution
+    stem: str = "pool"  # standard | pool | cifar | auto: see models/classifier.py for cost vs resolution
     dropout: float = 0.3  # before the linear head
     init: str = "default"  # default (torchvision's He init) | xavier (Glorot uniform)
     pretrained: str = "none"  # none | imagenet (needs the torchvision weights file) | encoder (represent's)

@@ -42,18 +42,26 @@ class GanHyper:
         return cls(cfg.variant, cfg.lr_g, cfg.lr_d, cfg.beta1)
 
 
-def generator_kwargs(cfg: GenerateConfig, n_classes: int) -> dict[str, Any]:
-    """Constructor kwargs of the Generator (plain data: stored in the checkpoint by save_model)."""
-    return {"latent_dim": cfg.latent_dim, "n_classes": n_classes, "channels": cfg.g_channels, "embed_dim": cfg.embed_dim}
+GREY_28 = (1, 28, 28)  # default image shape (C, S, S): BreastMNIST's
+
+
+def generator_kwargs(cfg: GenerateConfig, n_classes: int,
+                     image_shape: tuple[int, int, int] = GREY_28) -> dict[str, Any]:
+    """Constructor kwargs of the Generator for images (C, S, S) (plain data: stored in the checkpoint by save_model)."""
+    channels, size, _ = image_shape
+    return {"latent_dim": cfg.latent_dim, "n_classes": n_classes, "channels": cfg.g_channels,
+            "embed_dim": cfg.embed_dim, "image_size": size, "image_channels": channels}
 
 
 class GanTrainer:
-    """One conditional GAN being trained: G, D, the EMA generator and their optimisers."""
+    """One conditional GAN being trained on images (C, S, S): G, D, the EMA generator and their optimisers."""
 
-    def __init__(self, cfg: GenerateConfig, hyper: GanHyper, n_classes: int, device: torch.device):
+    def __init__(self, cfg: GenerateConfig, hyper: GanHyper, n_classes: int, device: torch.device,
+                 image_shape: tuple[int, int, int] = GREY_28):
         self.cfg, self.hyper, self.n_classes, self.device = cfg, hyper, n_classes, device
-        self.g = Generator(**generator_kwargs(cfg, n_classes)).to(device)
-        self.d = Discriminator(hyper.variant, n_classes, cfg.d_channels, cfg.spectral_norm).to(device)
+        self.g = Generator(**generator_kwargs(cfg, n_classes, image_shape)).to(device)
+        self.d = Discriminator(hyper.variant, n_classes, cfg.d_channels, cfg.spectral_norm,
+                               image_size=image_shape[1], image_channels=image_shape[0]).to(device)
         self.ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         betas = (hyper.beta1, 0.999)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=hyper.lr_g, betas=betas)
@@ -65,7 +73,7 @@ class GanTrainer:
         return self.hyper.variant == "wgan-gp"
 
     def train_epoch(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """One pass over (N, 1, 28, 28) images in [-1, 1] and (N,) labels; mean G and D losses."""
+        """One pass over (N, C, S, S) images in [-1, 1] and (N,) labels; mean G and D losses."""
         self.g.train(), self.d.train()
         order = torch.randperm(len(images), device=self.device)
         losses_d, losses_g = [], []
@@ -150,8 +158,8 @@ class GanTrainer:
 
 def fit_feature_net(images: torch.Tensor, labels: torch.Tensor, n_classes: int, cfg: GenerateConfig,
                     device: torch.device) -> FeatureNet:
-    """Train the metric feature net on real images (N, 1, 28, 28) with joint (class, rotation) targets."""
-    net = FeatureNet(n_classes, feature_dim=cfg.feature_dim).to(device)
+    """Train the metric feature net on real images (N, C, S, S) with joint (class, rotation) targets."""
+    net = FeatureNet(n_classes, feature_dim=cfg.feature_dim, in_channels=images.shape[1]).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     images, labels = images.to(device), labels.to(device)
     with Progress(cfg.feature_epochs, "metric feature net", unit="epochs") as progress:
@@ -171,7 +179,7 @@ def fit_feature_net(images: torch.Tensor, labels: torch.Tensor, n_classes: int, 
 
 @torch.no_grad()
 def extract_features(net: FeatureNet, images: torch.Tensor, batch: int = 512) -> np.ndarray:
-    """(N, 1, 28, 28) in [-1, 1] -> penultimate features (N, feature_dim) as float64 numpy."""
+    """(N, C, S, S) in [-1, 1] -> penultimate features (N, feature_dim) as float64 numpy."""
     net.eval()
     device = next(net.parameters()).device
     parts = [net.features(images[i : i + batch].to(device)).cpu() for i in range(0, len(images), batch)]

@@ -21,12 +21,22 @@ from medgen import __version__
 from medgen.errors import MedgenError
 
 METADATA_KEY = "medgen"  # ONNX metadata_props key holding the metadata JSON (read by the service)
-NORMALISATION = {
-    "range": [-1.0, 1.0],
-    "from_uint8": "x = pixel / 127.5 - 1  (pixel: grey uint8 0..255, as medgen.data.to_tensors)",
-    "to_uint8": "pixel = round((clip(x, -1, 1) + 1) * 127.5)  (as medgen.data.to_uint8)",
-    "resize": "grey (PIL 'L'), bicubic resize to input_size x input_size, as MedMNIST built its 28x28 images",
-}
+
+
+def normalisation(channels: int) -> dict[str, Any]:
+    """How pixels become model inputs and outputs become pixels, for 1 (grey) or 3 (RGB) channels."""
+    mode, name = ("L", "grey") if channels == 1 else ("RGB", "RGB")
+    layout = "(N, 1, S, S)" if channels == 1 else "(N, 3, S, S), channels first (from (N, S, S, 3) uint8)"
+    return {
+        "range": [-1.0, 1.0],
+        "from_uint8": f"x = pixel / 127.5 - 1  (pixel: {name} uint8 0..255, as medgen.data.to_tensors; "
+                      f"layout {layout})",
+        "to_uint8": "pixel = round((clip(x, -1, 1) + 1) * 127.5)  (as medgen.data.to_uint8)",
+        "resize": f"{name} (PIL '{mode}'), bicubic resize to input_size x input_size, as MedMNIST built its images",
+    }
+
+
+NORMALISATION = normalisation(1)  # grey: the BreastMNIST default
 
 
 def file_sha256(path: str | Path) -> str:

@@ -44,6 +44,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 RUN_SIZE_KEYS = frozenset({"n_trials", "trials_classic", "trials_neural", "seeds", "metrics", "details", "plots_dir",
                            "checkpoint", "feature_checkpoint", "encoder_checkpoint", "samples_dir", "device"})
 Objective = Callable[[optuna.Trial], float]
+SAMPLERS = ("tpe", "random")  # random: every trial a seeded uniform draw (TPE never leaves its startup phase)
+RANDOM_SEARCH = 2**31 - 1
 
 
 def storage_url(cfg: TrackingConfig) -> str:
@@ -103,6 +105,7 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     """
 
     def __init__(self, seed: int, worker: int = 0, n_startup_trials: int = 5) -> None:
+        # n_startup_trials larger than any study (RANDOM_SEARCH) makes every trial TPE's seeded random draw
         self.seed, self.worker, self.n_startup_trials = seed, worker, n_startup_trials
         self._inner = self._tpe(0)
 
@@ -187,19 +190,24 @@ def open_study(
     suffix: str = "",
     pruner: optuna.pruners.BasePruner | None = None,
     fixed: Sequence[dict[str, Any]] = (),
+    sampler: str = "tpe",
 ) -> optuna.Study:
     """Create or resume the study `<flag>-<stage>[-<suffix>]-<hash of spec>` in the configured storage.
 
-    `spec` is what defines the search (see `definition`). `fixed` are parameter sets that are always the
-    first trials (e.g. a paper's defaults); they are queued again if a killed run lost them.
+    `spec` is what defines the search (see `definition`; it must include the sampler when that is not
+    "tpe"). `fixed` are parameter sets that are always the first trials (e.g. a paper's defaults); they
+    are queued again if a killed run lost them. `sampler`: "tpe" or "random" (SAMPLERS), both per-trial seeded.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     storage = _storage(storage_url(cfg.tracking))
+    startup = RANDOM_SEARCH if sampler == "random" else 5
     study = optuna.create_study(
         study_name=study_name(cfg.data.flag, stage, suffix, spec),
         storage=storage,
         direction=direction,
-        sampler=TrialSeededSampler(cfg.seed, worker_id()),
+        sampler=TrialSeededSampler(cfg.seed, worker_id(), startup),
         pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
         load_if_exists=True,
     )

@@ -66,7 +66,7 @@ def as_sampler(generator):
 
 
 def sample(generator, labels: Sequence[int], n: int, seed: int, batch: int = 500) -> Split:
-    """`n` images per label from a generator or sampler (`as_sampler`) -> uint8 Split (len(labels) * n, H, W[, C]).
+    """`n` images per label from a generator or sampler (`as_sampler`) -> uint8 Split (len(labels) * n, S, S[, C]).
 
     Same seed, same images: the random inputs come from a torch.Generator seeded here, not the global RNG,
     drawn batch after batch (`batch`, capped by the sampler's max_batch) in label order.
@@ -93,7 +93,7 @@ def sample_like(generator, labels: np.ndarray, seed: int) -> Split:
 
 
 def save_samples(split: Split, path: str | Path) -> Path:
-    """`images` uint8 (N, 28, 28) and `labels` int64 (N,) in one npz, written atomically."""
+    """`images` uint8 (N, S, S[, C]) and `labels` int64 (N,) in one npz, written atomically."""
     import os
     import tempfile
 
@@ -118,8 +118,10 @@ def load_samples(path: str | Path) -> Split:
         if {"images", "labels"} - set(archive.files):
             raise DataError(f"{path}: expected keys images and labels, got {archive.files}")
         images, labels = archive["images"], archive["labels"]
-    if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(labels):
-        raise DataError(f"{path}: images must be uint8 (N, H, W) with one label each, got {images.dtype} {images.shape}")
+    grey_or_rgb = images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)
+    if images.dtype != np.uint8 or not grey_or_rgb or len(images) != len(labels):
+        raise DataError(f"{path}: images must be uint8 (N, S, S) or (N, S, S, 3) with one label each, "
+                        f"got {images.dtype} {images.shape}")
     return Split(images, labels.astype(np.int64))
 
 

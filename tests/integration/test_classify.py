@@ -118,7 +118,7 @@ def test_transfer_from_an_encoder_checkpoint_freezes_then_unfreezes(smoke_cfg, p
     encoder = TinyEncoder(out_features=16)
     path = save_model(workdir / "encoder.pt", encoder, {"out_features": 16}, config={"out_features": 16}, metrics={})
     cfg = smoke_cfg("classify.pretrained=encoder", f"classify.encoder_checkpoint={path}")
-    model, _ = classify.build_model(cfg.classify, 2)
+    model, _ = classify.build_model(cfg.classify, 2, (1, 28, 28))
     for key, value in encoder.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[key], value)
     # one frozen epoch changes the head only
@@ -134,6 +134,9 @@ def test_transfer_from_an_encoder_checkpoint_freezes_then_unfreezes(smoke_cfg, p
                                               prepared.val, 2, seed=0, device="cpu")
     assert len(history["rows"]) == 2
     assert all(p.requires_grad for p in fitted.parameters())  # unfrozen after the head-only epoch
+    # an encoder built for other images is refused before training, naming both shapes
+    with pytest.raises(MedgenError, match="encoder was trained on 1-channel images, the data is 3-channel 32 px"):
+        classify.build_model(cfg.classify, 2, (3, 32, 32))
 
 
 def test_missing_weights_are_clear_errors(smoke_cfg, prepared, workdir, monkeypatch):
@@ -147,4 +150,4 @@ def test_missing_weights_are_clear_errors(smoke_cfg, prepared, workdir, monkeypa
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(MedgenError, match="ImageNet ResNet-18 weights unavailable"):
-        classify.build_model(smoke_cfg("classify.pretrained=imagenet").classify, 2)
+        classify.build_model(smoke_cfg("classify.pretrained=imagenet").classify, 2, (1, 28, 28))

@@ -1,12 +1,15 @@
-"""Classifiers for 1-channel 28x28 images in [-1, 1]: torchvision ResNet-18 and an encoder + head.
+"""Classifiers for images (N, C, S, S) in [-1, 1], C = 1 or 3: torchvision ResNet-18 and an encoder + head.
 
-Both map (N, 1, 28, 28) -> logits (N, n_classes) and expose `backbone` (the feature extractor, which the
-transfer recipe freezes and unfreezes) and `head` (dropout + linear).
+Both map (N, C, S, S) -> logits (N, n_classes) and expose `backbone` (the feature extractor, which the
+transfer recipe freezes and unfreezes) and `head` (dropout + linear). The global average pool before the
+head makes any S work; the stem decides how much resolution layer1 keeps.
 
-ResNet-18 stems (what happens before layer1; spatial size of layer1's input for a 28x28 image):
-  * "standard": ImageNet's 7x7 stride-2 conv + 3x3 stride-2 max-pool -> 7x7 (cheapest; layer4 sees 1x1).
-  * "pool":     3x3 stride-1 conv + the max-pool -> 14x14 (about 4x the conv work of "standard").
-  * "cifar":    3x3 stride-1 conv, no max-pool -> 28x28 (the CIFAR/MedMNIST variant; ~16x the work).
+ResNet-18 stems (what happens before layer1; spatial size of layer1's input for an S x S image):
+  * "standard": ImageNet's 7x7 stride-2 conv + 3x3 stride-2 max-pool -> S/4 (cheapest; 28 px: layer4 sees 1x1).
+  * "pool":     3x3 stride-1 conv + the max-pool -> S/2 (about 4x the conv work of "standard").
+  * "cifar":    3x3 stride-1 conv, no max-pool -> S (the CIFAR/MedMNIST variant; ~16x the work).
+  * "auto":     a rule on the size (`resolve_stem`): "cifar" up to 32 px, "standard" from 64 px, so layer1
+                sees 28-32 px at 28/32 and 16-56 px from 64 to 224 px (MedMNIST+'s ResNet-18 setting).
 """
 
 from __future__ import annotations
@@ -18,28 +21,38 @@ from torch import nn
 from torchvision.models import resnet18
 
 from medgen.config import CLASSIFIER_INITS as INITS
-from medgen.config import CLASSIFIER_STEMS as STEMS
+from medgen.config import CLASSIFIER_STEMS
 
 ENCODER_PREFIXES = ("medgen.",)  # an encoder class named in a checkpoint must be ours
+STEMS = tuple(s for s in CLASSIFIER_STEMS if s != "auto")  # what a built network can have
+SMALL_IMAGE_MAX = 32  # "auto": sides up to this keep full resolution into layer1 (cifar stem)
+
+
+def resolve_stem(stem: str, size: int) -> str:
+    """The concrete stem for images of side `size`: "auto" follows the rule above, others pass through."""
+    if stem != "auto":
+        return stem
+    return "cifar" if size <= SMALL_IMAGE_MAX else "standard"
 
 
 class ResNetClassifier(nn.Module):
-    """torchvision ResNet-18 for (N, 1, 28, 28) -> logits (N, n_classes), dropout before the linear head."""
+    """torchvision ResNet-18 for (N, C, S, S) -> logits (N, n_classes), dropout before the linear head."""
 
-    def __init__(self, n_classes: int, stem: str = "standard", dropout: float = 0.0, init: str = "default"):
+    def __init__(self, n_classes: int, stem: str = "standard", dropout: float = 0.0, init: str = "default",
+                 in_channels: int = 1):
         super().__init__()
         if stem not in STEMS or init not in INITS:
             raise ValueError(f"stem must be one of {STEMS} and init one of {INITS}, got {stem!r}, {init!r}")
         net = resnet18(weights=None, num_classes=n_classes)
         if stem == "standard":
-            net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)  # (N,64,14,14)
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)  # (N,64,S/2,S/2)
         else:
-            net.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)  # (N,64,28,28)
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)  # (N,64,S,S)
         if stem == "cifar":
             net.maxpool = nn.Identity()
         self.out_features = net.fc.in_features  # 512
         net.fc = nn.Identity()
-        self.backbone = net  # (N,1,28,28) -> (N,512) after global average pooling
+        self.backbone = net  # (N,C,S,S) -> (N,512) after global average pooling
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.out_features, n_classes))
         if init == "xavier":
             xavier_init(self)
@@ -49,7 +62,7 @@ class ResNetClassifier(nn.Module):
 
 
 class EncoderClassifier(nn.Module):
-    """A feature encoder (N, 1, 28, 28) -> (N, F) followed by dropout and a linear head -> (N, n_classes).
+    """A feature encoder (N, C, S, S) -> (N, F) followed by dropout and a linear head -> (N, n_classes).
 
     The encoder is rebuilt from its class path and constructor kwargs (the `model` spec that
     medgen.training.save_model records), so this module itself stays loadable with load_model.
@@ -71,17 +84,17 @@ class EncoderClassifier(nn.Module):
 
 
 class TinyEncoder(nn.Module):
-    """A small conv encoder with the represent stage's contract: (N, 1, 28, 28) in [-1, 1] -> (N, out_features).
+    """A small conv encoder with the represent stage's contract: (N, C, S, S) in [-1, 1] -> (N, out_features).
 
     An example and test double for the transfer option; the represent stage ships its own encoders.
     """
 
-    def __init__(self, out_features: int = 32, width: int = 16):
+    def __init__(self, out_features: int = 32, width: int = 16, channels: int = 1):
         super().__init__()
         self.out_features = out_features
         self.net = nn.Sequential(
-            nn.Conv2d(1, width, 3, stride=2, padding=1), nn.ReLU(),  # (N, w, 14, 14)
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),  # (N, 2w, 7, 7)
+            nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.ReLU(),  # (N, w, S/2, S/2)
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),  # (N, 2w, S/4, S/4)
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (N, 2w)
             nn.Linear(2 * width, out_features),  # (N, F)
         )

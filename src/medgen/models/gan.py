@@ -1,4 +1,4 @@
-"""Conditional DCGAN for 28x28 grey images (padded to 32x32 inside the networks).
+"""Conditional DCGAN for (C, S, S) images, C = 1 or 3, S = 28..224 (padded to a power-of-two canvas inside).
 
 Follows the DCGAN paper's rules (Radford et al., 2016, sec. 3): strided (transposed) convolutions
 instead of pooling, batch norm in G and D (not on G's output or D's input layer), ReLU in G with a tanh
@@ -11,7 +11,12 @@ output, LeakyReLU(0.2) in D, weights from N(0, 0.02). Variants (`VARIANTS`):
 * ``wgan-gp`` - a conditional critic (label maps as in cdcgan) with no batch norm (the gradient penalty is
   per sample, batch statistics would couple samples; Gulrajani et al., 2017 sec. 4) and a linear output.
 
-Images are float in [-1, 1]; G's output is cropped back to 28x28 so callers never see the padding.
+Sizes: G grows a 4x4 map by stride-2 stages to the smallest canvas 4 * 2^k >= S (28 and 32 -> 32 in three
+stages, 64 -> 64 in four, 128 -> 128, 224 -> 256 in six) and crops the centre S x S; D pads its input back
+to the canvas with black and shrinks it by as many stages to 4x4. Widths double per stage away from the
+image (G: ..., 4c, 2c, c; D: c, 2c, 4c, ...), capped at 8c. At 28 px this is exactly the three-stage DCGAN
+of the paper's 32x32 setting (same layers in the same order, so the same random initialisation).
+Images are float in [-1, 1]; callers never see the padding.
 """
 
 from __future__ import annotations
@@ -21,8 +26,25 @@ import torch.nn.functional as F
 from torch import nn
 
 VARIANTS = ("cdcgan", "acgan", "wgan-gp")
-IMAGE_SIZE = 28
-_PAD = 2  # 28 + 2 * 2 = 32: three stride-2 stages from 4x4
+_START = 4  # spatial side of G's first map and D's last
+_MIN_STAGES = 3  # 4 -> 32: the DCGAN layout every smaller image (28 px) is padded into
+_MAX_WIDTH = 8  # widths are capped at 8 * channels (deep canvases would otherwise reach 32c)
+
+
+def canvas(image_size: int) -> tuple[int, int, int]:
+    """(stride-2 stages, canvas side, padding per border) for images of side `image_size`."""
+    stages = _MIN_STAGES
+    while _START * 2**stages < image_size:
+        stages += 1
+    side = _START * 2**stages
+    if (side - image_size) % 2:
+        raise ValueError(f"image_size={image_size} must be even (it is centred on a {side}px canvas)")
+    return stages, side, (side - image_size) // 2
+
+
+def _width(channels: int, level: int) -> int:
+    """Width `level` stages away from the image side (0 = the layer next to the image)."""
+    return channels * min(2**level, _MAX_WIDTH)
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
@@ -46,89 +68,80 @@ def _check_labels(labels: torch.Tensor, n_classes: int) -> None:
 
 
 class Generator(nn.Module):
-    """G(z: (N, latent_dim) float, labels: (N,) int64) -> (N, 1, 28, 28) in [-1, 1]."""
+    """G(z: (N, latent_dim) float, labels: (N,) int64) -> (N, image_channels, image_size, image_size) in [-1, 1]."""
 
-    def __init__(self, latent_dim: int = 100, n_classes: int = 2, channels: int = 64, embed_dim: int = 16):
+    def __init__(self, latent_dim: int = 100, n_classes: int = 2, channels: int = 64, embed_dim: int = 16,
+                 image_size: int = 28, image_channels: int = 1):
         super().__init__()
         self.latent_dim, self.n_classes = latent_dim, n_classes
-        c = channels
+        self.image_size, self.image_channels = image_size, image_channels
+        stages, _, self.pad = canvas(image_size)
+        widths = [_width(channels, level) for level in reversed(range(stages))]  # e.g. 4c, 2c, c
         self.embed = nn.Embedding(n_classes, embed_dim)
-        self.net = nn.Sequential(
-            # (N, latent+embed, 1, 1) -> (N, 4c, 4, 4)
-            nn.ConvTranspose2d(latent_dim + embed_dim, 4 * c, 4, 1, 0, bias=False),
-            nn.BatchNorm2d(4 * c),
-            nn.ReLU(True),
-            # -> (N, 2c, 8, 8)
-            nn.ConvTranspose2d(4 * c, 2 * c, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(2 * c),
-            nn.ReLU(True),
-            # -> (N, c, 16, 16)
-            nn.ConvTranspose2d(2 * c, c, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(c),
-            nn.ReLU(True),
-            # -> (N, 1, 32, 32); no batch norm on the output layer (DCGAN rule)
-            nn.ConvTranspose2d(c, 1, 4, 2, 1),
-            nn.Tanh(),
-        )
+        # (N, latent+embed, 1, 1) -> (N, widths[0], 4, 4)
+        layers: list[nn.Module] = [nn.ConvTranspose2d(latent_dim + embed_dim, widths[0], 4, 1, 0, bias=False),
+                                   nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
+        for w_in, w_out in zip(widths, widths[1:]):  # each doubles the side: 4 -> 8 -> 16 -> ...
+            layers += [nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False), nn.BatchNorm2d(w_out), nn.ReLU(True)]
+        # -> (N, C, canvas, canvas); no batch norm on the output layer (DCGAN rule)
+        layers += [nn.ConvTranspose2d(widths[-1], image_channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
         self.apply(init_dcgan_weights)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         _check_labels(labels, self.n_classes)
         h = torch.cat([z, self.embed(labels)], dim=1)  # (N, latent+embed)
-        out = self.net(h[:, :, None, None])  # (N, 1, 32, 32)
-        return out[:, :, _PAD : _PAD + IMAGE_SIZE, _PAD : _PAD + IMAGE_SIZE]  # (N, 1, 28, 28)
+        out = self.net(h[:, :, None, None])  # (N, C, canvas, canvas)
+        p, s = self.pad, self.image_size
+        return out[:, :, p : p + s, p : p + s]  # (N, C, S, S)
 
 
 class Discriminator(nn.Module):
-    """D(x: (N, 1, 28, 28), labels: (N,) int64) -> (logit (N,), class logits (N, n_classes) or None).
+    """D(x: (N, C, S, S), labels: (N,) int64) -> (logit (N,), class logits (N, n_classes) or None).
 
     The class logits exist for the acgan variant only.
     """
 
-    def __init__(self, variant: str = "cdcgan", n_classes: int = 2, channels: int = 64, spectral_norm: bool = False):
+    def __init__(self, variant: str = "cdcgan", n_classes: int = 2, channels: int = 64, spectral_norm: bool = False,
+                 image_size: int = 28, image_channels: int = 1):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.variant, self.n_classes = variant, n_classes
         self.conditional_input = variant != "acgan"
-        c, in_ch = channels, 1 + (n_classes if variant != "acgan" else 0)
+        stages, _, self.pad = canvas(image_size)
+        widths = [_width(channels, level) for level in range(stages)]  # e.g. c, 2c, 4c
+        in_ch = image_channels + (n_classes if variant != "acgan" else 0)
         sn = nn.utils.spectral_norm if spectral_norm else (lambda m: m)
 
         def norm(ch: int) -> nn.Module:
             # WGAN-GP: no batch norm in the critic; layer norm over (C, H, W) instead
             return nn.GroupNorm(1, ch) if variant == "wgan-gp" else nn.BatchNorm2d(ch)
 
-        self.features = nn.Sequential(
-            # (N, in_ch, 32, 32) -> (N, c, 16, 16); no norm on the input layer (DCGAN rule)
-            sn(nn.Conv2d(in_ch, c, 4, 2, 1)),
-            nn.LeakyReLU(0.2, True),
-            # -> (N, 2c, 8, 8)
-            sn(nn.Conv2d(c, 2 * c, 4, 2, 1, bias=False)),
-            norm(2 * c),
-            nn.LeakyReLU(0.2, True),
-            # -> (N, 4c, 4, 4)
-            sn(nn.Conv2d(2 * c, 4 * c, 4, 2, 1, bias=False)),
-            norm(4 * c),
-            nn.LeakyReLU(0.2, True),
-        )
-        self.adv = sn(nn.Conv2d(4 * c, 1, 4, 1, 0))  # (N, 4c, 4, 4) -> (N, 1, 1, 1)
-        self.aux = nn.Conv2d(4 * c, n_classes, 4, 1, 0) if variant == "acgan" else None  # -> (N, K, 1, 1)
+        # (N, in_ch, canvas, canvas) -> (N, c, canvas/2, canvas/2); no norm on the input layer (DCGAN rule)
+        layers: list[nn.Module] = [sn(nn.Conv2d(in_ch, widths[0], 4, 2, 1)), nn.LeakyReLU(0.2, True)]
+        for w_in, w_out in zip(widths, widths[1:]):  # each halves the side, down to 4x4
+            layers += [sn(nn.Conv2d(w_in, w_out, 4, 2, 1, bias=False)), norm(w_out), nn.LeakyReLU(0.2, True)]
+        self.features = nn.Sequential(*layers)  # -> (N, widths[-1], 4, 4)
+        self.adv = sn(nn.Conv2d(widths[-1], 1, 4, 1, 0))  # (N, w, 4, 4) -> (N, 1, 1, 1)
+        self.aux = nn.Conv2d(widths[-1], n_classes, 4, 1, 0) if variant == "acgan" else None  # -> (N, K, 1, 1)
         self.apply(init_dcgan_weights)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = F.pad(x, (_PAD,) * 4, value=-1.0)  # (N, 1, 32, 32), padded with black
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4, value=-1.0)  # (N, C, canvas, canvas), padded with black
         if self.conditional_input:
             _check_labels(labels, self.n_classes)
             maps = F.one_hot(labels, self.n_classes).to(x.dtype)[:, :, None, None]  # (N, K, 1, 1)
-            x = torch.cat([x, maps.expand(-1, -1, x.shape[2], x.shape[3])], dim=1)  # (N, 1+K, 32, 32)
-        h = self.features(x)  # (N, 4c, 4, 4)
+            x = torch.cat([x, maps.expand(-1, -1, x.shape[2], x.shape[3])], dim=1)  # (N, C+K, canvas, canvas)
+        h = self.features(x)  # (N, w, 4, 4)
         logit = self.adv(h).flatten()  # (N,)
         classes = self.aux(h).flatten(1) if self.aux is not None else None  # (N, K)
         return logit, classes
 
 
 def diff_augment(x: torch.Tensor, policy: tuple[str, ...]) -> torch.Tensor:
-    """DiffAugment (Zhao et al., 2020) for grey images in [-1, 1]: (N, 1, H, W) -> same shape.
+    """DiffAugment (Zhao et al., 2020) for images in [-1, 1]: (N, C, H, W) -> same shape.
 
     Differentiable, so D sees augmented reals *and* fakes and G's gradient flows through the same
     transform: D cannot memorise the 546 training images as easily, and G is not taught the augmentation.

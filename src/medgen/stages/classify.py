@@ -2,7 +2,8 @@
 
 Inputs : data/prepared/<flag>.npz; classify.encoder_checkpoint when classify.pretrained=encoder.
 Outputs: classify.checkpoint (the final seed with the best validation AUC, written with
-         medgen.training.save_model; config holds n_classes, class_names, input_size), classify.metrics
+         medgen.training.save_model; config holds n_classes, class_names, input_shape [C, S, S] and
+         the stem used), classify.metrics
          (per test metric: mean and std over seeds and the 95% interval of that mean, medgen.stats; plus
          the seed-averaged ensemble with its interval), classify.details (per seed, chosen
          hyper-parameters, search summary), classify.plots_dir (history.csv, confusion.csv, roc.csv, PNGs).
@@ -43,7 +44,7 @@ from medgen import data, metrics, plots, search, stats, tracking
 from medgen.config import ClassifyConfig, Config
 from medgen.errors import MedgenError
 from medgen.io import write_json
-from medgen.models.classifier import EncoderClassifier, ResNetClassifier
+from medgen.models.classifier import EncoderClassifier, ResNetClassifier, resolve_stem
 from medgen.progress import Progress
 from medgen.training import EarlyStopping, load_model, pick_device, save_model, set_seed
 from medgen.transforms import ClassicAugmentation
@@ -54,18 +55,25 @@ IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"  # to
 
 
 # ---------------------------------------------------------------- model construction
-def build_model(cfg: ClassifyConfig, n_classes: int) -> tuple[nn.Module, dict[str, Any]]:
-    """The configured classifier and its constructor kwargs (for save_model)."""
+def build_model(cfg: ClassifyConfig, n_classes: int,
+                image_shape: tuple[int, int, int]) -> tuple[nn.Module, dict[str, Any]]:
+    """The configured classifier for images (C, S, S) and its constructor kwargs (for save_model).
+
+    The kwargs record the concrete stem (`classify.stem: auto` resolved for S) and the input channels.
+    """
     if cfg.pretrained == "encoder":
-        return _encoder_model(cfg, n_classes)
-    kwargs = {"n_classes": n_classes, "stem": cfg.stem, "dropout": cfg.dropout, "init": cfg.init}
+        return _encoder_model(cfg, n_classes, image_shape)
+    channels, size, _ = image_shape
+    kwargs = {"n_classes": n_classes, "stem": resolve_stem(cfg.stem, size), "dropout": cfg.dropout, "init": cfg.init,
+              "in_channels": channels}
     model = ResNetClassifier(**kwargs)
     if cfg.pretrained == "imagenet":
         _load_imagenet(model)
     return model, kwargs
 
 
-def _encoder_model(cfg: ClassifyConfig, n_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+def _encoder_model(cfg: ClassifyConfig, n_classes: int,
+                   image_shape: tuple[int, int, int]) -> tuple[nn.Module, dict[str, Any]]:
     """Encoder weights from the represent stage's checkpoint, plus a fresh dropout + linear head."""
     path = Path(cfg.encoder_checkpoint)
     if not path.exists():
@@ -76,6 +84,12 @@ def _encoder_model(cfg: ClassifyConfig, n_classes: int) -> tuple[nn.Module, dict
     if not isinstance(features, int) or features != recorded:
         raise MedgenError(f"{path}: encoder must expose int out_features matching its config (got {features!r}, {recorded!r})")
     spec = checkpoint["model"]
+    # encoders take `channels` (default 1); size-bound ones (dense layers) also record `image_size`
+    built_for = (int(spec["kwargs"].get("channels", 1)), int(spec["kwargs"].get("image_size", image_shape[1])))
+    if built_for != tuple(image_shape[:2]):
+        size = f" {spec['kwargs']['image_size']} px" if "image_size" in spec["kwargs"] else ""
+        raise MedgenError(f"{path}: encoder was trained on {built_for[0]}-channel{size} images, the data is "
+                          f"{image_shape[0]}-channel {image_shape[1]} px: rerun the represent stage")
     kwargs = {"encoder_class": spec["class"], "encoder_kwargs": spec["kwargs"], "n_classes": n_classes,
               "dropout": cfg.dropout, "init": cfg.init}
     model = EncoderClassifier(**kwargs)
@@ -84,7 +98,7 @@ def _encoder_model(cfg: ClassifyConfig, n_classes: int) -> tuple[nn.Module, dict
 
 
 def _load_imagenet(model: ResNetClassifier) -> None:
-    """torchvision's ImageNet ResNet-18 weights (cache, else download); RGB conv1 summed to one channel."""
+    """torchvision's ImageNet ResNet-18 weights (cache, else download); RGB conv1 summed for grey input."""
     try:
         state = torch.hub.load_state_dict_from_url(IMAGENET_URL, progress=False, check_hash=True, weights_only=True)
     except Exception as exc:  # offline: URLError, socket errors, hash mismatch
@@ -94,7 +108,9 @@ def _load_imagenet(model: ResNetClassifier) -> None:
             f"at {cache} or set classify.pretrained=none"
         ) from None
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    conv1 = state["conv1.weight"].sum(dim=1, keepdim=True)  # (64,3,7,7) -> (64,1,7,7): same response to grey
+    conv1 = state["conv1.weight"]  # (64, 3, 7, 7): RGB filters
+    if model.backbone.conv1.weight.shape[1] == 1:
+        conv1 = conv1.sum(dim=1, keepdim=True)  # (64,1,7,7): the same response to a grey image
     if model.backbone.conv1.weight.shape == conv1.shape:
         state["conv1.weight"] = conv1
     else:  # the 3x3 stems cannot use the 7x7 filters
@@ -203,7 +219,7 @@ def fit_classifier(
     epochs = epochs or cfg.epochs
     set_seed(seed)
     generator = torch.Generator().manual_seed(seed)  # shuffling and augmentation draws
-    model, init_kwargs = build_model(cfg, n_classes)
+    model, init_kwargs = build_model(cfg, n_classes, data.image_shape(train.images))
     model.to(device)
     x_train, y_train = data.to_tensors(train, str(device))
     x_val, y_val = data.to_tensors(val, str(device))
@@ -308,8 +324,10 @@ def summarize(results: list[dict], labels: np.ndarray) -> dict[str, Any]:
 
 def save_best(cfg: Config, dataset: data.Dataset, best: dict, hparams: dict) -> Path:
     """The seed with the best validation AUC, as a self-describing checkpoint for export."""
+    channels, size, _ = dataset.image_shape
     config = {**asdict(cfg.classify), "n_classes": dataset.n_classes, "class_names": list(dataset.class_names),
-              "input_size": cfg.data.size, "input_shape": [1, cfg.data.size, cfg.data.size], "input_range": [-1.0, 1.0],
+              "input_size": size, "input_shape": [channels, size, size], "input_range": [-1.0, 1.0],
+              "stem_used": best["history"]["init_kwargs"].get("stem"),  # classify.stem resolved for the size
               "flag": cfg.data.flag, "seed": best["seed"], "hparams": hparams}
     scores = {f"test_{k}": v for k, v in best["test"].items()} | {"val_auc": best["history"]["best_val_auc"],
                                                                   "best_epoch": best["history"]["best_epoch"]}
@@ -364,10 +382,13 @@ def run(cfg: Config) -> dict[str, Any]:
         device = pick_device(cfg.classify.device)
         dataset = data.load_prepared(cfg.data)
         if cfg.classify.pretrained != "none":
-            build_model(cfg.classify, dataset.n_classes)  # a missing encoder/ImageNet file fails before any training
+            build_model(cfg.classify, dataset.n_classes, dataset.image_shape)  # a missing/mismatched file fails first
         train = subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
         found = search_hparams(cfg, dataset, train, device, stage.info.run_id)
         mlflow.log_params({f"chosen.{k}": v for k, v in found["hparams"].items()})
+        size = dataset.image_shape[1]
+        stem = "encoder" if cfg.classify.pretrained == "encoder" else resolve_stem(cfg.classify.stem, size)
+        mlflow.log_params({"image_shape": list(dataset.image_shape), "stem_used": stem})
         results = train_seeds(cfg, dataset, train, found["hparams"], device, stage.info.run_id)
         best = max(results, key=lambda r: r["history"]["best_val_auc"])  # chosen on validation, never test
         save_best(cfg, dataset, best, found["hparams"])

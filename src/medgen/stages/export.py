@@ -57,30 +57,47 @@ def targets(cfg: Config) -> list[Target]:
 
 
 def _classifier_spec(model: torch.nn.Module, checkpoint: dict[str, Any], real: np.ndarray, cfg: Config) -> tuple:
+    """Metadata, example input, names and parity batches of a classifier for the prepared images (N, C, S, S)."""
     config = checkpoint.get("config") or {}
-    size = int(config.get("input_size", real.shape[-1]))
-    if size != real.shape[-1]:
-        raise MedgenError(f"classifier input_size={size} but the prepared images are {real.shape[-1]}px")
+    channels, size = int(real.shape[1]), int(real.shape[-1])
+    # checkpoints from before input_shape was recorded were grey: [1, input_size, input_size]
+    recorded = config.get("input_shape") or ([1, config["input_size"], config["input_size"]] if "input_size" in config
+                                             else [channels, size, size])
+    built = [int(v) for v in recorded]
+    if built != [channels, size, size]:
+        raise MedgenError(f"classifier was trained on {built} inputs but the prepared images are "
+                          f"{[channels, size, size]}: rerun classify (and augment) on this data")
     n_classes = int(config.get("n_classes") or model(torch.from_numpy(real[:1])).shape[1])
     meta = {"class_names": onnx_export.class_names_of(config, n_classes), "n_classes": n_classes, "input_size": size,
-            "inputs": [{"name": "images", "shape": ["batch", 1, size, size], "dtype": "float32"}],
+            "channels": channels, "input_shape": [channels, size, size],
+            "normalisation": onnx_export.normalisation(channels),
+            "inputs": [{"name": "images", "shape": ["batch", channels, size, size], "dtype": "float32"}],
             "outputs": [{"name": "logits", "shape": ["batch", n_classes], "dtype": "float32"}]}
+    if config.get("stem_used"):
+        meta["stem"] = config["stem_used"]
     batches = onnx_export.classifier_batches(real, cfg.export.parity_batches)
     return meta, (torch.from_numpy(real[:2]),), ("images",), ("logits",), batches
 
 
-def _generator_spec(model: torch.nn.Module, checkpoint: dict[str, Any], cfg: Config) -> tuple:
+def _generator_spec(model: torch.nn.Module, checkpoint: dict[str, Any], real: np.ndarray, cfg: Config) -> tuple:
+    """Metadata, example inputs, names and parity batches of a generator; its images must match the data's shape."""
     config = checkpoint.get("config") or {}
     latent, n_classes = int(config["latent_dim"]), int(config["n_classes"])
     batches = onnx_export.generator_batches(latent, n_classes, cfg.export.parity_batches, cfg.seed)
     example = (torch.from_numpy(batches[0]["z"][:1].repeat(2, 0)), torch.zeros(2, dtype=torch.int64))
     with torch.no_grad():
-        size = int(model(*example).shape[-1])
+        shape = [int(v) for v in model(*example).shape[1:]]  # [C, S, S]
+    if shape != list(real.shape[1:]):
+        raise MedgenError(f"generator makes {shape} images but the prepared images are {list(real.shape[1:])}: "
+                          "rerun generate on this data")
+    channels, size = shape[0], shape[-1]
     meta = {"class_names": onnx_export.class_names_of(config, n_classes), "n_classes": n_classes, "latent_dim": latent,
-            "latent_distribution": "standard normal N(0, I), float32", "input_size": size,
+            "latent_distribution": "standard normal N(0, I), float32", "input_size": size, "channels": channels,
+            "output_shape": shape, "normalisation": onnx_export.normalisation(channels),
             "inputs": [{"name": "z", "shape": ["batch", latent], "dtype": "float32"},
                        {"name": "labels", "shape": ["batch"], "dtype": "int64"}],
-            "outputs": [{"name": "images", "shape": ["batch", 1, size, size], "dtype": "float32", "range": [-1, 1]}]}
+            "outputs": [{"name": "images", "shape": ["batch", channels, size, size], "dtype": "float32",
+                         "range": [-1, 1]}]}
     return meta, example, ("z", "labels"), ("images",), batches
 
 
@@ -90,7 +107,7 @@ def export_one(target: Target, cfg: Config, real: np.ndarray) -> tuple[dict[str,
     if target.kind == "classifier":
         spec, example, inputs, outputs, batches = _classifier_spec(model, checkpoint, real, cfg)
     else:
-        spec, example, inputs, outputs, batches = _generator_spec(model, checkpoint, cfg)
+        spec, example, inputs, outputs, batches = _generator_spec(model, checkpoint, real, cfg)
     # No run id or registry version in the files: they are DVC outputs, the same for the same checkpoints.
     # MLflow links them instead (the export run logs them; the registered version records its run).
     meta = {**onnx_export.base_metadata(target.kind, target.checkpoint, checkpoint, cfg.export.opset), **spec,

@@ -45,7 +45,7 @@ class Real:
     """The real data as the stage uses it: tensors in [-1, 1] and metric features of each set."""
 
     dataset: data.Dataset
-    x: torch.Tensor  # train images (N, 1, 28, 28)
+    x: torch.Tensor  # train images (N, C, S, S)
     y: torch.Tensor  # train labels (N,)
     net: FeatureNet
     train_features: np.ndarray  # (N, feature_dim)
@@ -69,7 +69,8 @@ def requested_labels(cfg: GenerateConfig, n_classes: int) -> list[int]:
 def prepare_real(cfg: Config, dataset: data.Dataset, device: torch.device) -> Real:
     x, y = data.to_tensors(dataset.train, str(device))
     net = fit_feature_net(x, y, dataset.n_classes, cfg.generate, device)
-    save_checkpoint(cfg.generate.feature_checkpoint, net, config=asdict(cfg.generate) | {"n_classes": dataset.n_classes}, metrics={})
+    shape = {"n_classes": dataset.n_classes, "image_shape": list(dataset.image_shape)}
+    save_checkpoint(cfg.generate.feature_checkpoint, net, config=asdict(cfg.generate) | shape, metrics={})
     heldout = data.Split(
         np.concatenate([dataset.val.images, dataset.test.images]), np.concatenate([dataset.val.labels, dataset.test.labels])
     )
@@ -98,7 +99,8 @@ def make_objective(cfg: Config, real: Real, device: torch.device):
 
     def objective(trial: optuna.Trial) -> float:
         set_seed(cfg.seed)  # every trial starts from the same weights and batches: only hypers differ
-        trainer = GanTrainer(gcfg, hyper_from_trial(trial, gcfg), real.dataset.n_classes, device)
+        hyper = hyper_from_trial(trial, gcfg)
+        trainer = GanTrainer(gcfg, hyper, real.dataset.n_classes, device, real.dataset.image_shape)
         best = math.inf
         label = f"gan trial {trial.number} ({trainer.hyper.variant})"
         with Progress(gcfg.search_epochs, label, unit="epochs") as progress:
@@ -151,7 +153,7 @@ def fit_final(cfg: Config, hyper: GanHyper, real: Real, device: torch.device) ->
     """
     gcfg, n_eval = cfg.generate, cfg.generate.eval_samples or len(real.dataset.val)
     set_seed(cfg.seed)
-    trainer = GanTrainer(gcfg, hyper, real.dataset.n_classes, device)
+    trainer = GanTrainer(gcfg, hyper, real.dataset.n_classes, device, real.dataset.image_shape)
     history, best, best_state, best_epoch = [], math.inf, None, 0
     for stale in Path(gcfg.plots_dir).glob("grid_epoch_*.png"):  # grids of an earlier, longer run
         stale.unlink()
@@ -239,8 +241,9 @@ def _run(cfg: Config) -> dict[str, Any]:
         result = {"variant": hyper.variant, **report, "hyper": asdict(hyper), "search": summary,
                   "best_epoch": best_epoch}
         extra = {"latent_dim": gcfg.latent_dim, "n_classes": dataset.n_classes, "class_names": list(dataset.class_names),
-                 "variant": hyper.variant, "lr_g": hyper.lr_g, "lr_d": hyper.lr_d, "beta1": hyper.beta1}
-        save_model(gcfg.checkpoint, generator, generator_kwargs(gcfg, dataset.n_classes),
+                 "variant": hyper.variant, "lr_g": hyper.lr_g, "lr_d": hyper.lr_d, "beta1": hyper.beta1,
+                 "image_shape": list(dataset.image_shape)}
+        save_model(gcfg.checkpoint, generator, generator_kwargs(gcfg, dataset.n_classes, dataset.image_shape),
                    config=asdict(gcfg) | extra, metrics=tracking.numeric_metrics(report))
         figures = write_outputs(cfg, generator, history)
         seconds = {"search": searched - started, "train": trained - searched, "total": time.perf_counter() - started}

@@ -1,6 +1,9 @@
-"""Stage `prepare`: fetch the raw MedMNIST npz, validate it, write the prepared arrays, counts and montages.
+"""Stage `prepare`: fetch the raw data, validate it, write the prepared arrays, counts and montages.
 
-Inputs : data/raw/<flag>.npz if present, else data.source / $MEDGEN_DATA_SOURCE, else a medmnist download.
+Inputs : data/raw/<flag>.npz if present (at data.size), else data.source / $MEDGEN_DATA_SOURCE (an npz, or a
+         folder with MedMNIST's <flag>_<size>.npz or cifar10/fashionmnist native files), else a download
+         (medmnist; torchvision for cifar10/fashionmnist). Native files are converted to the MedMNIST
+         layout with a validation split carved from train (recorded in the file's metadata).
 Outputs: data/raw/<flag>.npz (DVC-tracked), data/prepared/<flag>.npz, metrics/prepare.json,
          plots/prepare/montage_class_<c>.png. MLflow experiment medgen/<flag>/prepare.
 """
@@ -22,14 +25,17 @@ log = logging.getLogger(__name__)
 
 
 def summarize(dataset: data.Dataset) -> dict[str, Any]:
-    """Split sizes and per-class counts: the metrics DVC and MLflow show."""
-    return {
+    """Split sizes and per-class counts: the metrics DVC and MLflow show (plus how the file was made, if recorded)."""
+    summary = {
         "flag": dataset.flag,
         "n_classes": dataset.n_classes,
         "class_names": {str(i): name for i, name in enumerate(dataset.class_names)},
         "n": {s: len(dataset.split(s)) for s in data.SPLITS},
         "class_counts": {s: data.class_counts(dataset.split(s).labels, dataset.n_classes) for s in data.SPLITS},
     }
+    if dataset.metadata:  # e.g. the validation split carved from CIFAR-10's train set
+        summary["metadata"] = dataset.metadata
+    return summary
 
 
 def write_montages(dataset: data.Dataset, per_class: int, out_dir: Path) -> list[Path]:
@@ -48,7 +54,8 @@ def run(cfg: Config) -> dict[str, Any]:
         raw, origin = data.fetch_raw(cfg.data)
         dataset = data.load_npz(raw, cfg.data)
         digest = data.file_md5(raw)
-        mlflow.set_tags({"medgen.data_md5": digest, "medgen.data_origin": origin})
+        mlflow.set_tags({"medgen.data_md5": digest, "medgen.data_origin": origin,
+                         "medgen.image_shape": "x".join(map(str, dataset.image_shape))})
         data.save_npz(dataset, cfg.data.prepared_path)
         metrics = summarize(dataset)
         montages = write_montages(dataset, cfg.prepare.montage_per_class, Path(cfg.prepare.plots_dir))

@@ -137,7 +137,7 @@ def search_classic(cfg: Config, method: str, arrays: Arrays, parent_id: str) -> 
         mlflow.log_metrics(metrics)
         return metrics[f"cv_{rc.objective}"]
 
-    study = search.open_study(cfg, "represent", study_spec(cfg, method), suffix=method)
+    study = search.open_study(cfg, "represent", study_spec(cfg, method), suffix=method, sampler=rc.sampler)
     return search.optimize(study, objective, rc.trials_classic, parent_run_id=parent_id)
 
 
@@ -173,7 +173,8 @@ def search_neural(cfg: Config, method: str, arrays: Arrays, parent_id: str, devi
 
     pruner = optuna.pruners.PercentilePruner(rc.prune_percentile, n_startup_trials=rc.prune_startup_trials,
                                              n_warmup_steps=rc.prune_warmup_epochs)
-    study = search.open_study(cfg, "represent", study_spec(cfg, method), suffix=method, pruner=pruner)
+    study = search.open_study(cfg, "represent", study_spec(cfg, method), suffix=method, pruner=pruner,
+                              sampler=rc.sampler)
     return search.optimize(study, objective, rc.trials_neural, parent_run_id=parent_id)
 
 
