@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medgen.data import Split
+from medgen.data import Split, read_npz
 from medgen.errors import DataError, MedgenError
 
 
@@ -59,30 +59,19 @@ def sample_like(generator, labels: np.ndarray, seed: int) -> Split:
 
 def save_samples(split: Split, path: str | Path) -> Path:
     """`images` uint8 (N, 28, 28) and `labels` int64 (N,) in one npz, written atomically."""
-    import os
-    import tempfile
+    from medgen.io import write_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, images=split.images, labels=split.labels)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_file(path, lambda handle: np.savez_compressed(handle, images=split.images, labels=split.labels))
 
 
 def load_samples(path: str | Path) -> Split:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} not found: run `medgen stage generate` (or `dvc repro generate`) first")
-    with np.load(path, allow_pickle=False) as archive:
-        if {"images", "labels"} - set(archive.files):
-            raise DataError(f"{path}: expected keys images and labels, got {archive.files}")
-        images, labels = archive["images"], archive["labels"]
+    arrays = read_npz(path)
+    if {"images", "labels"} - set(arrays):
+        raise DataError(f"{path}: expected keys images and labels, got {sorted(arrays)}")
+    images, labels = arrays["images"], arrays["labels"]
     if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(labels):
         raise DataError(f"{path}: images must be uint8 (N, H, W) with one label each, got {images.dtype} {images.shape}")
     return Split(images, labels.astype(np.int64))

@@ -27,7 +27,8 @@ import torch
 from medgen import data, plots, tracking
 from medgen.config import Config
 from medgen.errors import DataError
-from medgen.io import write_json
+from medgen.io import write_json, write_text
+from medgen.outputs import Output, output_file, output_folder
 from medgen.stages import classify
 from medgen.stages.generate import samples_path
 from medgen.stats import mean_std, paired_comparison
@@ -117,13 +118,19 @@ def write_outputs(cfg: Config, results: list[dict], summary: dict) -> list[Path]
     rows = [",".join(["arm", "seed", "n_train", *[f"test_{k}" for k in COMPARED], "val_auc"])]
     rows += [",".join([r["arm"], str(r["seed"]), str(r["n_train"]), *[f"{r['test'][k]:.6f}" for k in COMPARED],
                        f"{r['val']['auc']:.6f}"]) for r in results]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "arms.csv").write_text("\n".join(rows) + "\n")
+    write_text(out / "arms.csv", "\n".join(rows) + "\n")
     details = [{k: v for k, v in r.items() if k not in ("model", "init_kwargs")} for r in results]
     write_json(cfg.augment.metrics, summary)
     write_json(cfg.augment.details, {"per_seed": details})
     return [out / "arms.csv", plots.save_figure(plots.arms_figure(per_arm), out / "arms.png"),
             Path(cfg.augment.metrics), Path(cfg.augment.details)]
+
+
+def outputs(cfg: Config) -> list[Output]:
+    """What this stage writes (dvc.yaml's outs, metrics and plots of `augment`)."""
+    a = cfg.augment
+    return [output_file(a.checkpoint), output_file(a.metrics), output_file(a.details), output_folder(a.plots_dir)]
+
 
 
 def run(cfg: Config) -> dict[str, Any]:

@@ -31,8 +31,9 @@ from medgen import data, metrics, plots, search, synthetic, tracking
 from medgen.config import Config, GenerateConfig
 from medgen.errors import ConfigError, MedgenError
 from medgen.gan_training import GanHyper, GanTrainer, extract_features, fit_feature_net, generator_kwargs
-from medgen.io import write_json
+from medgen.io import output_files, remove_output, write_json
 from medgen.models.features import FeatureNet
+from medgen.outputs import Output, output_file, output_folder
 from medgen.training import pick_device, save_checkpoint, save_model, set_seed
 
 log = logging.getLogger(__name__)
@@ -149,8 +150,8 @@ def fit_final(cfg: Config, hyper: GanHyper, real: Real, device: torch.device) ->
     set_seed(cfg.seed)
     trainer = GanTrainer(gcfg, hyper, real.dataset.n_classes, device)
     history, best, best_state, best_epoch = [], math.inf, None, 0
-    for stale in Path(gcfg.plots_dir).glob("grid_epoch_*.png"):  # grids of an earlier, longer run
-        stale.unlink()
+    for stale in output_files(gcfg.plots_dir, "grid_epoch_*.png"):  # grids of an earlier, longer run
+        remove_output(stale)
     for epoch in range(1, gcfg.epochs + 1):
         row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(real.x, real.y)}
         if epoch % gcfg.eval_every == 0 or epoch == gcfg.epochs:
@@ -205,6 +206,14 @@ def write_outputs(cfg: Config, generator: torch.nn.Module, history: list[dict]) 
     return figures
 
 
+def outputs(cfg: Config) -> list[Output]:
+    """What this stage writes (dvc.yaml's outs, metrics and plots of `generate`)."""
+    g = cfg.generate
+    return [output_file(g.checkpoint), output_file(g.feature_checkpoint), output_file(samples_path(cfg)),
+            output_file(g.metrics), output_folder(g.plots_dir)]
+
+
+
 def run(cfg: Config) -> dict[str, Any]:
     set_seed(cfg.seed)
     gcfg = cfg.generate
@@ -230,7 +239,7 @@ def run(cfg: Config) -> dict[str, Any]:
         write_json(gcfg.metrics, result)
         mlflow.log_params({f"chosen.{k}": v for k, v in asdict(hyper).items()})
         mlflow.log_metrics(tracking.numeric_metrics(report))
-        tracking.log_files([*figures, *sorted(Path(gcfg.plots_dir).glob("grid_epoch_*.png"))], "plots")
+        tracking.log_files([*figures, *output_files(gcfg.plots_dir, "grid_epoch_*.png")], "plots")
         tracking.log_files([Path(gcfg.checkpoint)], "model")
         tracking.log_dict(result, "generate.json")
     log.info("generate: %s fd %.3g (real %.3g) c2st %.3f", hyper.variant, report["fd_real_vs_synth"], report["fd_real_vs_real"], report["c2st_acc"])
