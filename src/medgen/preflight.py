@@ -114,7 +114,7 @@ def _represent(cfg: Config) -> None:
             return autoencoders.build(method, rc.latent_dim_max, image_size=side, channels=channels,
                                       dropout=rc.dropout, width=rc.width, beta=rc.beta)
         nbytes = model_bytes(build, lambda n: (torch.zeros(n, channels, side, side),), min(rc.batch_size, len(pool)))
-        need(f"represent.{method}", nbytes, f"{method} at latent_dim_max={rc.latent_dim_max}, width={rc.width}")
+        need("represent.width/latent_dim_max", nbytes, f"{method} at latent_dim_max={rc.latent_dim_max}, width={rc.width}")
 
 
 def _classify(cfg: Config) -> None:
@@ -136,7 +136,7 @@ def _classifier_memory(cfg: Config, stage: str) -> None:
     batch = min(c.batch_size, len(dataset.train))
     build = lambda: ResNetClassifier(dataset.n_classes, stem=c.stem, dropout=c.dropout)  # noqa: E731
     nbytes = model_bytes(build, lambda n: (torch.zeros(n, channels, side, side),), batch)
-    need(f"{stage}: classify.batch_size", nbytes, f"ResNet-18 ({c.stem} stem) at batch {batch}, {side}x{side} images")
+    need("classify.batch_size", nbytes, f"ResNet-18 ({c.stem} stem) at batch {batch}, {side}x{side} images")
 
 
 def _generate(cfg: Config) -> None:

@@ -129,15 +129,19 @@ def apply_http_defaults() -> None:
 
 
 def ping(uri: str) -> None:
-    """GET <server>/health with a short timeout; an unreachable server is one StoreError line."""
+    """GET <server>/health with a short timeout: no answer, or an answer that is not MLflow's (a proxy's
+    404, a 5xx), is one StoreUnavailable line. 401/403 count as up (the server wants credentials)."""
     import requests
 
+    hint = "start it, or point MLFLOW_TRACKING_URI / tracking.mlflow_uri at a reachable store"
     try:
-        requests.get(uri.rstrip("/") + "/health", timeout=PING_TIMEOUT_S)
+        answer = requests.get(uri.rstrip("/") + "/health", timeout=PING_TIMEOUT_S)
     except requests.RequestException as exc:
-        reason = type(exc).__name__
-        raise StoreUnavailable(f"MLflow tracking server {redact(uri)} unreachable ({reason} within {PING_TIMEOUT_S:.0f} s); "
-                         "start it, or point MLFLOW_TRACKING_URI / tracking.mlflow_uri at a reachable store") from None
+        reason = f"{type(exc).__name__} within {PING_TIMEOUT_S:.0f} s"
+        raise StoreUnavailable(f"MLflow tracking server {redact(uri)} unreachable ({reason}); {hint}") from None
+    if answer.status_code not in (200, 401, 403):
+        raise StoreUnavailable(f"MLflow tracking server {redact(uri)} unreachable (HTTP {answer.status_code} on /health: "
+                               f"not an MLflow server, or it is failing); {hint}")
 
 
 def mlflow_ready(uri: str) -> None:
