@@ -163,7 +163,8 @@ class Transaction:
             if path == out.path or (out.folder and out.path in path.parents):
                 return out
         known = ", ".join(str(o.path) for o in self.declared)
-        raise OutputError(f"stage {self.stage} wrote {path}, which it does not declare as an output (declared: {known})")
+        raise OutputError(f"stage {self.stage} wrote {path}, which it does not declare as an output "
+                          f"(declared: {known})")
 
     def _staging_dir(self, folder: Path, for_path: Path) -> Path:
         if folder in self.dirs:
@@ -309,7 +310,8 @@ def recover(state_dir: str | Path, stage: str) -> str | None:
     else:
         for staging in journal.get("dirs", []):
             shutil.rmtree(staging, ignore_errors=True)
-        done = f"stage {stage}: discarded the staged outputs of a run that did not finish ({who}); previous outputs kept"
+        done = (f"stage {stage}: discarded the staged outputs of a run that did not finish ({who}); "
+                "previous outputs kept")
     journal_path.unlink(missing_ok=True)
     return done
 

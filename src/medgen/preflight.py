@@ -114,7 +114,8 @@ def _represent(cfg: Config) -> None:
             return autoencoders.build(method, rc.latent_dim_max, image_size=side, channels=channels,
                                       dropout=rc.dropout, width=rc.width, beta=rc.beta)
         nbytes = model_bytes(build, lambda n: (torch.zeros(n, channels, side, side),), min(rc.batch_size, len(pool)))
-        need("represent.width/latent_dim_max", nbytes, f"{method} at latent_dim_max={rc.latent_dim_max}, width={rc.width}")
+        need("represent.width/latent_dim_max", nbytes,
+             f"{method} at latent_dim_max={rc.latent_dim_max}, width={rc.width}")
 
 
 def _classify(cfg: Config) -> None:
@@ -152,7 +153,8 @@ def _generate(cfg: Config) -> None:
     n_labels = len(g.labels) or dataset.n_classes
     need("generate.samples_per_class", 2 * g.samples_per_class * n_labels * channels * side**2 + 4 * 500 * side**2,
          f"{g.samples_per_class} samples x {n_labels} classes")
-    need("generate.eval_samples", 3 * 4 * (g.eval_samples or len(dataset.val)) * channels * side**2, "the val-FD sample set")
+    n_eval = g.eval_samples or len(dataset.val)
+    need("generate.eval_samples", 3 * 4 * n_eval * channels * side**2, "the val-FD sample set")
     batch = min(g.batch_size, len(dataset.train))
     labels = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
     gen = model_bytes(lambda: Generator(**generator_kwargs(g, dataset.n_classes)),
@@ -160,7 +162,8 @@ def _generate(cfg: Config) -> None:
     dis = max(model_bytes(lambda v=v: Discriminator(v, dataset.n_classes, g.d_channels, g.spectral_norm),
                           lambda n: (torch.zeros(n, 1, side, side), labels(n)), 2 * batch) for v in g.variants)
     need("generate.g_channels/d_channels", 2 * gen + dis,
-         f"G (latent_dim={g.latent_dim}, g_channels={g.g_channels}) + EMA copy + D (d_channels={g.d_channels}) at batch {batch}")
+         f"G (latent_dim={g.latent_dim}, g_channels={g.g_channels}) + EMA copy + D (d_channels={g.d_channels}) "
+         f"at batch {batch}")
 
 
 def _augment(cfg: Config) -> None:
@@ -177,7 +180,6 @@ def _export(cfg: Config) -> None:
     from medgen.training import load_checkpoint
 
     e = cfg.export
-    for key, path in (("classifier_checkpoint", e.classifier_checkpoint), ("augmented_checkpoint", e.augmented_checkpoint),
-                      ("generator_checkpoint", e.generator_checkpoint)):
+    for path in (e.classifier_checkpoint, e.augmented_checkpoint, e.generator_checkpoint):
         if path and Path(path).exists():  # missing ones: export.targets names the key
             load_checkpoint(path)  # truncated or corrupt: one line before any export

@@ -140,8 +140,8 @@ def ping(uri: str) -> None:
         reason = f"{type(exc).__name__} within {PING_TIMEOUT_S:.0f} s"
         raise StoreUnavailable(f"MLflow tracking server {redact(uri)} unreachable ({reason}); {hint}") from None
     if answer.status_code not in (200, 401, 403):
-        raise StoreUnavailable(f"MLflow tracking server {redact(uri)} unreachable (HTTP {answer.status_code} on /health: "
-                               f"not an MLflow server, or it is failing); {hint}")
+        raise StoreUnavailable(f"MLflow tracking server {redact(uri)} unreachable (HTTP {answer.status_code} on "
+                               f"/health: not an MLflow server, or it is failing); {hint}")
 
 
 def mlflow_ready(uri: str) -> None:

@@ -63,7 +63,8 @@ class EarlyStopping:
 def save_checkpoint(path: str | Path, module: torch.nn.Module, config: dict[str, Any], metrics: dict[str, Any], **extra: Any) -> Path:
     """{"state_dict", "config", "metrics", ...}: enough to rebuild and judge the model without the run."""
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    return write_file(path, lambda handle: torch.save({"state_dict": state, "config": config, "metrics": metrics, **extra}, handle))
+    checkpoint = {"state_dict": state, "config": config, "metrics": metrics, **extra}
+    return write_file(path, lambda handle: torch.save(checkpoint, handle))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -79,8 +80,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        # torch reports a truncated zip as RuntimeError('PytorchStreamReader failed ...')
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        # torch reports a truncated zip as RuntimeError('PytorchStreamReader failed ... directory. This is ...')
+        text = str(exc).strip()
+        reason = text.splitlines()[0].split(". ")[0][:200] if text else type(exc).__name__
         raise MedgenError(f"{path}: not a readable checkpoint (truncated or corrupt: {reason}); "
                           "re-run the stage that writes it") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:

@@ -22,7 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MEDGEN = [sys.executable, "-m", "medgen.cli"]
 # The small settings every fault test runs stages with (a stage's code paths, in seconds).
-FAST = ["-S", "generate.samples_per_class=20", "-S", "generate.feature_epochs=1", "-S", "represent.methods=[pca,ae_conv]"]
+FAST = ["-S", "generate.samples_per_class=20", "-S", "generate.feature_epochs=1",
+        "-S", "represent.methods=[pca,ae_conv]"]
 
 
 @dataclass
@@ -121,6 +122,14 @@ def running_trials(db: Path) -> list[int]:
         return []
     with sqlite3.connect(db) as con:
         return [r[0] for r in con.execute("SELECT number FROM trials WHERE state = 'RUNNING'")]
+
+
+def default_sigint() -> None:
+    """preexec_fn: SIGINT as a terminal's foreground job has it (a shell starts background jobs, e.g. a CI
+    runner's, with SIGINT ignored, and Python then never raises KeyboardInterrupt)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def leftovers(workdir: Path) -> list[str]:

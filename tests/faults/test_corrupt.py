@@ -78,7 +78,8 @@ def test_corrupt_tracking_database(fault_dir, prepared, damage, capsys):
 def test_corrupt_study_database(fault_dir, prepared, capsys):
     (fault_dir / "mlruns/optuna.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 5000)
     result = medgen_here(capsys, "stage", "classify", "--profile", "smoke")
-    assert_one_line_error(result, "optuna.db: the Optuna storage is not a readable SQLite database", "stage classify stopped")
+    assert_one_line_error(result, "optuna.db: the Optuna storage is not a readable SQLite database",
+                          "stage classify stopped")
     assert not (fault_dir / "models").exists()
 
 
@@ -117,8 +118,9 @@ def test_truncated_synthetic_samples_given_to_augment(fault_dir, prepared, capsy
     from medgen.models.classifier import ResNetClassifier
     from medgen.training import save_model
 
-    save_model(fault_dir / "models/classify/best.pt", ResNetClassifier(2, stem="pool"), {"n_classes": 2, "stem": "pool"},
-               config={"hparams": {"lr": 1e-3, "weight_decay": 1e-4, "aug_strength": 1.0}}, metrics={})
+    hparams = {"lr": 1e-3, "weight_decay": 1e-4, "aug_strength": 1.0}
+    save_model(fault_dir / "models/classify/best.pt", ResNetClassifier(2, stem="pool"),
+               {"n_classes": 2, "stem": "pool"}, config={"hparams": hparams}, metrics={})
     samples = fault_dir / "data/synthetic/breastmnist/samples.npz"
     samples.parent.mkdir(parents=True)
     np.savez_compressed(samples, images=np.zeros((40, 28, 28), np.uint8), labels=np.arange(40) % 2)

@@ -30,7 +30,8 @@ HOLDER = textwrap.dedent("""
 def _hold(lock: Path, stage: str) -> subprocess.Popen:
     """A child process holding the stage lock (as a running stage does) until it is killed."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock), stage], env=env, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock), stage], env=env, stdout=subprocess.PIPE,
+                             text=True)
     assert child.stdout.readline().strip() == "held"
     return child
 

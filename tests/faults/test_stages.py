@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (FAST, MEDGEN, assert_one_line_error, env_for, leftovers, medgen, outputs_of, running_runs,
-                       running_trials, snapshot)
+from .conftest import (FAST, MEDGEN, assert_one_line_error, default_sigint, env_for, leftovers, medgen, outputs_of,
+                       running_runs, running_trials, snapshot)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SEARCHED = ("represent", "classify", "generate")
@@ -132,7 +132,7 @@ def test_interrupt_mid_search_is_one_line_and_leaves_no_ghosts(copy_of, sig, lin
     declared = outputs_of(workdir, "classify")
     before = snapshot(*declared)
     child = subprocess.Popen([*MEDGEN, "stage", "classify", *FAST], cwd=workdir, env=env_for(workdir),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     _wait_for_running_trial(child, workdir / "mlruns")
     child.send_signal(sig)
     _, err = child.communicate(timeout=300)
@@ -150,7 +150,8 @@ def test_interrupt_mid_search_is_one_line_and_leaves_no_ghosts(copy_of, sig, lin
 def _read_only(folder: Path) -> list[str] | None:
     """A command prefix that runs a child with `folder` mounted read-only (a private mount namespace), or,
     where that is not allowed, None after making the folder immutable (chattr +i; undone by the caller)."""
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro '{folder}' '{folder}'"], capture_output=True)
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro '{folder}' '{folder}'"],
+                           capture_output=True)
     if probe.returncode == 0:
         return ["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(folder)]
     if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:

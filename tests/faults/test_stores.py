@@ -34,7 +34,8 @@ def test_closed_tracking_port_fails_fast_with_one_line(fault_dir):
     uri = f"http://127.0.0.1:{closed_port()}"
     result = medgen(fault_dir, "stage", "prepare", env=env_for(fault_dir, MLFLOW_TRACKING_URI=uri))
     assert_one_line_error(result, f"MLflow tracking server {uri} unreachable (ConnectionError within 5 s)",
-                          "point MLFLOW_TRACKING_URI / tracking.mlflow_uri at a reachable store", "stage prepare stopped")
+                          "point MLFLOW_TRACKING_URI / tracking.mlflow_uri at a reachable store",
+                          "stage prepare stopped")
     assert snapshot(fault_dir / "data", fault_dir / "metrics", fault_dir / "plots") == {}  # nothing written
 
 
@@ -108,7 +109,8 @@ def test_ghost_sweep_closes_dead_owners_only(workdir, monkeypatch):
     client = mlflow.MlflowClient()
     ghost = client.create_run(experiment, run_name="ghost", tags={stores.OWNER_TAG: dead_owner}).info.run_id
     live = client.create_run(experiment, run_name="live", tags={stores.OWNER_TAG: owner_id()}).info.run_id
-    other_host = client.create_run(experiment, run_name="remote", tags={stores.OWNER_TAG: "elsewhere:1:1.000"}).info.run_id
+    remote_tags = {stores.OWNER_TAG: "elsewhere:1:1.000"}
+    other_host = client.create_run(experiment, run_name="remote", tags=remote_tags).info.run_id
     untagged = client.create_run(experiment, run_name="old").info.run_id
     assert stores.close_dead_runs() == [ghost]
     status = {r: client.get_run(r).info.status for r in (ghost, live, other_host, untagged)}

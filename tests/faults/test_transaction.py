@@ -16,7 +16,7 @@ import pytest
 from medgen import io, outputs
 from medgen.errors import MedgenError
 
-from .conftest import snapshot
+from .conftest import default_sigint, snapshot
 
 
 def _previous(tmp: Path) -> dict[str, str]:
@@ -138,8 +138,8 @@ def _crash(tmp_path: Path, phase: str, sig: int, pause: float = 60) -> subproces
     for i in range(5):
         (tmp_path / "out" / f"f{i}.txt").write_text("old")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen([sys.executable, "-c", CRASHER, str(tmp_path), phase, str(pause)], env=env, stderr=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", CRASHER, str(tmp_path), phase, str(pause)], env=env,
+                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     marker = tmp_path / ("staged" if phase == "staged" else "renamed")
     deadline = time.monotonic() + 60
     while not marker.exists():
