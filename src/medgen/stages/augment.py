@@ -132,7 +132,6 @@ def outputs(cfg: Config) -> list[Output]:
     return [output_file(a.checkpoint), output_file(a.metrics), output_file(a.details), output_folder(a.plots_dir)]
 
 
-
 def run(cfg: Config) -> dict[str, Any]:
     set_seed(cfg.seed)
     if cfg.classify.threads:

@@ -354,7 +354,6 @@ def outputs(cfg: Config) -> list[Output]:
     return [output_file(c.checkpoint), output_file(c.metrics), output_file(c.details), output_folder(c.plots_dir)]
 
 
-
 def run(cfg: Config) -> dict[str, Any]:
     set_seed(cfg.seed)
     if cfg.classify.threads:

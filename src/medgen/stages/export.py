@@ -112,7 +112,6 @@ def outputs(cfg: Config) -> list[Output]:
     return [output_folder(cfg.export.out_dir), output_file(cfg.export.metrics)]
 
 
-
 def run(cfg: Config) -> dict[str, Any]:
     set_seed(cfg.seed)
     with tracking.stage_run(cfg, "export", params_sections=("export",)) as run:

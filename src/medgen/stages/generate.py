@@ -213,7 +213,6 @@ def outputs(cfg: Config) -> list[Output]:
             output_file(g.metrics), output_folder(g.plots_dir)]
 
 
-
 def run(cfg: Config) -> dict[str, Any]:
     set_seed(cfg.seed)
     gcfg = cfg.generate

@@ -49,7 +49,6 @@ def outputs(cfg: Config) -> list[Output]:
             output_folder(cfg.prepare.plots_dir)]
 
 
-
 def run(cfg: Config) -> dict[str, Any]:
     set_seed(cfg.seed)
     with tracking.stage_run(cfg, "prepare", params_sections=("prepare",)):

@@ -277,7 +277,6 @@ def outputs(cfg: Config) -> list[Output]:
     return [output_file(rc.encoder_checkpoint), output_file(rc.metrics), output_folder(rc.plots_dir)]
 
 
-
 def run(cfg: Config) -> dict[str, Any]:
     set_seed(cfg.seed)
     threads = torch.get_num_threads()
