@@ -22,8 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MEDGEN = [sys.executable, "-m", "medgen.cli"]
 # The small settings every fault test runs stages with (a stage's code paths, in seconds).
-FAST = ["-S", "generate.samples_per_class=20", "-S", "generate.feature_epochs=1",
-        "-S", "represent.methods=[pca,ae_conv]"]
+FAST = ["-S", "generate.samples_per_class=20", "-S", "generate.feature_epochs=1", "-S", "generate.search_epochs=1",
+        "-S", "generate.epochs=1", "-S", "represent.methods=[pca,ae_conv]"]
 
 
 @dataclass

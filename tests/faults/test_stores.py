@@ -66,10 +66,12 @@ def test_unreachable_study_database_is_one_line_with_the_password_hidden(fault_d
 RACER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    go = Path(sys.argv[1])
+    import mlflow, optuna, sqlalchemy  # imported before the start line: the racers start together
+    go, ready = Path(sys.argv[1]), Path(sys.argv[2])
     from medgen import search, tracking
     from medgen.config import load_config
     cfg = load_config("params.yaml")
+    ready.touch()
     while not go.exists():
         time.sleep(0.005)
     tracking.configure(cfg.tracking)          # MLflow: schema creation and migrations
@@ -78,7 +80,7 @@ RACER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("round_", range(3))
+@pytest.mark.parametrize("round_", range(2))
 def test_processes_racing_on_a_fresh_store_all_succeed(tmp_path, round_):
     """Issue 16: two `stage prepare` on an empty store crashed one of them 3 times out of 3 (`duplicate
     column name` in MLflow's migrations; Optuna `table studies already exists`)."""
@@ -87,9 +89,12 @@ def test_processes_racing_on_a_fresh_store_all_succeed(tmp_path, round_):
     for name in ("MLFLOW_TRACKING_URI", "MEDGEN_OPTUNA_STORAGE"):
         env.pop(name, None)
     go = tmp_path / "go"
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(go)], cwd=tmp_path, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
-    time.sleep(3)  # every racer imported and waiting
+    ready = [tmp_path / f"ready-{i}" for i in range(3)]
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(go), str(r)], cwd=tmp_path, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in ready]
+    deadline = time.monotonic() + 300
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.02)
     go.touch()
     for racer in racers:
         out, err = racer.communicate(timeout=300)
