@@ -25,7 +25,7 @@ from prefect.cache_policies import NONE
 
 from medgen import stages, tracking
 from medgen.config import Config, load_config
-from medgen.errors import MedgenError
+from medgen.errors import MedgenError, TransientError
 
 PARAMS_FILE = "params.yaml"
 RETRIES = 2
@@ -35,7 +35,10 @@ _PERMANENT = (MedgenError, TypeError, AttributeError, NameError, ImportError, As
 
 
 def is_transient(exc: BaseException | None) -> bool:
-    """True when retrying the stage may help (anything but a user error or a programming error)."""
+    """True when retrying the stage may help (anything but a user error or a programming error; a
+    TransientError, e.g. an unreachable tracking server, is a MedgenError worth retrying)."""
+    if isinstance(exc, TransientError):
+        return True
     return exc is not None and isinstance(exc, Exception) and not isinstance(exc, _PERMANENT)
 
 

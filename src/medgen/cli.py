@@ -1,6 +1,7 @@
 """`medgen` command line: a thin front door over medgen.stages (the same code dvc and Prefect run).
 
-Errors a user can act on (MedgenError) print as one line `medgen: error: ...` and exit 1.
+Errors a user can act on (MedgenError) print as one line `medgen: error: ...` and exit 1; Ctrl-C prints
+`medgen: interrupted` (exit 130), SIGTERM `medgen: terminated` (exit 143) (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from medgen import __version__, stages
 from medgen.config import Config, load_config
-from medgen.errors import MedgenError
+from medgen.errors import Interrupted, MedgenError
 
 
 def _common() -> argparse.ArgumentParser:
@@ -131,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     except MedgenError as exc:
         print(f"medgen: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted) and exc.signal_name == "SIGTERM":
+            print("medgen: terminated", file=sys.stderr)
+            return 143
         print("medgen: interrupted", file=sys.stderr)
         return 130
 

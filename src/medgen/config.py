@@ -80,6 +80,8 @@ class TrackingConfig:
     # MLflow run that stage runs nest under when no run is active in this thread (Prefect passes it as
     # an override; threads lose MLflow's thread-local active run). Empty -> $MEDGEN_PARENT_RUN_ID.
     parent_run_id: str = ""
+    # Run state of this checkout (never committed): stage locks, output journals (medgen.outputs).
+    state_dir: str = ".medgen"
 
 
 @dataclass(frozen=True)
@@ -472,7 +474,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     _require(bool(key), text, "override has an empty key")
-    return key, yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key, yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def _apply(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -489,15 +494,47 @@ def _apply(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[section][key] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that rejects a mapping naming one key twice (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"duplicate key {key!r} (line {line}); each key may appear once per section")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML -> Python with duplicate keys rejected (ConfigError)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_params(path: str | Path) -> dict[str, Any]:
+    """The params file as a mapping; missing, unreadable, non-UTF-8, empty, invalid, duplicate-key or
+    non-mapping files are a ConfigError naming the file."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: params file not found")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (line {line}, byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        tree = parse_yaml(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    _require(isinstance(tree, dict), str(path), "top level must be a mapping")
+    _require(tree is not None, str(path), "is empty; expected a mapping of sections (see the repository's params.yaml)")
+    _require(isinstance(tree, dict), str(path), f"top level must be a mapping, got {type(tree).__name__}")
     return tree
 
 

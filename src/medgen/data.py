@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 from medgen import native
 from medgen.config import SOURCE_ENV, DataConfig
 from medgen.errors import ConfigError, DataError
-from medgen.io import savez_compressed
+from medgen.io import copy_file, readable, savez_compressed, write_file
 
 SPLITS = ("train", "val", "test")
 MEDMNIST_SIZES = (28, 64, 128, 224)  # MedMNIST+ ships every 2D flag at these sides
@@ -122,19 +121,20 @@ def medmnist_file_name(flag: str, size: int) -> str:
 
 def file_md5(path: str | Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)  # a file fingerprint (MedMNIST publishes md5s), not security
-    with open(path, "rb") as handle:
+    with open(readable(path), "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of an npz; a missing, truncated or corrupt file (bad zip, bad zlib stream) is a DataError."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with np.load(readable(path), allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable npz (truncated or corrupt: {exc})") from None
 
 
@@ -213,41 +213,23 @@ def _validate_split(arrays: dict[str, np.ndarray], split: str, info: FlagInfo, s
 def load_npz(path: str | Path, cfg: DataConfig) -> Dataset:
     """Read and validate a MedMNIST-layout npz (raw or prepared)."""
     path = Path(path)
-    return validate_arrays(_read_npz(path), flag_info(cfg), cfg.size, cfg.flag, str(path))
+    return validate_arrays(read_npz(path), flag_info(cfg), cfg.size, cfg.flag, str(path))
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
     """Copy so that dst is either absent or complete, never half-written."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    copy_file(src, dst)
 
 
 def save_npz(dataset: Dataset, path: Path) -> None:
-    """Write a prepared dataset atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        arrays = {}
-        for name in SPLITS:
-            arrays[f"{name}_images"] = dataset.split(name).images
-            arrays[f"{name}_labels"] = dataset.split(name).labels
-        if dataset.metadata:  # only when there is something to record: MedMNIST files stay byte-identical
-            arrays[METADATA_KEY] = np.array(json.dumps(dataset.metadata, sort_keys=True))
-        savez_compressed(tmp, **arrays)  # byte-stable (no timestamps): a DVC out
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write a prepared dataset atomically (medgen.io.write_file); byte-stable (no zip timestamps): a DVC out."""
+    arrays = {}
+    for name in SPLITS:
+        arrays[f"{name}_images"] = dataset.split(name).images
+        arrays[f"{name}_labels"] = dataset.split(name).labels
+    if dataset.metadata:  # only when there is something to record: MedMNIST files stay byte-identical
+        arrays[METADATA_KEY] = np.array(json.dumps(dataset.metadata, sort_keys=True))
+    write_file(path, lambda handle: savez_compressed(handle, **arrays))
 
 
 def fetch_raw(cfg: DataConfig) -> tuple[Path, str]:
@@ -327,8 +309,9 @@ def _download(cfg: DataConfig, raw: Path) -> None:
         try:
             dataset_cls(split="train", download=True, root=tmp, size=cfg.size)
         except Exception as exc:  # medmnist raises bare RuntimeError/URLError offline
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]  # medmnist's messages span lines
             raise DataError(
-                f"download of {cfg.flag} (size {cfg.size}) failed ({type(exc).__name__}: {exc}); "
+                f"download of {cfg.flag} (size {cfg.size}) failed ({type(exc).__name__}: {reason}); "
                 f"offline? point data.source or ${SOURCE_ENV} at a local npz or a folder holding "
                 f"{medmnist_file_name(cfg.flag, cfg.size)}"
             ) from None

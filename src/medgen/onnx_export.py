@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 
 from medgen import __version__
 from medgen.errors import MedgenError
+from medgen.io import readable, write_file
 
 METADATA_KEY = "medgen"  # ONNX metadata_props key holding the metadata JSON (read by the service)
 
@@ -40,7 +42,7 @@ NORMALISATION = normalisation(1)  # grey: the BreastMNIST default
 
 
 def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(readable(path).read_bytes()).hexdigest()
 
 
 def class_names_of(config: dict[str, Any], n_classes: int) -> list[str]:
@@ -72,30 +74,28 @@ def export_onnx(
     import onnx
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     dynamic = {name: {0: "batch"} for name in (*input_names, *output_names)}
-    tmp = path.with_suffix(".tmp.onnx")
-    with torch.no_grad():
+    with tempfile.TemporaryDirectory(prefix="medgen-onnx-") as scratch, torch.no_grad():
+        tmp = Path(scratch) / path.name  # the trace never lands in an output folder
         torch.onnx.export(
             model, example, str(tmp), dynamo=False, input_names=list(input_names),
             output_names=list(output_names), dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
         )
-    proto = onnx.load(str(tmp))
-    tmp.unlink()
+        proto = onnx.load(str(tmp))
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(metadata, sort_keys=True)})
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise MedgenError(f"{path.name}: exported graph fails onnx.checker ({str(exc).splitlines()[0]})") from None
-    onnx.save_model(proto, str(path))  # small models: one self-contained file, no external data
-    return path
+    # small models: one self-contained file, no external data
+    return write_file(path, lambda handle: handle.write(proto.SerializeToString()))
 
 
 def session(path: str | Path):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(readable(path)), providers=["CPUExecutionProvider"])
 
 
 def max_abs_diff(sess: Any, model: torch.nn.Module, batches: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:

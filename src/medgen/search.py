@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +30,7 @@ from optuna.trial import TrialState
 
 from medgen import tracking
 from medgen.config import Config, TrackingConfig
+from medgen.owner import owner_alive, owner_id
 from medgen.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -134,27 +134,8 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         pass
 
 
-def _owner() -> str:
-    import psutil
-
-    pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{psutil.Process(pid).create_time():.3f}"
-
-
-def owner_alive(owner: str) -> bool | None:
-    """True/False for an owner string of this host; None when it belongs to another host (or is garbled)."""
-    import psutil
-
-    host, _, rest = owner.partition(":")
-    pid_text, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return None
-    try:
-        process = psutil.Process(int(pid_text))
-        # a zombie (killed, not yet reaped by its parent) runs nothing: its trial is dead
-        return f"{process.create_time():.3f}" == started and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+# The owner/liveness helpers are shared with MLflow's ghost sweep (medgen.stores) and the stage lock.
+_owner = owner_id
 
 
 def fail_dead_trials(study: optuna.Study) -> list[int]:
@@ -171,15 +152,18 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
 
 
 def _storage(url: str) -> optuna.storages.RDBStorage:
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(
-        url,
-        heartbeat_interval=60,
-        grace_period=180,
-        failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-    )
+    from medgen import stores
+
+    # Table creation under a file lock (two processes on a fresh file raced); corrupt files, unreachable
+    # servers and missing drivers are one line (medgen.stores).
+    with stores.initialising(url, "Optuna storage"):
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=60,
+            grace_period=180,
+            failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            engine_kwargs=stores.engine_kwargs(url),
+        )
 
 
 def open_study(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medgen.data import Split
+from medgen.data import Split, read_npz
 from medgen.errors import DataError, MedgenError
 from medgen.io import savez_compressed
 
@@ -93,31 +93,20 @@ def sample_like(generator, labels: np.ndarray, seed: int) -> Split:
 
 
 def save_samples(split: Split, path: str | Path) -> Path:
-    """`images` uint8 (N, S, S[, C]) and `labels` int64 (N,) in one npz, written atomically."""
-    import os
-    import tempfile
+    """`images` uint8 (N, S, S[, C]) and `labels` int64 (N,) in one npz, written atomically; byte-stable (a DVC out)."""
+    from medgen.io import write_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        savez_compressed(tmp, images=split.images, labels=split.labels)  # byte-stable: a DVC out
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_file(path, lambda handle: savez_compressed(handle, images=split.images, labels=split.labels))
 
 
 def load_samples(path: str | Path) -> Split:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} not found: run `medgen stage generate` (or `dvc repro generate`) first")
-    with np.load(path, allow_pickle=False) as archive:
-        if {"images", "labels"} - set(archive.files):
-            raise DataError(f"{path}: expected keys images and labels, got {archive.files}")
-        images, labels = archive["images"], archive["labels"]
+    arrays = read_npz(path)
+    if {"images", "labels"} - set(arrays):
+        raise DataError(f"{path}: expected keys images and labels, got {sorted(arrays)}")
+    images, labels = arrays["images"], arrays["labels"]
     grey_or_rgb = images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)
     if images.dtype != np.uint8 or not grey_or_rgb or len(images) != len(labels):
         raise DataError(f"{path}: images must be uint8 (N, S, S) or (N, S, S, 3) with one label each, "

@@ -36,6 +36,7 @@ def configure(cfg: TrackingConfig) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    store_ready(uri)
     return uri
 
 
@@ -106,9 +107,9 @@ def stage_run(cfg: Config, stage: str, params_sections: tuple[str, ...] = ()) ->
     active = mlflow.active_run()
     parent = None if active else (cfg.tracking.parent_run_id or os.environ.get(PARENT_ENV) or None)
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name=stage, tags=base_tags(cfg, stage),
+        experiment_id=experiment_id, run_name=stage, tags={**base_tags(cfg, stage), **owner_tags()},
         nested=active is not None, parent_run_id=parent,
-    ) as run:
+    ) as run, killed_on_interrupt():
         mlflow.log_params(flat_params(cfg, "data", *params_sections))
         yield run
 
@@ -124,8 +125,8 @@ def child_run(parent_run_id: str, name: str, params: dict[str, Any]) -> Iterator
     active = mlflow.active_run()
     nested = active is not None and active.info.run_id == parent_run_id
     with mlflow.start_run(
-        run_name=name, experiment_id=experiment_id, nested=nested, parent_run_id=parent_run_id
-    ) as run:
+        run_name=name, experiment_id=experiment_id, nested=nested, parent_run_id=parent_run_id, tags=owner_tags()
+    ) as run, killed_on_interrupt():
         if params:
             mlflow.log_params(params)
         yield run
@@ -141,8 +142,10 @@ def log_figure(fig: Any, artifact_path: str) -> None:
 def log_files(paths: list[Path], artifact_dir: str) -> None:
     import mlflow
 
-    for path in paths:
-        mlflow.log_artifact(str(path), artifact_path=artifact_dir)
+    from medgen.io import readable
+
+    for path in paths:  # a file the running stage wrote is still staged (same name): log the new content
+        mlflow.log_artifact(str(readable(path)), artifact_path=artifact_dir)
 
 
 def log_dict(obj: dict[str, Any], artifact_file: str) -> None:
@@ -173,10 +176,42 @@ def register_onnx(onnx_path: Path, name: str, alias: str, extra_files: list[Path
     import mlflow
     import onnx
 
+    from medgen.io import readable
+
     info = mlflow.onnx.log_model(
-        onnx.load(str(onnx_path)), name=Path(onnx_path).stem, registered_model_name=name,
-        save_as_external_data=False, extra_files=[str(p) for p in extra_files],
+        onnx.load(str(readable(onnx_path))), name=Path(onnx_path).stem, registered_model_name=name,
+        save_as_external_data=False, extra_files=[str(readable(p)) for p in extra_files],
     )
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
     return version
+
+
+# ---------------------------------------------------------------- reliability (docs/reliability.md)
+def store_ready(uri: str) -> None:
+    """Fail fast on an unreachable or corrupt store; create a fresh SQLite schema under a file lock."""
+    from medgen import stores
+
+    stores.mlflow_ready(uri)
+
+
+def owner_tags() -> dict[str, str]:
+    """`medgen.owner`: host, pid and start time of this process, so a later run can tell a run whose
+    process was killed (left RUNNING forever) from a live one (medgen.stores.close_dead_runs)."""
+    from medgen.owner import owner_id
+    from medgen.stores import OWNER_TAG
+
+    return {OWNER_TAG: owner_id()}
+
+
+@contextlib.contextmanager
+def killed_on_interrupt() -> Iterator[None]:
+    """Inside `mlflow.start_run`: Ctrl-C or SIGTERM ends the active run KILLED (MLflow would say FAILED)."""
+    import mlflow
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        if mlflow.active_run() is not None:
+            mlflow.end_run("KILLED")
+        raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import random
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medgen.io import atomic_write_bytes
+from medgen.io import write_file
 
 
 def set_seed(seed: int) -> None:
@@ -63,20 +62,32 @@ class EarlyStopping:
 
 def save_checkpoint(path: str | Path, module: torch.nn.Module, config: dict[str, Any], metrics: dict[str, Any], **extra: Any) -> Path:
     """{"state_dict", "config", "metrics", ...}: enough to rebuild and judge the model without the run."""
-    buffer = io.BytesIO()
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    torch.save({"state_dict": state, "config": config, "metrics": metrics, **extra}, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
+    checkpoint = {"state_dict": state, "config": config, "metrics": metrics, **extra}
+    return write_file(path, lambda handle: torch.save(checkpoint, handle))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """weights_only=True: checkpoints hold tensors and plain data, never pickled code."""
     from medgen.errors import MedgenError
 
+    import pickle
+    import zipfile
+
     path = Path(path)
     if not path.exists():
         raise MedgenError(f"{path}: checkpoint not found (run the stage that writes it first)")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        # torch reports a truncated zip as RuntimeError('PytorchStreamReader failed ... directory. This is ...')
+        text = str(exc).strip()
+        reason = text.splitlines()[0].split(". ")[0][:200] if text else type(exc).__name__
+        raise MedgenError(f"{path}: not a readable checkpoint (truncated or corrupt: {reason}); "
+                          "re-run the stage that writes it") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise MedgenError(f"{path}: not a medgen checkpoint (no state_dict)")
+    return checkpoint
 
 
 def save_model(
@@ -111,6 +122,10 @@ def load_model(
     if not spec["class"].startswith(allowed_prefixes):
         raise MedgenError(f"{path}: refusing to import model class {spec['class']!r}")
     module_name, _, class_name = spec["class"].rpartition(".")
-    model = getattr(importlib.import_module(module_name), class_name)(**spec["kwargs"])
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model = getattr(importlib.import_module(module_name), class_name)(**spec["kwargs"])
+        model.load_state_dict(checkpoint["state_dict"])
+    except (ImportError, AttributeError, TypeError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200]
+        raise MedgenError(f"{path}: checkpoint does not rebuild its model {spec['class']} ({reason})") from None
     return model.to(map_location).eval(), checkpoint

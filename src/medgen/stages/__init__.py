@@ -1,12 +1,16 @@
-"""The pipeline, one module per stage, each exposing ``run(cfg: Config) -> dict`` (its metrics).
+"""The pipeline, one module per stage, each exposing ``run(cfg: Config) -> dict`` (its metrics) and
+``outputs(cfg: Config) -> list[medgen.outputs.Output]`` (the files and folders it writes, as dvc.yaml).
 
 The order here is the pipeline order; dvc.yaml, the Prefect flow and the CLI use the same names.
+`get(name)` is how every front door runs a stage: wrapped by medgen.runner (lock, output transaction,
+up-front checks, ghost runs closed).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from medgen.errors import MedgenError
@@ -15,7 +19,20 @@ STAGES: tuple[str, ...] = ("prepare", "represent", "classify", "generate", "augm
 
 
 def get(name: str) -> Callable[..., dict[str, Any]]:
-    """The `run` function of stage `name`; unknown names are a MedgenError listing the known ones."""
+    """Stage `name` as run(cfg) -> metrics, wrapped by medgen.runner.run_stage; unknown names are a
+    MedgenError listing the known ones."""
     if name not in STAGES:
         raise MedgenError(f"unknown stage {name!r} (known: {', '.join(STAGES)})")
-    return importlib.import_module(f"medgen.stages.{name}").run
+
+    def run(cfg: Any) -> dict[str, Any]:
+        from medgen.runner import run_stage
+
+        return run_stage(name, cfg)
+
+    run.__name__ = run.__qualname__ = f"run_{name}"
+    return run
+
+
+def module(name: str) -> ModuleType:
+    """The module of stage `name` (imported on first use: stage modules import torch and MLflow)."""
+    return importlib.import_module(f"medgen.stages.{name}")

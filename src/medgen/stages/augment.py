@@ -30,7 +30,8 @@ import torch
 from medgen import data, metrics, plots, stats, tracking
 from medgen.config import Config
 from medgen.errors import DataError
-from medgen.io import atomic_write_bytes, write_json
+from medgen.io import write_json, write_text
+from medgen.outputs import Output, output_file, output_folder
 from medgen.progress import Progress
 from medgen.stages import classify
 from medgen.stages.generate import samples_path
@@ -135,7 +136,7 @@ def write_outputs(cfg: Config, results: list[dict], summary: dict, labels: np.nd
     rows = [",".join(["arm", "seed", "n_train", *[f"test_{k}" for k in shown], "val_auc"])]
     rows += [",".join([r["arm"], str(r["seed"]), str(r["n_train"]), *[f"{r['test'][k]:.6f}" for k in shown],
                        f"{r['val']['auc']:.6f}"]) for r in results]
-    atomic_write_bytes(out / "arms.csv", ("\n".join(rows) + "\n").encode())
+    write_text(out / "arms.csv", "\n".join(rows) + "\n")
     details = [{k: v for k, v in r.items() if k not in ("model", "init_kwargs", "probs")} for r in results]
     write_json(cfg.augment.metrics, summary)
     write_json(cfg.augment.details, {"per_seed": details})
@@ -151,7 +152,13 @@ def write_probabilities(results: list[dict], labels: np.ndarray, path: Path) -> 
     for r in results:
         rows += [",".join([r["arm"], str(r["seed"]), str(i), str(int(y)), *[f"{p:.6f}" for p in row]])
                  for i, (y, row) in enumerate(zip(labels, r["probs"]))]
-    return atomic_write_bytes(path, ("\n".join(rows) + "\n").encode())
+    return write_text(path, "\n".join(rows) + "\n")
+
+
+def outputs(cfg: Config) -> list[Output]:
+    """What this stage writes (dvc.yaml's outs, metrics and plots of `augment`)."""
+    a = cfg.augment
+    return [output_file(a.checkpoint), output_file(a.metrics), output_file(a.details), output_folder(a.plots_dir)]
 
 
 def run(cfg: Config) -> dict[str, Any]:

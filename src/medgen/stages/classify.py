@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,9 @@ from torch import nn
 from medgen import data, metrics, plots, search, stats, tracking
 from medgen.config import ClassifyConfig, Config
 from medgen.errors import MedgenError
-from medgen.io import write_json
+from medgen.io import write_json, write_text
 from medgen.models.classifier import EncoderClassifier, ResNetClassifier, resolve_stem
+from medgen.outputs import Output, output_file, output_folder
 from medgen.progress import Progress
 from medgen.training import EarlyStopping, load_model, pick_device, save_model, set_seed
 from medgen.transforms import ClassicAugmentation
@@ -355,10 +356,8 @@ def write_plots(cfg: Config, dataset: data.Dataset, results: list[dict], best: d
 
 
 def _csv(path: Path, header: list[str], rows: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = [",".join(header)] + [",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row) for row in rows]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def details(dataset: data.Dataset, results: list[dict], best: dict, found: dict, train: data.Split) -> dict[str, Any]:
@@ -372,6 +371,12 @@ def details(dataset: data.Dataset, results: list[dict], best: dict, found: dict,
         "confusion": metrics.confusion(dataset.test.labels, best["probs"].argmax(1), dataset.n_classes).tolist(),
         "classification_report": metrics.report(dataset.test.labels, best["probs"], dataset.class_names),
     }
+
+
+def outputs(cfg: Config) -> list[Output]:
+    """What this stage writes (dvc.yaml's outs, metrics and plots of `classify`)."""
+    c = cfg.classify
+    return [output_file(c.checkpoint), output_file(c.metrics), output_file(c.details), output_folder(c.plots_dir)]
 
 
 def run(cfg: Config) -> dict[str, Any]:

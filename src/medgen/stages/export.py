@@ -24,7 +24,8 @@ import torch
 from medgen import data, manifest, onnx_export, tracking
 from medgen.config import Config
 from medgen.errors import MedgenError
-from medgen.io import write_json
+from medgen.io import remove_output, write_json
+from medgen.outputs import Output, output_file, output_folder
 from medgen.training import load_model, set_seed
 
 log = logging.getLogger(__name__)
@@ -116,13 +117,18 @@ def export_one(target: Target, cfg: Config, real: np.ndarray) -> tuple[dict[str,
     onnx_path = onnx_export.export_onnx(model, example, out / f"{target.stem}.onnx", inputs, outputs, cfg.export.opset, meta)
     diffs = onnx_export.max_abs_diff(onnx_export.session(onnx_path), model, batches)
     if not diffs["max"] <= cfg.export.parity_tolerance:  # `not <=` also catches NaN
-        onnx_path.unlink()
+        remove_output(onnx_path)
         raise MedgenError(f"{target.key}: onnxruntime differs from PyTorch by {diffs['max']:.3g} "
                           f"> export.parity_tolerance={cfg.export.parity_tolerance:g} (batches {diffs})")
     result = {"max_abs_diff": diffs["max"], "max_abs_diff_by_batch": {k: v for k, v in diffs.items() if k != "max"}}
     meta.update(parity=result, sha256=onnx_export.file_sha256(onnx_path))
     json_path = write_json(out / f"{target.stem}.json", meta)
     return result, onnx_path, json_path
+
+
+def outputs(cfg: Config) -> list[Output]:
+    """What this stage writes (dvc.yaml's outs and metrics of `export`)."""
+    return [output_folder(cfg.export.out_dir), output_file(cfg.export.metrics)]
 
 
 def run(cfg: Config) -> dict[str, Any]:

@@ -31,8 +31,9 @@ from medgen import data, metrics, plots, search, synthetic, tracking
 from medgen.config import Config, GenerateConfig
 from medgen.errors import ConfigError, MedgenError
 from medgen.gan_training import GanHyper, GanTrainer, extract_features, fit_feature_net, generator_kwargs
-from medgen.io import write_json
+from medgen.io import output_files, remove_output, write_json
 from medgen.models.features import FeatureNet
+from medgen.outputs import Output, output_file, output_folder
 from medgen.progress import Progress
 from medgen.training import pick_device, save_checkpoint, save_model, set_seed
 
@@ -155,8 +156,8 @@ def fit_final(cfg: Config, hyper: GanHyper, real: Real, device: torch.device) ->
     set_seed(cfg.seed)
     trainer = GanTrainer(gcfg, hyper, real.dataset.n_classes, device, real.dataset.image_shape)
     history, best, best_state, best_epoch = [], math.inf, None, 0
-    for stale in Path(gcfg.plots_dir).glob("grid_epoch_*.png"):  # grids of an earlier, longer run
-        stale.unlink()
+    for stale in output_files(gcfg.plots_dir, "grid_epoch_*.png"):  # grids of an earlier, longer run
+        remove_output(stale)
     progress = Progress(gcfg.epochs, f"gan final fit ({hyper.variant})", unit="epochs")
     for epoch in range(1, gcfg.epochs + 1):
         row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(real.x, real.y)}
@@ -214,6 +215,13 @@ def write_outputs(cfg: Config, generator: torch.nn.Module, history: list[dict]) 
     return figures
 
 
+def outputs(cfg: Config) -> list[Output]:
+    """What this stage writes (dvc.yaml's outs, metrics and plots of `generate`)."""
+    g = cfg.generate
+    return [output_file(g.checkpoint), output_file(g.feature_checkpoint), output_file(samples_path(cfg)),
+            output_file(g.metrics), output_folder(g.plots_dir)]
+
+
 def run(cfg: Config) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.generate.threads)
@@ -250,7 +258,7 @@ def _run(cfg: Config) -> dict[str, Any]:
         write_json(gcfg.metrics, result)
         mlflow.log_params({f"chosen.{k}": v for k, v in asdict(hyper).items()})
         mlflow.log_metrics(tracking.numeric_metrics(report) | {f"seconds_{k}": v for k, v in seconds.items()})
-        tracking.log_files([*figures, *sorted(Path(gcfg.plots_dir).glob("grid_epoch_*.png"))], "plots")
+        tracking.log_files([*figures, *output_files(gcfg.plots_dir, "grid_epoch_*.png")], "plots")
         tracking.log_files([Path(gcfg.checkpoint)], "model")
         tracking.log_dict(result, "generate.json")
     log.info("generate: %s fd %.3g (real %.3g) c2st %.3f; %.0f s search, %.0f s final fit", hyper.variant,

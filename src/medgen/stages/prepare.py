@@ -19,6 +19,7 @@ import mlflow
 from medgen import data, plots, tracking
 from medgen.config import Config
 from medgen.io import write_json
+from medgen.outputs import Output, output_file, output_folder
 from medgen.training import set_seed
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,12 @@ def write_montages(dataset: data.Dataset, per_class: int, out_dir: Path) -> list
         if len(images):
             paths.append(plots.save_png(plots.montage(images), out_dir / f"montage_class_{label}.png"))
     return paths
+
+
+def outputs(cfg: Config) -> list[Output]:
+    """What this stage writes (dvc.yaml's outs, metrics and plots of `prepare`)."""
+    return [output_file(cfg.data.raw_path), output_file(cfg.data.prepared_path), output_file(cfg.prepare.metrics),
+            output_folder(cfg.prepare.plots_dir)]
 
 
 def run(cfg: Config) -> dict[str, Any]:

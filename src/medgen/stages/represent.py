@@ -31,6 +31,7 @@ from medgen.config import Config, RepresentConfig
 from medgen.errors import ConfigError
 from medgen.io import write_json
 from medgen.models import autoencoders
+from medgen.outputs import Output, output_file, output_folder
 from medgen.progress import Progress
 from medgen.training import pick_device, save_model, set_seed
 
@@ -293,6 +294,12 @@ def summary(entries: dict[str, dict]) -> dict[str, float]:
     best = max(learned, key=lambda m: entries[m]["test_balanced_acc"])
     return {"best_learned_test_balanced_acc": entries[best]["test_balanced_acc"],
             "best_learned_minus_pca_test_balanced_acc": entries[best]["test_balanced_acc"] - entries["pca"]["test_balanced_acc"]}
+
+
+def outputs(cfg: Config) -> list[Output]:
+    """What this stage writes (dvc.yaml's outs, metrics and plots of `represent`)."""
+    rc = cfg.represent
+    return [output_file(rc.encoder_checkpoint), output_file(rc.metrics), output_folder(rc.plots_dir)]
 
 
 def run(cfg: Config) -> dict[str, Any]:
