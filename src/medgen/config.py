@@ -69,6 +69,15 @@ class TrackingConfig:
     # MLflow run that stage runs nest under when no run is active in this thread (Prefect passes it as
     # an override; threads lose MLflow's thread-local active run). Empty -> $MEDGEN_PARENT_RUN_ID.
     parent_run_id: str = ""
+    # Optuna RDB heartbeat (several workers): a running trial records a heartbeat every optuna_heartbeat_s;
+    # one silent for optuna_grace_s is failed and retried once, with its parameters, by another worker.
+    optuna_heartbeat_s: int = 60
+    optuna_grace_s: int = 180
+
+    def __post_init__(self) -> None:
+        _require(self.optuna_heartbeat_s >= 1, "tracking.optuna_heartbeat_s", "must be >= 1 (seconds)")
+        _require(self.optuna_grace_s > self.optuna_heartbeat_s, "tracking.optuna_grace_s",
+                 f"must be longer than tracking.optuna_heartbeat_s={self.optuna_heartbeat_s}")
 
 
 @dataclass(frozen=True)
