@@ -11,7 +11,7 @@ ifneq ($(SHARED_NPZ),)
 export MEDGEN_DATA_SOURCE ?= $(SHARED_NPZ)
 endif
 
-.PHONY: setup test run lock ui serve bench-serve load-serve
+.PHONY: setup test run lock ui serve bench-serve load-serve cluster-up cluster-down
 
 setup:  ## fresh virtual environment with every pinned version, then medgen itself (editable)
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,10 @@ bench-serve:  ## /classify p50/p99 + throughput at concurrency 1/8/32 vs in-proc
 
 load-serve:  ## 60 s of mixed good and bad requests; fails on any 5xx/unexpected status -> reports/serve_load.json
 	$(BIN)/python scripts/serve_bench.py load --seconds 60
+
+WORKERS ?= 2
+cluster-up:  ## PostgreSQL + MLflow server + Prefect server + pools + WORKERS workers on 127.0.0.1 (DETACH=1: background)
+	$(BIN)/python scripts/cluster.py up --workers $(WORKERS) $(if $(DETACH),--detach)
+
+cluster-down:  ## stop everything cluster-up started, by PID (PURGE=1 also deletes .cluster/, the database included)
+	$(BIN)/python scripts/cluster.py down $(if $(PURGE),--purge)

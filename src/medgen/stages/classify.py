@@ -349,6 +349,21 @@ def details(dataset: data.Dataset, results: list[dict], best: dict, found: dict,
     }
 
 
+def search_only(cfg: Config) -> dict[str, Any]:
+    """One fan-out worker: add trials to the study until it holds classify.n_trials (shared with the
+    other workers), nested under tracking.parent_run_id; no final training, no files. `run` then
+    finishes the stage from the study. Returns the study's counts and best setting so far."""
+    set_seed(cfg.seed)
+    if cfg.classify.threads:
+        torch.set_num_threads(cfg.classify.threads)
+    with search.trial_parent(cfg, "classify") as parent_id:
+        dataset = data.load_prepared(cfg.data)
+        if cfg.classify.pretrained != "none":
+            build_model(cfg.classify, dataset.n_classes)
+        train = subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
+        return search_hparams(cfg, dataset, train, pick_device(cfg.classify.device), parent_id)
+
+
 def run(cfg: Config) -> dict[str, Any]:
     set_seed(cfg.seed)
     if cfg.classify.threads:
