@@ -67,7 +67,9 @@ class Stack:
 
     def stop_all(self) -> None:
         for entry in reversed(self.procs):
+            started = time.monotonic()
             stop(entry)
+            print(f"cluster: {entry['name']} (pid {entry['pid']}) stopped in {time.monotonic() - started:.1f} s", flush=True)
         (self.folder / "state.json").unlink(missing_ok=True)
 
 
