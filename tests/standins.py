@@ -27,20 +27,28 @@ def _warm_batchnorm(model: torch.nn.Module, *inputs: torch.Tensor) -> None:
     model.eval()
 
 
-def save_classifier(path: str | Path, seed: int = 0, width: int = 16, images: torch.Tensor | None = None) -> Path:
+def _recorded(profile: str | None) -> dict:
+    """The training profile, as the real stages record it (absent: an older checkpoint)."""
+    return {"profile": profile} if profile else {}
+
+
+def save_classifier(path: str | Path, seed: int = 0, width: int = 16, images: torch.Tensor | None = None,
+                    profile: str | None = None, metrics: dict | None = None) -> Path:
     torch.manual_seed(seed)
     model = ReferenceClassifier(n_classes=2, width=width)
     _warm_batchnorm(model, images if images is not None else torch.rand(32, 1, 28, 28) * 2 - 1)
-    config = {"n_classes": 2, "class_names": CLASS_NAMES, "input_size": 28, "run_id": ""}
-    return save_model(path, model, {"n_classes": 2, "width": width}, config=config, metrics={})
+    config = {"n_classes": 2, "class_names": CLASS_NAMES, "input_size": 28, "run_id": "", **_recorded(profile)}
+    return save_model(path, model, {"n_classes": 2, "width": width}, config=config, metrics=metrics or {})
 
 
-def save_generator(path: str | Path, seed: int = 0, latent_dim: int = 16, width: int = 16) -> Path:
+def save_generator(path: str | Path, seed: int = 0, latent_dim: int = 16, width: int = 16,
+                   profile: str | None = None, metrics: dict | None = None) -> Path:
     torch.manual_seed(seed)
     model = ReferenceGenerator(latent_dim=latent_dim, n_classes=2, width=width)
     _warm_batchnorm(model, torch.randn(32, latent_dim), torch.arange(32) % 2)
-    config = {"latent_dim": latent_dim, "n_classes": 2, "class_names": CLASS_NAMES}
-    return save_model(path, model, {"latent_dim": latent_dim, "n_classes": 2, "width": width}, config=config, metrics={})
+    config = {"latent_dim": latent_dim, "n_classes": 2, "class_names": CLASS_NAMES, **_recorded(profile)}
+    return save_model(path, model, {"latent_dim": latent_dim, "n_classes": 2, "width": width}, config=config,
+                      metrics=metrics or {})
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--source", choices=("dir", "mlflow"), default="dir",
                        help="dir: export.out_dir; mlflow: models:/medgen-{classifier,generator}@<export.alias>")
+    promote = sub.add_parser("promote", parents=[common], help="point the champion alias at a registered version by hand")
+    promote.add_argument("version", help="registered model version (e.g. 3)")
+    promote.add_argument("--model", default="medgen-classifier",
+                         help="registered model: medgen-classifier (default), medgen-classifier-augmented, medgen-generator")
     return parser
 
 
@@ -103,6 +107,12 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "serve":
         return serve(cfg, args.host, args.port, args.source)
+    if args.command == "promote":
+        from medgen import registry
+
+        previous, version = registry.promote(cfg, args.model, args.version)
+        print(f"{args.model}: {cfg.export.alias} {'v' + previous if previous else '(unset)'} -> v{version}")
+        return 0
     if args.command == "stage":
         metrics = stages.get(args.name)(cfg)
     else:

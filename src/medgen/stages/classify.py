@@ -303,7 +303,7 @@ def save_best(cfg: Config, dataset: data.Dataset, best: dict, hparams: dict) -> 
     """The seed with the best validation AUC, as a self-describing checkpoint for export."""
     config = {**asdict(cfg.classify), "n_classes": dataset.n_classes, "class_names": list(dataset.class_names),
               "input_size": cfg.data.size, "input_shape": [1, cfg.data.size, cfg.data.size], "input_range": [-1.0, 1.0],
-              "flag": cfg.data.flag, "seed": best["seed"], "hparams": hparams}
+              "flag": cfg.data.flag, "seed": best["seed"], "hparams": hparams, "profile": cfg.profile}
     scores = {f"test_{k}": v for k, v in best["test"].items()} | {"val_auc": best["history"]["best_val_auc"],
                                                                   "best_epoch": best["history"]["best_epoch"]}
     return save_model(cfg.classify.checkpoint, best["model"], best["history"]["init_kwargs"], config=config, metrics=scores)

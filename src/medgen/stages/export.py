@@ -6,7 +6,9 @@ Inputs : export.classifier_checkpoint, export.generator_checkpoint, export.augme
 Outputs: <export.out_dir>/{classifier,classifier_augmented,generator}.{onnx,json}, export.metrics
          (`{"classifier": {"max_abs_diff": ...}, "generator": {"max_abs_diff": ...}}`).
 MLflow : experiment medgen/<flag>/export; registered models medgen-classifier[-augmented],
-         medgen-generator with alias export.alias (default `champion`).
+         medgen-generator: a new version every run; alias export.alias (default `champion`) moves to it
+         only forward (default profile, same flag, at least as good on validation: medgen.registry),
+         otherwise alias `candidate`, with the reason in the log and the version's tags.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import mlflow
 import numpy as np
 import torch
 
-from medgen import data, onnx_export, tracking
+from medgen import data, onnx_export, registry, tracking
 from medgen.config import Config
 from medgen.errors import MedgenError
 from medgen.io import write_json
-from medgen.training import load_model, set_seed
+from medgen.training import load_checkpoint, load_model, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +118,7 @@ def run(cfg: Config) -> dict[str, Any]:
         for target in chosen:
             result, onnx_path, json_path = export_one(target, cfg, real, run.info.run_id)
             if cfg.export.register:
-                version = tracking.register_onnx(onnx_path, target.registry_name, cfg.export.alias, [json_path])
-                meta = {**_read(json_path), "registered": {"name": target.registry_name, "version": version,
-                                                           "alias": cfg.export.alias}}
-                write_json(json_path, meta)
+                version = register(target, cfg, onnx_path, json_path)
                 result = {**result, "registered_version": int(version)}
             tracking.log_files([onnx_path, json_path], "onnx")
             metrics[target.key] = result
@@ -127,6 +126,17 @@ def run(cfg: Config) -> dict[str, Any]:
         write_json(cfg.export.metrics, metrics)
         mlflow.log_metrics(tracking.numeric_metrics(metrics))
     return metrics
+
+
+def register(target: Target, cfg: Config, onnx_path: Path, json_path: Path) -> str:
+    """A new registry version; the champion alias moves to it only forward (medgen.registry.settle)."""
+    version = tracking.register_onnx(onnx_path, target.registry_name, [json_path])
+    new = registry.standing(target.kind, load_checkpoint(target.checkpoint), cfg)
+    decision = registry.settle(cfg, target.registry_name, version, new)
+    meta = {**_read(json_path), "registered": {"name": target.registry_name, "version": version,
+                                               "alias": decision["status"], "reason": decision["reason"]}}
+    write_json(json_path, meta)
+    return version
 
 
 def _read(path: Path) -> dict[str, Any]:

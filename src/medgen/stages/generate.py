@@ -222,9 +222,12 @@ def run(cfg: Config) -> dict[str, Any]:
         result = {"variant": hyper.variant, **report, "hyper": asdict(hyper), "search": summary, "best_epoch": best_epoch,
                   "seconds": {"search": round(searched - started, 1), "train": round(trained - searched, 1)}}
         extra = {"latent_dim": gcfg.latent_dim, "n_classes": dataset.n_classes, "class_names": list(dataset.class_names),
-                 "variant": hyper.variant, "lr_g": hyper.lr_g, "lr_d": hyper.lr_d, "beta1": hyper.beta1}
+                 "variant": hyper.variant, "lr_g": hyper.lr_g, "lr_d": hyper.lr_d, "beta1": hyper.beta1,
+                 "flag": cfg.data.flag, "profile": cfg.profile}
+        # val_fd of the kept epoch: what the fit selected on, and what export's champion rule compares
+        selected = {"val_fd": history[best_epoch - 1]["val_fd"]}
         save_model(gcfg.checkpoint, generator, generator_kwargs(gcfg, dataset.n_classes),
-                   config=asdict(gcfg) | extra, metrics=tracking.numeric_metrics(report))
+                   config=asdict(gcfg) | extra, metrics=tracking.numeric_metrics(report) | selected)
         figures = write_outputs(cfg, generator, history)
         result["seconds"]["total"] = round(time.perf_counter() - started, 1)
         write_json(gcfg.metrics, result)
