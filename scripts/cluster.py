@@ -55,6 +55,7 @@ class Stack:
         self.procs: list[dict[str, Any]] = []
         self.urls: dict[str, str] = {}
         self.env: dict[str, str] = {}
+        self.pg_port = 0
 
     def start(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path, user: str | None = None) -> None:
         self.procs.append(spawn(name, cmd, env, self.logs, cwd, user))
@@ -62,7 +63,8 @@ class Stack:
 
     def save(self, ready: bool) -> None:
         state = {"supervisor": {"pid": os.getpid(), "started": started_at(os.getpid())}, "ready": ready,
-                 "processes": self.procs, "urls": self.urls, "workdir": str(self.workdir), "workers": self.workers}
+                 "processes": self.procs, "urls": self.urls, "workdir": str(self.workdir), "workers": self.workers,
+                 "pg_port": self.pg_port}
         _write_private(self.folder / "state.json", json.dumps(state, indent=2))
 
     def stop_all(self) -> None:
@@ -99,7 +101,7 @@ def start_postgres(stack: Stack) -> tuple[int, str]:
     user = pg_os_user()
     pgdata = stack.folder / "pgdata"
     init_postgres(pgdata, password, user)
-    port = free_port()
+    port = stack.pg_port = free_port()
     stack.start("postgres", postgres_cmd(pgdata, port), dict(os.environ), Path("/"), user)
     wait_until("PostgreSQL", lambda: pg_connect(port, password).close() is None, 60, stack.logs)
     create_databases(port, password, ("optuna", "mlflow", "prefect"))

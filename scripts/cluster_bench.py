@@ -63,6 +63,32 @@ def run_fanout(api: str, parameters: dict[str, Any], timeout_s: float) -> str:
     return "TIMEOUT"
 
 
+def db_counters(folder: Path) -> dict[str, dict[str, int]]:
+    """PostgreSQL's cumulative counters per database (commits, rows read/written): round-trips per trial."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from cluster_procs import pg_connect
+
+    state = json.loads((folder / "state.json").read_text())
+    conn = pg_connect(state["pg_port"], (folder / "pgpassword").read_text().strip())
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_stat_force_next_flush()")  # PG 15: this backend's stats, now
+            cur.execute("SELECT datname, xact_commit, tup_returned + tup_fetched, tup_inserted + tup_updated + tup_deleted"
+                        " FROM pg_stat_database WHERE datname IN ('optuna', 'mlflow')")
+            return {name: {"commits": c, "rows_read": r, "rows_written": w} for name, c, r, w in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def artifact_bytes(folder: Path) -> int:
+    """Bytes under the MLflow server's artifact store (every upload goes through the server: proxied)."""
+    return sum(p.stat().st_size for p in (folder / "artifacts").rglob("*") if p.is_file())
+
+
+def per_trial(before: dict, after: dict, trials: int) -> dict[str, dict[str, float]]:
+    return {db: {k: round((after[db][k] - before[db][k]) / max(trials, 1), 1) for k in after[db]} for db in after}
+
+
 def measured(flag: str, stage: str) -> dict[str, Any]:
     """The latest fan-out parent run's timings and its study's trials."""
     import mlflow
@@ -98,11 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeat):
         for workers in args.workers:  # interleaved, so a change in the machine's load hits every count
             reset_studies("breastmnist", args.stage)
-            load_before = os.getloadavg()[0]
+            load_before, counters, stored = os.getloadavg()[0], db_counters(Path(args.dir)), artifact_bytes(Path(args.dir))
             params = {"stage": args.stage, "workers": workers, "profile": args.profile, "overrides": overrides}
             state = run_fanout(os.environ["PREFECT_API_URL"], params, timeout_s=3600)
             row = {"repeat": repeat, "workers": workers, "state": state, "load_before": round(load_before, 2),
                    "load_after": round(os.getloadavg()[0], 2), **(measured("breastmnist", args.stage) if state == "COMPLETED" else {})}
+            if state == "COMPLETED":  # whole fan-out (finishing run included) per trial
+                row["db_per_trial"] = per_trial(counters, db_counters(Path(args.dir)), row["trials"])
+                row["artifact_bytes"] = artifact_bytes(Path(args.dir)) - stored
             print(json.dumps(row), flush=True)
             rows.append(row)
     report = {"stage": args.stage, "profile": args.profile, "overrides": overrides, "cpus": os.cpu_count(), "runs": rows,
