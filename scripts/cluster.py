@@ -125,9 +125,12 @@ def start_servers(stack: Stack, base: dict[str, str], port: int, password: str) 
     mlflow_port, prefect_port = free_port(), free_port()
     stack.urls["mlflow"] = f"http://127.0.0.1:{mlflow_port}"
     stack.urls["prefect"] = f"http://127.0.0.1:{prefect_port}"
+    # No job runner: it serves MLflow's GenAI jobs (none here) with 7 huey consumer processes that take
+    # ~20 s to stop; on a 2-core box every idle process costs.
+    mlflow_env = {**base, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     stack.start("mlflow", [str(BIN / "mlflow"), "server", "--backend-store-uri", pg_url("psycopg2", port, password, "mlflow"),
                            "--serve-artifacts", "--artifacts-destination", str(stack.folder / "artifacts"),
-                           "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"], base, stack.folder)
+                           "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"], mlflow_env, stack.folder)
     prefect_env = {**base, "PREFECT_HOME": str(stack.folder / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                    "PREFECT_API_DATABASE_CONNECTION_URL": pg_url("asyncpg", port, password, "prefect")}
     stack.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
