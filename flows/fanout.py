@@ -108,7 +108,8 @@ def fanout_flow(
     os.environ.pop("MLFLOW_RUN_ID", None)
     with tracking.stage_run(cfg, stage) as parent:
         parent_id = parent.info.run_id
-        mlflow.set_tags({"mlflow.runName": f"{stage}-fanout", "medgen.front_door": "fanout", "medgen.workers": str(workers)})
+        mlflow.set_tags({"mlflow.runName": f"{stage}-fanout", "medgen.front_door": "fanout",
+                         "medgen.workers": str(workers)})
         task_overrides = stage_overrides(flag, overrides, parent_id)
         stage_task("prepare").submit("prepare", params, profile, task_overrides).result()
         started = time.perf_counter()

@@ -71,7 +71,8 @@ class Stack:
         for entry in reversed(self.procs):
             started = time.monotonic()
             stop(entry)
-            print(f"cluster: {entry['name']} (pid {entry['pid']}) stopped in {time.monotonic() - started:.1f} s", flush=True)
+            seconds = time.monotonic() - started
+            print(f"cluster: {entry['name']} (pid {entry['pid']}) stopped in {seconds:.1f} s", flush=True)
         (self.folder / "state.json").unlink(missing_ok=True)
 
 
@@ -128,10 +129,12 @@ def start_servers(stack: Stack, base: dict[str, str], port: int, password: str) 
     # No job runner: it serves MLflow's GenAI jobs (none here) with 7 huey consumer processes that take
     # ~20 s to stop; on a 2-core box every idle process costs.
     mlflow_env = {**base, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    stack.start("mlflow", [str(BIN / "mlflow"), "server", "--backend-store-uri", pg_url("psycopg2", port, password, "mlflow"),
-                           "--serve-artifacts", "--artifacts-destination", str(stack.folder / "artifacts"),
-                           "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"], mlflow_env, stack.folder)
-    prefect_env = {**base, "PREFECT_HOME": str(stack.folder / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    backend = pg_url("psycopg2", port, password, "mlflow")
+    stack.start("mlflow", [str(BIN / "mlflow"), "server", "--backend-store-uri", backend, "--serve-artifacts",
+                           "--artifacts-destination", str(stack.folder / "artifacts"), "--host", "127.0.0.1",
+                           "--port", str(mlflow_port), "--workers", "1"], mlflow_env, stack.folder)
+    prefect_env = {**base, "PREFECT_HOME": str(stack.folder / "prefect-home"),
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                    "PREFECT_API_DATABASE_CONNECTION_URL": pg_url("asyncpg", port, password, "prefect")}
     stack.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                    "--port", str(prefect_port), "--analytics-off"], prefect_env, stack.folder)
@@ -175,7 +178,8 @@ def up(stack: Stack) -> dict[str, str]:
     port, password = start_postgres(stack)
     start_servers(stack, base, port, password)
     stack.env = client_env(stack, port, password)
-    env = {**base, **stack.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(stack.workdir), base.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(stack.workdir), base.get("PYTHONPATH")]))
+    env = {**base, **stack.env, "PYTHONPATH": path}
     start_workers(stack, env)
     _write_private(stack.folder / "env", "".join(f"export {k}='{v}'\n" for k, v in stack.env.items()))
     return env
@@ -216,7 +220,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     folder = Path(args.dir).resolve()
     state = read_state(folder)
     if state and alive(state["supervisor"]):
-        raise ClusterError(f"a cluster already runs from {folder} (pid {state['supervisor']['pid']}): make cluster-down")
+        pid = state["supervisor"]["pid"]
+        raise ClusterError(f"a cluster already runs from {folder} (pid {pid}): make cluster-down")
     if args.detach:
         return detach(args, folder)
     stack = Stack(folder, Path(args.workdir or folder / "work").resolve(), args.workers)
@@ -245,7 +250,8 @@ def detach(args: argparse.Namespace, folder: Path) -> int:
     cmd = [sys.executable, __file__, "up", "--dir", str(folder), "--workers", str(args.workers)]
     cmd += ["--workdir", args.workdir] if args.workdir else []
     with open(folder / "logs" / "cluster.log", "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     while proc.poll() is None:
         state = read_state(folder)
         if state and state.get("ready"):

@@ -41,7 +41,8 @@ def reset_studies(flag: str, stage: str) -> list[str]:
     import optuna
 
     storage = os.environ["MEDGEN_OPTUNA_STORAGE"]
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(f"{flag}-{stage}-")]
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)
+             if s.study_name.startswith(f"{flag}-{stage}-")]
     for name in names:
         optuna.delete_study(study_name=name, storage=storage)
     return names
@@ -73,7 +74,8 @@ def db_counters(folder: Path) -> dict[str, dict[str, int]]:
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT pg_stat_force_next_flush()")  # PG 15: this backend's stats, now
-            cur.execute("SELECT datname, xact_commit, tup_returned + tup_fetched, tup_inserted + tup_updated + tup_deleted"
+            cur.execute("SELECT datname, xact_commit, tup_returned + tup_fetched,"
+                        " tup_inserted + tup_updated + tup_deleted"
                         " FROM pg_stat_database WHERE datname IN ('optuna', 'mlflow')")
             return {name: {"commits": c, "rows_read": r, "rows_written": w} for name, c, r, w in cur.fetchall()}
     finally:
@@ -124,18 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeat):
         for workers in args.workers:  # interleaved, so a change in the machine's load hits every count
             reset_studies("breastmnist", args.stage)
-            load_before, counters, stored = os.getloadavg()[0], db_counters(Path(args.dir)), artifact_bytes(Path(args.dir))
+            folder = Path(args.dir)
+            load_before, counters, stored = os.getloadavg()[0], db_counters(folder), artifact_bytes(folder)
             params = {"stage": args.stage, "workers": workers, "profile": args.profile, "overrides": overrides}
             state = run_fanout(os.environ["PREFECT_API_URL"], params, timeout_s=3600)
             row = {"repeat": repeat, "workers": workers, "state": state, "load_before": round(load_before, 2),
-                   "load_after": round(os.getloadavg()[0], 2), **(measured("breastmnist", args.stage) if state == "COMPLETED" else {})}
+                   "load_after": round(os.getloadavg()[0], 2)}
             if state == "COMPLETED":  # whole fan-out (finishing run included) per trial
-                row["db_per_trial"] = per_trial(counters, db_counters(Path(args.dir)), row["trials"])
-                row["artifact_bytes"] = artifact_bytes(Path(args.dir)) - stored
+                row.update(measured("breastmnist", args.stage))
+                row["db_per_trial"] = per_trial(counters, db_counters(folder), row["trials"])
+                row["artifact_bytes"] = artifact_bytes(folder) - stored
             print(json.dumps(row), flush=True)
             rows.append(row)
-    report = {"stage": args.stage, "profile": args.profile, "overrides": overrides, "cpus": os.cpu_count(), "runs": rows,
-              "summary": summarize(rows)}
+    report = {"stage": args.stage, "profile": args.profile, "overrides": overrides, "cpus": os.cpu_count(),
+              "runs": rows, "summary": summarize(rows)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report["summary"], indent=2))
@@ -151,7 +155,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     base = counts[0] if counts else None
     return {str(w): {**{k: round(v, 1) for k, v in m.items()},
                      "speedup_search": round(mean[base]["search_s"] / m["search_s"], 2),
-                     "speedup_trials": round(mean[base]["trial_span_s"] / m["trial_span_s"], 2)} for w, m in mean.items()}
+                     "speedup_trials": round(mean[base]["trial_span_s"] / m["trial_span_s"], 2)}
+            for w, m in mean.items()}
 
 
 if __name__ == "__main__":

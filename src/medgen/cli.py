@@ -45,10 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--source", choices=("dir", "mlflow"), default="dir",
                        help="dir: export.out_dir; mlflow: models:/medgen-{classifier,generator}@<export.alias>")
-    promote = sub.add_parser("promote", parents=[common], help="point the champion alias at a registered version by hand")
+    promote = sub.add_parser("promote", parents=[common], help="point the champion alias at a version by hand")
     promote.add_argument("version", help="registered model version (e.g. 3)")
     promote.add_argument("--model", default="medgen-classifier",
-                         help="registered model: medgen-classifier (default), medgen-classifier-augmented, medgen-generator")
+                         help="medgen-classifier (default), medgen-classifier-augmented or medgen-generator")
     return parser
 
 

@@ -42,8 +42,9 @@ class Standing:
     value: float | None  # None: the checkpoint records no selection metric
 
     def tags(self) -> dict[str, str]:
+        value = "" if self.value is None else repr(self.value)
         return {f"{_TAG}profile": self.profile, f"{_TAG}flag": self.flag, f"{_TAG}selection_metric": self.metric,
-                f"{_TAG}selection_mode": self.mode, f"{_TAG}selection_value": "" if self.value is None else repr(self.value)}
+                f"{_TAG}selection_mode": self.mode, f"{_TAG}selection_value": value}
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> Standing | None:
@@ -70,7 +71,8 @@ def standing(kind: str, checkpoint: dict[str, Any], cfg: Config) -> Standing:
         log.warning("checkpoint records no training profile; taking the export run's (%s)", profile)
     value = scores.get(metric)
     finite = isinstance(value, (int, float)) and math.isfinite(value)
-    return Standing(str(profile), str(config.get("flag") or cfg.data.flag), metric, mode, float(value) if finite else None)
+    flag = str(config.get("flag") or cfg.data.flag)
+    return Standing(str(profile), flag, metric, mode, float(value) if finite else None)
 
 
 def decide(new: Standing, run_profile: str, champion: tuple[str, Standing | None] | None) -> tuple[bool, str]:

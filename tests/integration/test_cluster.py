@@ -116,7 +116,8 @@ def test_fanout_on_two_workers_adds_up_and_retries_a_killed_workers_trial(cluste
     storage = env[search.STORAGE_ENV]
     killed, killed_pid = _kill_a_running_trial(storage, time.monotonic() + 400)
     deadline = time.monotonic() + 500
-    while (state := _api(env, "GET", f"/flow_runs/{run_id}")["state"]["type"]) not in ("COMPLETED", "FAILED", "CRASHED"):
+    final = ("COMPLETED", "FAILED", "CRASHED")
+    while (state := _api(env, "GET", f"/flow_runs/{run_id}")["state"]["type"]) not in final:
         assert time.monotonic() < deadline, "fan-out did not finish" + _logs(folder)
         time.sleep(2)
     assert state == "COMPLETED", _logs(folder)
@@ -127,10 +128,12 @@ def test_fanout_on_two_workers_adds_up_and_retries_a_killed_workers_trial(cluste
     # the target is shared: reached, at most one over when both workers claim the last slot at once
     assert N_TRIALS <= len(finished) <= N_TRIALS + 1
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # no trial number lost or doubled
-    assert [t.number for t in trials if t.state.name == "FAIL"] == [killed] and "RUNNING" not in {t.state.name for t in trials}
+    assert [t.number for t in trials if t.state.name == "FAIL"] == [killed]
+    assert "RUNNING" not in {t.state.name for t in trials}
     points = {tuple(round(v, 12) for _, v in sorted(t.params.items())) for t in finished}
     assert len(points) == len(finished)  # no parameter point drawn twice
-    (retry,) = [t for t in finished if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
+    retried_from = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    (retry,) = [t for t in finished if retried_from(t) == killed]
     assert retry.params == trials[killed].params and f":{killed_pid}:" not in retry.user_attrs[search.OWNER_ATTR]
     owners = {t.user_attrs[search.OWNER_ATTR] for t in finished}
     assert len(owners) >= 2  # both workers ran trials
@@ -141,9 +144,10 @@ def test_fanout_on_two_workers_adds_up_and_retries_a_killed_workers_trial(cluste
     parent = client.get_run(parent_id)
     assert parent.data.tags["medgen.front_door"] == "fanout" and parent.info.status == "FINISHED"
     experiment = parent.info.experiment_id
-    (final,) = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.run_name = 'classify'")
-    assert final.info.status == "FINISHED" and final.data.metrics["seeds"] == 2
-    assert {a.path for a in client.list_artifacts(final.info.run_id)} >= {"plots", "metrics"}  # proxied upload
+    query = f"tags.mlflow.parentRunId = '{parent_id}' and attributes.run_name = 'classify'"
+    (finisher,) = client.search_runs([experiment], query)
+    assert finisher.info.status == "FINISHED" and finisher.data.metrics["seeds"] == 2
+    assert {a.path for a in client.list_artifacts(finisher.info.run_id)} >= {"plots", "metrics"}  # proxied upload
 
     searches = _api(env, "POST", "/flow_runs/filter", {"deployments": {"name": {"any_": ["breastmnist"]}},
                                                         "flows": {"name": {"any_": ["medgen-search"]}}})

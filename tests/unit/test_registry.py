@@ -49,7 +49,8 @@ def test_standing_round_trips_through_version_tags_and_reads_checkpoints():
     assert Standing.from_tags(standing.tags()) == standing
     assert Standing.from_tags({}) is None
     cfg = build_config({}, profile=None)
-    read = registry.standing("classifier", {"config": {"profile": "smoke"}, "metrics": {"val_auc": 0.7, "test_auc": 0.99}}, cfg)
+    checkpoint = {"config": {"profile": "smoke"}, "metrics": {"val_auc": 0.7, "test_auc": 0.99}}
+    read = registry.standing("classifier", checkpoint, cfg)
     assert (read.profile, read.metric, read.value) == ("smoke", "val_auc", 0.7)  # never the test metric
     legacy = registry.standing("generator", {"config": {}, "metrics": {"val_fd": math.nan}}, cfg)
     assert (legacy.profile, legacy.flag, legacy.value) == ("full", "breastmnist", None)  # export run's profile

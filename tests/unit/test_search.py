@@ -144,7 +144,8 @@ def test_a_dead_workers_trial_is_retried_by_a_live_one(workdir):
     waits, fails it after tracking.optuna_grace_s and runs it again with the same parameters."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 
-    cfg = build_config({"tracking": {"store_dir": str(workdir / "mlruns"), "optuna_heartbeat_s": 1, "optuna_grace_s": 2}})
+    tracking_cfg = {"store_dir": str(workdir / "mlruns"), "optuna_heartbeat_s": 1, "optuna_grace_s": 2}
+    cfg = build_config({"tracking": tracking_cfg})
     with tracking.stage_run(cfg, "unit") as parent:
         study = search.open_study(cfg, "unit", SPEC, suffix="ghost")
         ghost = study.ask()  # a worker on another host starts a trial, beats once, then dies
