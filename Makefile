@@ -11,7 +11,7 @@ ifneq ($(SHARED_NPZ),)
 export MEDGEN_DATA_SOURCE ?= $(SHARED_NPZ)
 endif
 
-.PHONY: setup test run lock ui serve bench-serve load-serve cluster-up cluster-down
+.PHONY: setup test run lock ui serve bench-serve load-serve cluster-up cluster-down bench-cluster
 
 setup:  ## fresh virtual environment with every pinned version, then medgen itself (editable)
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,6 @@ cluster-up:  ## PostgreSQL + MLflow server + Prefect server + pools + WORKERS wo
 
 cluster-down:  ## stop everything cluster-up started, by PID (PURGE=1 also deletes .cluster/, the database included)
 	$(BIN)/python scripts/cluster.py down $(if $(PURGE),--purge)
+
+bench-cluster:  ## the same classify search on 1 and 2 workers, interleaved, twice (needs cluster-up) -> reports/cluster_bench.json
+	$(BIN)/python scripts/cluster_bench.py --repeat 2
