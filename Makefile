@@ -11,7 +11,7 @@ ifneq ($(SHARED_NPZ),)
 export MEDGEN_DATA_SOURCE ?= $(SHARED_NPZ)
 endif
 
-.PHONY: setup test run repro-check power lock ui serve bench-serve load-serve bench-backpressure container-check security-scan
+.PHONY: setup test run repro-check power lock ui serve bench-serve load-serve bench-backpressure container-check security-scan cluster-up cluster-down bench-cluster
 
 setup:  ## fresh virtual environment with every pinned version, then medgen itself (editable)
 	$(PYTHON) -m venv $(VENV)
@@ -56,3 +56,13 @@ container-check:  ## build the serve image (podman or docker), run it as docs/se
 security-scan:  ## secret scan (detect-secrets vs the committed .secrets.baseline) + bandit (medium and high severity)
 	git ls-files -z | xargs -0 $(BIN)/detect-secrets-hook --baseline .secrets.baseline
 	$(BIN)/bandit -q -r src serving scripts flows --severity-level medium
+
+WORKERS ?= 2
+cluster-up:  ## PostgreSQL + MLflow server + Prefect server + pools + WORKERS workers on 127.0.0.1 (DETACH=1: background)
+	$(BIN)/python scripts/cluster.py up --workers $(WORKERS) $(if $(DETACH),--detach)
+
+cluster-down:  ## stop everything cluster-up started, by PID (PURGE=1 also deletes .cluster/, the database included)
+	$(BIN)/python scripts/cluster.py down $(if $(PURGE),--purge)
+
+bench-cluster:  ## the same classify search on 1 and 2 workers, interleaved, twice (needs cluster-up) -> reports/cluster_bench.json
+	$(BIN)/python scripts/cluster_bench.py --repeat 2

@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dir: export.out_dir; mlflow: models:/medgen-{classifier,generator}@<export.alias>")
     serve.add_argument("--allow-anonymous", action="store_true",
                        help="serve without API keys on a non-loopback address (keys: MEDGEN_API_KEYS[_FILE])")
+    promote = sub.add_parser("promote", parents=[common], help="point the champion alias at a version by hand")
+    promote.add_argument("version", help="registered model version (e.g. 3)")
+    promote.add_argument("--model", default="medgen-classifier",
+                         help="medgen-classifier (default), medgen-classifier-augmented or medgen-generator")
     return parser
 
 
@@ -112,6 +116,12 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "serve":
         return serve(cfg, args.host, args.port, args.source, args.allow_anonymous)
+    if args.command == "promote":
+        from medgen import registry
+
+        previous, version = registry.promote(cfg, args.model, args.version)
+        print(f"{args.model}: {cfg.export.alias} {'v' + previous if previous else '(unset)'} -> v{version}")
+        return 0
     if args.command == "stage":
         metrics = stages.get(args.name)(cfg)
     else:

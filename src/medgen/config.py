@@ -82,6 +82,15 @@ class TrackingConfig:
     parent_run_id: str = ""
     # Run state of this checkout (never committed): stage locks, output journals (medgen.outputs).
     state_dir: str = ".medgen"
+    # Optuna RDB heartbeat (several workers): a running trial records a heartbeat every optuna_heartbeat_s;
+    # one silent for optuna_grace_s is failed and retried once, with its parameters, by another worker.
+    optuna_heartbeat_s: int = 60
+    optuna_grace_s: int = 180
+
+    def __post_init__(self) -> None:
+        _require(self.optuna_heartbeat_s >= 1, "tracking.optuna_heartbeat_s", "must be >= 1 (seconds)")
+        _require(self.optuna_grace_s > self.optuna_heartbeat_s, "tracking.optuna_grace_s",
+                 f"must be longer than tracking.optuna_heartbeat_s={self.optuna_heartbeat_s}")
 
 
 @dataclass(frozen=True)

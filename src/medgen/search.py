@@ -12,15 +12,22 @@ history of earlier runs.
 * A trial left RUNNING by a dead process on this host (kill -9) is marked FAIL when the study is opened;
   FAIL trials are ignored by the sampler and the pruner and not counted, so the killed point is re-drawn.
   Trials of workers on other hosts are failed by Optuna's heartbeat and re-queued once with their params.
+* Several workers share one target: a worker whose next trial would overshoot it waits for the trials
+  others are running (failing stale ones by heartbeat, tracking.optuna_grace_s) until the study holds
+  n_trials finished trials, so a killed worker's trial is retried by a live one before anyone returns.
+  Which worker draws which point depends on timing: a fanned-out study is not point-for-point the same
+  as a one-worker one (each worker's draws are still seeded: see TrialSeededSampler).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -151,7 +158,7 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     return dead
 
 
-def _storage(url: str) -> optuna.storages.RDBStorage:
+def _storage(url: str, heartbeat_s: int = 60, grace_s: int = 180) -> optuna.storages.RDBStorage:
     from medgen import stores
 
     # Table creation under a file lock (two processes on a fresh file raced); corrupt files, unreachable
@@ -159,11 +166,16 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
     with stores.initialising(url, "Optuna storage"):
         return optuna.storages.RDBStorage(
             url,
-            heartbeat_interval=60,
-            grace_period=180,
-            failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            heartbeat_interval=heartbeat_s,
+            grace_period=grace_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
             engine_kwargs=stores.engine_kwargs(url),
         )
+
+
+def storage(cfg: TrackingConfig) -> optuna.storages.RDBStorage:
+    """The configured Optuna storage (tables created on first use: do it once before starting workers)."""
+    return _storage(storage_url(cfg), cfg.optuna_heartbeat_s, cfg.optuna_grace_s)
 
 
 def open_study(
@@ -185,11 +197,10 @@ def open_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    storage = _storage(storage_url(cfg.tracking))
     startup = RANDOM_SEARCH if sampler == "random" else 5
     study = optuna.create_study(
         study_name=study_name(cfg.data.flag, stage, suffix, spec),
-        storage=storage,
+        storage=storage(cfg.tracking),
         direction=direction,
         sampler=TrialSeededSampler(cfg.seed, worker_id(), startup),
         pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
@@ -213,9 +224,26 @@ def _claimed(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
 
 
+def _running_elsewhere(study: optuna.Study) -> list[int]:
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+
+
+def _wait_for_others(study: optuna.Study, waited: list[int]) -> list[int]:
+    """One poll while other workers hold the rest of the target: sleep, then fail trials whose heartbeat
+    is stale (their retry is queued WAITING, and this worker runs it next). Returns the running trials."""
+    running = _running_elsewhere(study)
+    if running != waited:
+        log.info("study %s: waiting for trial(s) %s running on other workers", study.study_name, running)
+    interval = study._storage.get_heartbeat_interval() or 1
+    time.sleep(min(5.0, max(0.5, interval / 2)))
+    optuna.storages.fail_stale_trials(study)
+    return running
+
+
 def optimize(study: optuna.Study, objective: Objective, n_trials: int, parent_run_id: str) -> optuna.Study:
-    """Run trials until the study holds `n_trials` finished (complete or pruned) ones, counting trials
-    other workers are running (several workers share one target; see `fail_dead_trials` for ghosts).
+    """Run trials until the study holds `n_trials` finished (complete or pruned) ones. Trials other
+    workers are running count toward the target; while they hold the rest of it this worker waits for
+    them (a dead worker's trial is failed by heartbeat and retried here; see `fail_dead_trials` too).
 
     Each trial is a nested MLflow run under `parent_run_id`; its run id is stored as user attr
     `mlflow_run_id`; pruned trials are tagged `optuna.state=PRUNED` and their run ends FINISHED.
@@ -243,7 +271,11 @@ def optimize(study: optuna.Study, objective: Objective, n_trials: int, parent_ru
     done = finished_trials(study)
     log.info("study %s: %d of %d trials finished, running %d", study.study_name, done, n_trials, max(0, n_trials - done))
     progress = Progress(n_trials, f"search {study.study_name}", start=done)
-    while _claimed(study) < n_trials:
+    waited: list[int] = []
+    while finished_trials(study) < n_trials:
+        if _claimed(study) >= n_trials:
+            waited = _wait_for_others(study, waited)
+            continue
         study.optimize(wrapped, n_trials=1, gc_after_trial=True)
         done = finished_trials(study)
         last = study.trials[-1]
@@ -252,6 +284,23 @@ def optimize(study: optuna.Study, objective: Objective, n_trials: int, parent_ru
                         value=last.value, best=best)
     progress.close()
     return study
+
+
+@contextlib.contextmanager
+def trial_parent(cfg: Config, stage: str) -> Iterator[str]:
+    """The MLflow run a search-only run's trials nest under: tracking.parent_run_id (or $MEDGEN_PARENT_RUN_ID)
+    when given, so every fan-out worker's trials sit under one parent; else a new stage run tagged
+    `medgen.phase=search`."""
+    import mlflow
+
+    parent = cfg.tracking.parent_run_id or os.environ.get(tracking.PARENT_ENV, "")
+    if parent:
+        tracking.configure(cfg.tracking)
+        yield parent
+        return
+    with tracking.stage_run(cfg, stage) as run:
+        mlflow.set_tag("medgen.phase", "search")
+        yield run.info.run_id
 
 
 def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -169,9 +169,9 @@ def numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
     return flat
 
 
-def register_onnx(onnx_path: Path, name: str, alias: str, extra_files: list[Path] = ()) -> str:
-    """Log an ONNX file as an MLflow model of the active run, register it as `name` and point `alias`
-    (e.g. `champion`) at the new version; returns that version. Serving resolves `models:/<name>@<alias>`.
+def register_onnx(onnx_path: Path, name: str, extra_files: list[Path] = ()) -> str:
+    """Log an ONNX file as an MLflow model of the active run and register it as a new version of `name`;
+    returns that version. Which alias it gets (`champion` or `candidate`) is medgen.registry's decision.
     """
     import mlflow
     import onnx
@@ -182,9 +182,7 @@ def register_onnx(onnx_path: Path, name: str, alias: str, extra_files: list[Path
         onnx.load(str(readable(onnx_path))), name=Path(onnx_path).stem, registered_model_name=name,
         save_as_external_data=False, extra_files=[str(readable(p)) for p in extra_files],
     )
-    version = str(info.registered_model_version)
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
-    return version
+    return str(info.registered_model_version)
 
 
 # ---------------------------------------------------------------- reliability (docs/reliability.md)

@@ -1,5 +1,6 @@
 """`export` end to end on stand-in checkpoints and the real BreastMNIST: ONNX files, metadata, parity,
-MLflow registry with the champion alias, and a failing parity check that fails the stage."""
+MLflow registry (champion only forward, `candidate` otherwise, `medgen promote`), and a failing parity
+check that fails the stage."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from medgen import onnx_export, tracking
+from medgen import cli, onnx_export, registry, tracking
+from medgen.config import load_config
 from medgen.errors import MedgenError
 from medgen.models.reference import ReferenceClassifier
 from medgen.stages import export, prepare
@@ -50,19 +52,61 @@ def test_export_end_to_end(smoke_cfg, workdir):
 
     tracking.configure(cfg.tracking)
     client = mlflow.MlflowClient()
+    # Registered every time; a smoke export never becomes champion: alias `candidate`, reason on the version.
     for name in ("medgen-classifier", "medgen-generator", "medgen-classifier-augmented"):
-        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-    # A second export makes version 2 the champion.
+        assert registry.current(client, name, "champion") is None
+        version = client.get_model_version_by_alias(name, "candidate")
+        assert str(version.version) == "1" and version.tags["medgen.status"] == "candidate"
+        assert "profile" in version.tags["medgen.reason"] and version.tags["medgen.profile"] == "smoke"
     export.run(cfg)
-    assert str(client.get_model_version_by_alias("medgen-classifier", "champion").version) == "2"
+    assert str(client.get_model_version_by_alias("medgen-classifier", "candidate").version) == "2"
+    assert json.loads((out / "classifier.json").read_text())["registered"]["alias"] == "candidate"
 
-    # The service loads the champion from the registry, still without torch or pickle.
+    # The service loads a registry alias, still without torch or pickle.
     env = {**__import__("os").environ, "MEDGEN_MODEL_SOURCE": "mlflow", "MLFLOW_TRACKING_URI": tracking.tracking_uri(cfg.tracking),
-           "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
+           "MEDGEN_MODEL_ALIAS": "candidate", "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
     done = subprocess.run([sys.executable, "-c", "import numpy as np\n" + NO_TORCH], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "mlflow:models:/medgen-classifier@champion" in done.stdout
+    assert "mlflow:models:/medgen-classifier@candidate" in done.stdout
+
+
+def _aliases(client, name: str) -> dict[str, str]:
+    return {alias: str(client.get_model_version_by_alias(name, alias).version) for alias in ("champion", "candidate")
+            if registry.current(client, name, alias)}
+
+
+def _export(cfg, profile: str, val_auc: float, val_fd: float) -> None:
+    scores = {"val_auc": val_auc, "test_auc": 1.0}  # a perfect test score must not matter
+    save_classifier(cfg.export.classifier_checkpoint, seed=1, profile=profile, metrics=scores)
+    save_generator(cfg.export.generator_checkpoint, seed=2, profile=profile, metrics={"val_fd": val_fd})
+    export.run(cfg)
+
+
+def test_champion_only_moves_forward_and_promote_moves_it_by_hand(smoke_cfg, workdir, breastmnist_npz, capsys):
+    smoke = smoke_cfg()
+    full = load_config(workdir / "params.yaml", overrides=[f"data.source={breastmnist_npz}"])
+    prepare.run(full)
+    tracking.configure(full.tracking)
+    client = mlflow.MlflowClient()
+    _export(full, "full", val_auc=0.90, val_fd=1.0)  # v1: the first default-profile model
+    assert _aliases(client, "medgen-classifier") == {"champion": "1"} == _aliases(client, "medgen-generator")
+    _export(smoke, "smoke", val_auc=0.99, val_fd=0.1)  # v2: better numbers, but a smoke run
+    assert _aliases(client, "medgen-classifier") == {"champion": "1", "candidate": "2"}
+    _export(full, "full", val_auc=0.85, val_fd=2.0)  # v3: default profile, worse on validation
+    assert _aliases(client, "medgen-classifier") == {"champion": "1", "candidate": "3"}
+    assert "not at least as good" in client.get_model_version("medgen-generator", "3").tags["medgen.reason"]
+    _export(full, "full", val_auc=0.90, val_fd=0.5)  # v4: as good (AUC tie), better FD
+    assert _aliases(client, "medgen-classifier")["champion"] == "4" == _aliases(client, "medgen-generator")["champion"]
+
+    params = ["--params", str(workdir / "params.yaml")]
+    assert cli.main(["promote", "2", "--model", "medgen-generator", *params]) == 0
+    assert "medgen-generator: champion v4 -> v2" in capsys.readouterr().out
+    assert _aliases(client, "medgen-generator")["champion"] == "2"
+    assert _aliases(client, "medgen-classifier")["champion"] == "4"
+    assert cli.main(["promote", "9", *params]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("medgen: error: medgen-classifier has no version 9 (registered: 1, 2, 3, 4")
 
 
 def test_broken_parity_fails_the_stage(smoke_cfg, workdir):

@@ -37,3 +37,20 @@ def test_study_flows_run_prepare_then_their_stage_once_it_exists(study):
     else:  # not merged yet: the flow fails before any run, naming the known stages
         with pytest.raises(MedgenError, match=f"unknown stage '{study}'"):
             study_stages(study)
+
+
+def test_only_searched_stages_fan_out():
+    from medgen import stages
+
+    assert stages.get_search("classify").__name__ == "search_only"
+    with pytest.raises(MedgenError, match="no search to fan out"):
+        stages.get_search("prepare")
+    with pytest.raises(MedgenError, match="unknown stage"):
+        stages.get_search("nope")
+
+
+def test_deploy_registers_the_fanout_on_its_own_pool():
+    from flows.deploy import COMPUTE, CONTROL
+
+    assert COMPUTE["medgen-search"] == "flows/fanout.py:search_flow" and set(CONTROL) == {"medgen-fanout"}
+    assert not set(COMPUTE) & set(CONTROL)  # the coordinator never holds a compute worker's slot

@@ -155,3 +155,35 @@ def test_a_killed_but_unreaped_owner_is_dead():
     assert search.owner_alive(owner) is False
     child.wait()
     assert search.owner_alive(owner) is False
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the ghost's study.ask() outside optimize
+def test_a_dead_workers_trial_is_retried_by_a_live_one(workdir):
+    """A trial another host left RUNNING (its heartbeat stopped) holds part of the target: the live worker
+    waits, fails it after tracking.optuna_grace_s and runs it again with the same parameters."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+
+    tracking_cfg = {"store_dir": str(workdir / "mlruns"), "optuna_heartbeat_s": 1, "optuna_grace_s": 2}
+    cfg = build_config({"tracking": tracking_cfg})
+    with tracking.stage_run(cfg, "unit") as parent:
+        study = search.open_study(cfg, "unit", SPEC, suffix="ghost")
+        ghost = study.ask()  # a worker on another host starts a trial, beats once, then dies
+        ghost.suggest_float("lr", 1e-4, 1e-1, log=True)
+        ghost.suggest_int("k", 1, 10)
+        ghost.set_user_attr(search.OWNER_ATTR, "another-host:123:1.000")
+        study._storage.record_heartbeat(ghost._trial_id)
+        search.optimize(study, objective, n_trials=4, parent_run_id=parent.info.run_id)
+    trials = study.trials
+    assert [t.state.name for t in trials].count("FAIL") == 1 and trials[ghost.number].state.name == "FAIL"
+    assert search.finished_trials(study) == 4 and len(trials) == 5
+    (retried,) = [t for t in trials if Retry.retried_trial_number(t) == ghost.number]
+    assert retried.state in search.FINISHED and retried.params == trials[ghost.number].params
+
+
+def test_heartbeat_settings_are_validated():
+    from medgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tracking.optuna_grace_s"):
+        build_config({"tracking": {"optuna_heartbeat_s": 10, "optuna_grace_s": 5}})
+    with pytest.raises(ConfigError, match="tracking.optuna_heartbeat_s"):
+        build_config({"tracking": {"optuna_heartbeat_s": 0}})

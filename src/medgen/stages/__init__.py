@@ -16,6 +16,9 @@ from typing import Any
 from medgen.errors import MedgenError
 
 STAGES: tuple[str, ...] = ("prepare", "represent", "classify", "generate", "augment", "export")
+# Stages whose Optuna search can be fanned out: their module also has ``search_only(cfg) -> dict`` (trials
+# only, no outputs); ``run`` afterwards finishes the stage from the stored studies.
+SEARCHED: tuple[str, ...] = ("represent", "classify")
 
 
 def get(name: str) -> Callable[..., dict[str, Any]]:
@@ -36,3 +39,12 @@ def get(name: str) -> Callable[..., dict[str, Any]]:
 def module(name: str) -> ModuleType:
     """The module of stage `name` (imported on first use: stage modules import torch and MLflow)."""
     return importlib.import_module(f"medgen.stages.{name}")
+
+
+def get_search(name: str) -> Callable[..., dict[str, Any]]:
+    """The `search_only` function of a searched stage (see SEARCHED); others are a MedgenError. Not wrapped
+    by the runner: search-only workers write no outputs and share the study, so they take no stage lock."""
+    get(name)
+    if name not in SEARCHED:
+        raise MedgenError(f"stage {name!r} has no search to fan out (searched stages: {', '.join(SEARCHED)})")
+    return module(name).search_only

@@ -122,7 +122,8 @@ def save_best_synthetic(cfg: Config, dataset: data.Dataset, results: list[dict],
     channels, size, _ = dataset.image_shape
     config = {"n_classes": dataset.n_classes, "class_names": list(dataset.class_names), "input_size": size,
               "input_shape": [channels, size, size], "input_range": [-1.0, 1.0], "flag": cfg.data.flag,
-              "arm": best["arm"], "seed": best["seed"], "hparams": hparams, "ratio": cfg.augment.ratio}
+              "arm": best["arm"], "seed": best["seed"], "hparams": hparams, "ratio": cfg.augment.ratio,
+              "profile": cfg.profile}
     scores = {f"test_{k}": v for k, v in best["test"].items()} | {f"val_{k}": v for k, v in best["val"].items()}
     return save_model(cfg.augment.checkpoint, best["model"], best["init_kwargs"], config=config, metrics=scores)
 

@@ -329,7 +329,7 @@ def save_best(cfg: Config, dataset: data.Dataset, best: dict, hparams: dict) -> 
     config = {**asdict(cfg.classify), "n_classes": dataset.n_classes, "class_names": list(dataset.class_names),
               "input_size": size, "input_shape": [channels, size, size], "input_range": [-1.0, 1.0],
               "stem_used": best["history"]["init_kwargs"].get("stem"),  # classify.stem resolved for the size
-              "flag": cfg.data.flag, "seed": best["seed"], "hparams": hparams}
+              "flag": cfg.data.flag, "seed": best["seed"], "hparams": hparams, "profile": cfg.profile}
     scores = {f"test_{k}": v for k, v in best["test"].items()} | {"val_auc": best["history"]["best_val_auc"],
                                                                   "best_epoch": best["history"]["best_epoch"]}
     return save_model(cfg.classify.checkpoint, best["model"], best["history"]["init_kwargs"], config=config, metrics=scores)
@@ -377,6 +377,21 @@ def outputs(cfg: Config) -> list[Output]:
     """What this stage writes (dvc.yaml's outs, metrics and plots of `classify`)."""
     c = cfg.classify
     return [output_file(c.checkpoint), output_file(c.metrics), output_file(c.details), output_folder(c.plots_dir)]
+
+
+def search_only(cfg: Config) -> dict[str, Any]:
+    """One fan-out worker: add trials to the study until it holds classify.n_trials (shared with the
+    other workers), nested under tracking.parent_run_id; no final training, no files. `run` then
+    finishes the stage from the study. Returns the study's counts and best setting so far."""
+    set_seed(cfg.seed)
+    if cfg.classify.threads:
+        torch.set_num_threads(cfg.classify.threads)
+    with search.trial_parent(cfg, "classify") as parent_id:
+        dataset = data.load_prepared(cfg.data)
+        if cfg.classify.pretrained != "none":
+            build_model(cfg.classify, dataset.n_classes, dataset.image_shape)
+        train = subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
+        return search_hparams(cfg, dataset, train, pick_device(cfg.classify.device), parent_id)
 
 
 def run(cfg: Config) -> dict[str, Any]:

@@ -7,7 +7,9 @@ Outputs: <export.out_dir>/{classifier,classifier_augmented,generator}.{onnx,json
          (sha256 of every file, code commit, params hash, registered versions: medgen.manifest), export.metrics
          (`{"classifier": {"max_abs_diff": ...}, "generator": {"max_abs_diff": ...}}`).
 MLflow : experiment medgen/<flag>/export; registered models medgen-classifier[-augmented],
-         medgen-generator with alias export.alias (default `champion`).
+         medgen-generator: a new version every run; alias export.alias (default `champion`) moves to it
+         only forward (default profile, same flag, at least as good on validation: medgen.registry),
+         otherwise alias `candidate`, with the reason in the log and the version's tags.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ import mlflow
 import numpy as np
 import torch
 
-from medgen import data, manifest, onnx_export, tracking
+from medgen import data, manifest, onnx_export, registry, tracking
 from medgen.config import Config
 from medgen.errors import MedgenError
 from medgen.io import remove_output, write_json
 from medgen.outputs import Output, output_file, output_folder
-from medgen.training import load_model, set_seed
+from medgen.training import load_checkpoint, load_model, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +143,7 @@ def run(cfg: Config) -> dict[str, Any]:
         for target in chosen:
             result, onnx_path, json_path = export_one(target, cfg, real)
             if cfg.export.register:
-                version = tracking.register_onnx(onnx_path, target.registry_name, cfg.export.alias, [json_path])
-                registered = f"{target.registry_name}/{version}@{cfg.export.alias}"
-                mlflow.set_tag(f"medgen.registered.{target.key}", registered)
-                log.info("registered %s version %s (alias %s)", target.registry_name, version, cfg.export.alias)
+                register(target, cfg, onnx_path, json_path)
             tracking.log_files([onnx_path, json_path], "onnx")
             metrics[target.key] = result
             log.info("exported %s: max |ort - torch| = %.2e", target.key, result["max_abs_diff"])
@@ -154,3 +153,17 @@ def run(cfg: Config) -> dict[str, Any]:
         mlflow.log_metrics(tracking.numeric_metrics(metrics))
     return metrics
 
+
+
+def register(target: Target, cfg: Config, onnx_path: Path, json_path: Path) -> str:
+    """A new registry version; the champion alias moves to it only forward (medgen.registry.settle).
+
+    The version number and the alias decision depend on the registry's history, not on this run's inputs:
+    they go to the log and MLflow (run tag medgen.registered.<key>, the version's tags), never into the
+    export files or metrics, which DVC tracks as a function of code, data and params.
+    """
+    version = tracking.register_onnx(onnx_path, target.registry_name, [json_path])
+    new = registry.standing(target.kind, load_checkpoint(target.checkpoint), cfg)
+    decision = registry.settle(cfg, target.registry_name, version, new)
+    mlflow.set_tag(f"medgen.registered.{target.key}", f"{target.registry_name}/{version}@{decision['status']}")
+    return version

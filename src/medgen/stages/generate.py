@@ -250,9 +250,11 @@ def _run(cfg: Config) -> dict[str, Any]:
                   "best_epoch": best_epoch}
         extra = {"latent_dim": gcfg.latent_dim, "n_classes": dataset.n_classes, "class_names": list(dataset.class_names),
                  "variant": hyper.variant, "lr_g": hyper.lr_g, "lr_d": hyper.lr_d, "beta1": hyper.beta1,
-                 "image_shape": list(dataset.image_shape)}
+                 "image_shape": list(dataset.image_shape), "flag": cfg.data.flag, "profile": cfg.profile}
+        # val_fd of the kept epoch: what the fit selected on, and what export's champion rule compares
+        selected = {"val_fd": history[best_epoch - 1]["val_fd"]}
         save_model(gcfg.checkpoint, generator, generator_kwargs(gcfg, dataset.n_classes, dataset.image_shape),
-                   config=asdict(gcfg) | extra, metrics=tracking.numeric_metrics(report))
+                   config=asdict(gcfg) | extra, metrics=tracking.numeric_metrics(report) | selected)
         figures = write_outputs(cfg, generator, history)
         seconds = {"search": searched - started, "train": trained - searched, "total": time.perf_counter() - started}
         write_json(gcfg.metrics, result)

@@ -201,13 +201,17 @@ def refit(cfg: Config, method: str, params: dict[str, Any], arrays: Arrays, devi
     return {s: latent.encode(model, arrays.x[s]) for s in data.SPLITS}, model
 
 
+def search_method(cfg: Config, method: str, arrays: Arrays, parent_id: str, device: torch.device) -> optuna.Study:
+    """One method's study, run (or resumed) to its n_trials target."""
+    if method in CLASSIC:
+        return search_classic(cfg, method, arrays, parent_id)
+    return search_neural(cfg, method, arrays, parent_id, device)
+
+
 def study_method(cfg: Config, method: str, arrays: Arrays, parent_id: str, device: torch.device):
     """Search (resuming the stored study), refit the best trial, score it: (metrics entry, model or None,
     KNN test probabilities (N, C))."""
-    if method in CLASSIC:
-        study = search_classic(cfg, method, arrays, parent_id)
-    else:
-        study = search_neural(cfg, method, arrays, parent_id, device)
+    study = search_method(cfg, method, arrays, parent_id, device)
     params = search.best_params(study)
     z, model = refit(cfg, method, params, arrays, device)
     found = search.counts(study)
@@ -308,6 +312,27 @@ def run(cfg: Config) -> dict[str, Any]:
     torch.set_num_threads(cfg.represent.threads)
     try:  # restore: later stages in the same process (`medgen pipeline`) choose their own
         return _run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def search_only(cfg: Config) -> dict[str, Any]:
+    """One fan-out worker: add trials to every method's study until each holds its target (shared with
+    the other workers), nested under tracking.parent_run_id; no refit, no files. `run` then finishes the
+    stage from the studies. Returns per method the study's finished-trial counts."""
+    set_seed(cfg.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.represent.threads)
+    try:
+        with search.trial_parent(cfg, "represent") as parent_id:
+            arrays = load_arrays(cfg)
+            validate(cfg.represent, arrays)
+            device = pick_device(cfg.represent.device)
+            found = {}
+            for method in cfg.represent.methods:
+                study = search_method(cfg, method, arrays, parent_id, device)
+                found[method] = {**search.counts(study), "study": study.study_name}
+        return found
     finally:
         torch.set_num_threads(threads)
 
