@@ -1,5 +1,11 @@
 """The export manifest: <export.out_dir>/manifest.json lists every file of the export folder with its sha256
-and size, the code commit, a hash of the resolved parameters and the registered model versions.
+and size, the code commit, a hash of the resolved parameters and the registered models.
+
+Same inputs, same manifest (it is part of a DVC output): `code_commit` is the newest commit that changed
+the code (src/, serving/, pyproject.toml, requirements.lock), so committing results (dvc.lock, metrics)
+does not change it; `registered` names each registered model with the sha256 of the exported file,
+which its MLflow model version carries as tag `medgen.sha256`. The version *number* and alias depend on
+the registry's history (not on code, data and params): the export run's tags and the log record them.
 
 The service (serving/integrity.py, which reads this format without importing medgen) checks every file
 against it before it reports ready and refuses to start on any difference. Written last by the export
@@ -16,7 +22,7 @@ from typing import Any
 
 from medgen import __version__
 from medgen.config import Config
-from medgen.io import read_json, write_json
+from medgen.io import output_files, read_json, readable, write_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "medgen-export-manifest/1"
@@ -30,14 +36,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+CODE_PATHS = ("src", "serving", "pyproject.toml", "requirements.lock")
+
+
 def code_state() -> tuple[str, bool]:
-    """(git commit of the working directory, whether tracked files differ from it); ("unknown", False) outside git."""
+    """(newest commit that changed CODE_PATHS, whether tracked files there differ from it); ("unknown", False)
+    outside git."""
     try:
         # git from PATH with fixed arguments: nothing from a user reaches the command line
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
+        head = subprocess.run(["git", "log", "-1", "--format=%H", "--", *CODE_PATHS],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0 or not head.stdout.strip():
             return "unknown", False
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
                                 capture_output=True, text=True, timeout=30)
         return head.stdout.strip(), bool(status.stdout.strip())
     except (OSError, subprocess.TimeoutExpired):
@@ -49,35 +60,35 @@ def params_sha256(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def registered_versions(files: list[Path]) -> dict[str, Any]:
-    """{registry name: {"version", "alias"}} from the `registered` entries of the folder's metadata JSONs."""
+def registered_models(files: list[Path]) -> dict[str, Any]:
+    """{registry name: {"file", "sha256"}} from the folder's model metadata JSONs (`registry_name`, `file`,
+    `sha256`); the MLflow version holding that file has tag medgen.sha256 = sha256."""
     found: dict[str, Any] = {}
     for path in files:
         if path.suffix != ".json":
             continue
         try:
-            meta = read_json(path)
+            meta = read_json(readable(path))
         except (ValueError, UnicodeDecodeError):
             continue  # not a metadata JSON (e.g. a model card); it is still hashed
-        registered = meta.get("registered") if isinstance(meta, dict) else None
-        if isinstance(registered, dict) and registered.get("name"):
-            found[str(registered["name"])] = {k: registered[k] for k in ("version", "alias") if k in registered}
+        if isinstance(meta, dict) and meta.get("registry_name") and meta.get("sha256"):
+            found[str(meta["registry_name"])] = {"file": meta.get("file"), "sha256": meta["sha256"]}
     return found
 
 
 def build(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
     """The manifest of the files now in `out_dir` (hidden and temporary files excluded)."""
-    folder = Path(out_dir)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST_NAME
-                   and not p.name.startswith(".") and not p.name.endswith(".part"))
+    # output_files: inside a running stage the new files are still staged (medgen.outputs)
+    files = [p for p in output_files(out_dir, "*") if p.name != MANIFEST_NAME
+             and not p.name.startswith(".") and not p.name.endswith(".part")]
     commit, dirty = code_state()
     return {
         "format": FORMAT,
-        "files": {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files},
+        "files": {p.name: {"sha256": _sha256(readable(p)), "bytes": readable(p).stat().st_size} for p in files},
         "code_commit": commit,
         "code_dirty": dirty,
         "params_sha256": params_sha256(cfg),
-        "registered": registered_versions(files),
+        "registered": registered_models(files) if cfg.export.register else {},
         "medgen_version": __version__,
     }
 

@@ -165,5 +165,8 @@ def register(target: Target, cfg: Config, onnx_path: Path, json_path: Path) -> s
     version = tracking.register_onnx(onnx_path, target.registry_name, [json_path])
     new = registry.standing(target.kind, load_checkpoint(target.checkpoint), cfg)
     decision = registry.settle(cfg, target.registry_name, version, new)
+    # the manifest names this version by the file's sha256 (medgen.manifest)
+    mlflow.MlflowClient().set_model_version_tag(target.registry_name, version, "medgen.sha256",
+                                                 onnx_export.file_sha256(onnx_path))
     mlflow.set_tag(f"medgen.registered.{target.key}", f"{target.registry_name}/{version}@{decision['status']}")
     return version
