@@ -137,24 +137,25 @@ def measure(args: argparse.Namespace) -> None:
 
     from medgen import data
     from medgen.config import load_config
-    from medgen.stages import augment, classify
+    from medgen import classification
+    from medgen.stages import augment
     from medgen.training import pick_device
 
     cfg = load_config(args.params, profile=args.profile, overrides=args.set)
     torch.set_num_threads(cfg.classify.threads or torch.get_num_threads())
     hparams = json.loads(Path(args.hparams_from).read_text())["search"]["hparams"]
     dataset, device = data.load_prepared(cfg.data), pick_device(cfg.classify.device)
-    train = classify.subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
+    train = classification.subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
     synthetic = augment.load_synthetic(cfg, dataset) if any("synthetic" in a for a in args.arms) else None
     rows = [["arm", "seed", "image", "label", *[f"p_{c}" for c in range(dataset.n_classes)]]]
     for arm in args.arms:
         for seed in range(cfg.seed, cfg.seed + args.seeds):
             started = time.perf_counter()
             split = augment.arm_split(arm, train, synthetic, cfg.augment.ratio, seed)
-            model, _ = classify.fit_classifier(cfg.classify, split, dataset.val, dataset.n_classes, seed, device,
+            model, _ = classification.fit_classifier(cfg.classify, split, dataset.val, dataset.n_classes, seed, device,
                                                hparams, classic_augmentation="classic" in arm,
                                                epochs=cfg.augment.epochs or None)
-            probs = classify.predict_proba(model, dataset.test, device)
+            probs = classification.predict_proba(model, dataset.test, device)
             test = classification_metrics(dataset.test.labels, probs)
             print(f"{arm} seed {seed}: auc {test['auc']:.4f} balanced_acc {test['balanced_acc']:.4f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)

@@ -31,7 +31,7 @@ from medgen import latent  # noqa: E402
 from medgen.config import load_config  # noqa: E402
 from medgen.gan_training import GanHyper, GanTrainer, fit_feature_net  # noqa: E402
 from medgen.models import autoencoders  # noqa: E402
-from medgen.stages import classify  # noqa: E402
+from medgen import classification  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -41,13 +41,13 @@ def timed(fn) -> float:
 
 
 def classify_epoch(cfg, x: torch.Tensor, y: torch.Tensor, stem: str) -> float:
-    model, _ = classify.build_model(replace(cfg.classify, stem=stem), 2, tuple(x.shape[1:]))
-    optimizer, _ = classify._optimizer(model, cfg.classify, 1e-3, 1e-4, 1)
-    augment = classify.augmentation(cfg.classify, 1.0)
+    model, _ = classification.build_model(replace(cfg.classify, stem=stem), 2, tuple(x.shape[1:]))
+    optimizer, _ = classification._optimizer(model, cfg.classify, 1e-3, 1e-4, 1)
+    augment = classification.augmentation(cfg.classify, 1.0)
     loss = torch.nn.CrossEntropyLoss()
     args = (optimizer, loss, augment, torch.Generator().manual_seed(0), cfg.classify.batch_size, False)
-    classify._train_epoch(model, x[:64], y[:64], *args)  # warm-up
-    return timed(lambda: classify._train_epoch(model, x, y, *args))
+    classification._train_epoch(model, x[:64], y[:64], *args)  # warm-up
+    return timed(lambda: classification._train_epoch(model, x, y, *args))
 
 
 def gan_epoch(cfg, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -73,7 +73,7 @@ def measure(cfg, channels: int, n: int) -> dict[str, float]:
     size = cfg.data.size
     torch.manual_seed(0)
     x, y = torch.rand(n, channels, size, size) * 2 - 1, torch.arange(n) % 2
-    row = {"size": size, "classify_stem": classify.resolve_stem(cfg.classify.stem, size),
+    row = {"size": size, "classify_stem": classification.resolve_stem(cfg.classify.stem, size),
            "classify": classify_epoch(cfg, x, y, cfg.classify.stem), "gan": gan_epoch(cfg, x, y),
            "feature_net": feature_epoch(cfg, x, y)}
     for method in autoencoders.METHODS:

@@ -7,12 +7,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medgen.data import Split, read_npz
 from medgen.errors import DataError, MedgenError
 from medgen.io import savez_compressed
+
+if TYPE_CHECKING:
+    from medgen.config import Config
+
+
+def samples_path(cfg: Config) -> Path:
+    """Where the generate stage writes its samples and augment reads them: <generate.samples_dir>/<flag>/samples.npz."""
+    return Path(cfg.generate.samples_dir) / cfg.data.flag / "samples.npz"
 
 
 def validate_request(labels: Sequence[int], n: int, n_classes: int) -> None:

@@ -14,6 +14,7 @@ import torch
 from medgen import data, tracking
 from medgen.errors import MedgenError
 from medgen.models.classifier import TinyEncoder
+from medgen import classification
 from medgen.stages import classify, prepare
 from medgen.training import load_model, save_model
 
@@ -33,7 +34,7 @@ def prepared(smoke_cfg):
 
 def tiny(dataset, n=48):
     """A small stratified slice so ablation fits take a second."""
-    return classify.subsample(dataset.train, n / len(dataset.train), seed=0)
+    return classification.subsample(dataset.train, n / len(dataset.train), seed=0)
 
 
 def test_smoke_end_to_end_and_checkpoint_reproduces_test_predictions(smoke_cfg, prepared, caplog, monkeypatch):
@@ -67,7 +68,7 @@ def test_smoke_end_to_end_and_checkpoint_reproduces_test_predictions(smoke_cfg, 
     assert checkpoint["config"]["n_classes"] == 2 and checkpoint["config"]["input_size"] == 28
     assert checkpoint["config"]["class_names"] == list(prepared.class_names)
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 2)
-    again = classify.evaluate(model, prepared.test)
+    again = classification.evaluate(model, prepared.test)
     for key, value in again.items():
         assert value == pytest.approx(checkpoint["metrics"][f"test_{key}"], abs=1e-9), key
     seed_metrics = {r["seed"]: r["test_auc"] for r in details["per_seed"]}
@@ -88,7 +89,7 @@ def test_smoke_end_to_end_and_checkpoint_reproduces_test_predictions(smoke_cfg, 
 
 def _fit(cfg, dataset, **changes):
     c = replace(cfg.classify, epochs=2, patience=2, **changes)
-    return classify.fit_classifier(c, tiny(dataset), dataset.val, dataset.n_classes, seed=7, device="cpu")
+    return classification.fit_classifier(c, tiny(dataset), dataset.val, dataset.n_classes, seed=7, device="cpu")
 
 
 def test_ablation_switches_change_what_is_trained(smoke_cfg, prepared):
@@ -104,13 +105,13 @@ def test_ablation_switches_change_what_is_trained(smoke_cfg, prepared):
     assert no_dropout["rows"][0]["train_loss"] != off_a["rows"][0]["train_loss"]
     _, xavier = _fit(cfg, prepared, augment=False, init="xavier")
     assert xavier["rows"][0]["train_loss"] != off_a["rows"][0]["train_loss"]
-    half = classify.subsample(prepared.train, 0.5, seed=0)
+    half = classification.subsample(prepared.train, 0.5, seed=0)
     assert len(half) == pytest.approx(len(prepared.train) / 2, abs=2)
     assert np.bincount(half.labels).tolist() == [round(147 / 2), round(399 / 2)]  # stratified
 
 
 def test_class_weights_are_inverse_frequency():
-    weights = classify.class_weight_tensor(np.array([0, 1, 1, 1]), 2)
+    weights = classification.class_weight_tensor(np.array([0, 1, 1, 1]), 2)
     assert weights.tolist() == pytest.approx([2.0, 2 / 3])
 
 
@@ -118,25 +119,25 @@ def test_transfer_from_an_encoder_checkpoint_freezes_then_unfreezes(smoke_cfg, p
     encoder = TinyEncoder(out_features=16)
     path = save_model(workdir / "encoder.pt", encoder, {"out_features": 16}, config={"out_features": 16}, metrics={})
     cfg = smoke_cfg("classify.pretrained=encoder", f"classify.encoder_checkpoint={path}")
-    model, _ = classify.build_model(cfg.classify, 2, (1, 28, 28))
+    model, _ = classification.build_model(cfg.classify, 2, (1, 28, 28))
     for key, value in encoder.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[key], value)
     # one frozen epoch changes the head only
     x, y = data.to_tensors(tiny(prepared))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer, _ = classify._optimizer(model, cfg.classify, 1e-2, 0.0, 2)
-    classify._set_frozen(model, True)
-    classify._train_epoch(model, x, y, optimizer, torch.nn.CrossEntropyLoss(), None, torch.Generator(), 16, True)
+    optimizer, _ = classification._optimizer(model, cfg.classify, 1e-2, 0.0, 2)
+    classification._set_frozen(model, True)
+    classification._train_epoch(model, x, y, optimizer, torch.nn.CrossEntropyLoss(), None, torch.Generator(), 16, True)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
     assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
-    fitted, history = classify.fit_classifier(replace(cfg.classify, epochs=2, freeze_epochs=1), tiny(prepared),
+    fitted, history = classification.fit_classifier(replace(cfg.classify, epochs=2, freeze_epochs=1), tiny(prepared),
                                               prepared.val, 2, seed=0, device="cpu")
     assert len(history["rows"]) == 2
     assert all(p.requires_grad for p in fitted.parameters())  # unfrozen after the head-only epoch
     # an encoder built for other images is refused before training, naming both shapes
     with pytest.raises(MedgenError, match="encoder was trained on 1-channel images, the data is 3-channel 32 px"):
-        classify.build_model(cfg.classify, 2, (3, 32, 32))
+        classification.build_model(cfg.classify, 2, (3, 32, 32))
 
 
 def test_missing_weights_are_clear_errors(smoke_cfg, prepared, workdir, monkeypatch):
@@ -150,4 +151,4 @@ def test_missing_weights_are_clear_errors(smoke_cfg, prepared, workdir, monkeypa
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(MedgenError, match="ImageNet ResNet-18 weights unavailable"):
-        classify.build_model(smoke_cfg("classify.pretrained=imagenet").classify, 2, (1, 28, 28))
+        classification.build_model(smoke_cfg("classify.pretrained=imagenet").classify, 2, (1, 28, 28))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medgen import tracking
+from medgen import synthetic, tracking
 from medgen.config import GenerateConfig
 from medgen.errors import ConfigError
 from medgen.gan_training import GanHyper, GanTrainer
@@ -31,7 +31,7 @@ def test_generate_smoke_end_to_end(smoke_cfg, workdir):
     prepare.run(cfg)
     result = generate.run(cfg)
 
-    samples = load_samples(generate.samples_path(cfg))
+    samples = load_samples(synthetic.samples_path(cfg))
     n = cfg.generate.samples_per_class
     assert samples.images.shape == (2 * n, 28, 28) and samples.images.dtype == np.uint8
     assert np.bincount(samples.labels).tolist() == [n, n]

@@ -28,14 +28,13 @@ import numpy as np
 import torch
 
 from medgen import data, metrics, plots, stats, tracking
+from medgen.classification import evaluate, fit_classifier, predict_proba, subsample
 from medgen.config import Config
 from medgen.errors import DataError
 from medgen.io import write_json, write_text
 from medgen.outputs import Output, output_file, output_folder
 from medgen.progress import Progress
-from medgen.stages import classify
-from medgen.stages.generate import samples_path
-from medgen.synthetic import load_samples, rebalance
+from medgen.synthetic import load_samples, rebalance, samples_path
 from medgen.training import load_checkpoint, pick_device, save_model, set_seed
 
 log = logging.getLogger(__name__)
@@ -71,10 +70,10 @@ def fit_arm(cfg: Config, arm: str, seed: int, dataset: data.Dataset, train: data
     started = time.perf_counter()
     epochs = cfg.augment.epochs or None
     with tracking.child_run(parent_run_id, f"{arm}-seed-{seed}", {"arm": arm, "seed": seed, "n_train": len(train)}):
-        model, history = classify.fit_classifier(cfg.classify, train, dataset.val, dataset.n_classes, seed, device,
-                                                 hparams, classic_augmentation="classic" in arm, epochs=epochs)
-        val = classify.evaluate(model, dataset.val, device)
-        probs = classify.predict_proba(model, dataset.test, device)
+        model, history = fit_classifier(cfg.classify, train, dataset.val, dataset.n_classes, seed, device,
+                                        hparams, classic_augmentation="classic" in arm, epochs=epochs)
+        val = evaluate(model, dataset.val, device)
+        probs = predict_proba(model, dataset.test, device)
         test = metrics.classification_metrics(dataset.test.labels, probs)
         seconds = time.perf_counter() - started
         mlflow.log_metrics({f"val_{k}": v for k, v in val.items()} | {f"test_{k}": v for k, v in test.items()}
@@ -172,7 +171,7 @@ def run(cfg: Config) -> dict[str, Any]:
         hparams = chosen_hparams(cfg)
         needs_synthetic = any("synthetic" in arm for arm in cfg.augment.arms)
         synthetic = load_synthetic(cfg, dataset) if needs_synthetic else None
-        train = classify.subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
+        train = subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
         seeds = range(cfg.seed, cfg.seed + cfg.augment.seeds)
         results = []
         with Progress(len(cfg.augment.arms) * len(seeds), "augment arms x seeds", unit="fits") as progress:

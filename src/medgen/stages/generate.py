@@ -27,7 +27,7 @@ import numpy as np
 import optuna
 import torch
 
-from medgen import data, metrics, plots, search, synthetic, tracking
+from medgen import data, generation, plots, search, synthetic, tracking
 from medgen.config import Config, GenerateConfig
 from medgen.errors import ConfigError, MedgenError
 from medgen.gan_training import GanHyper, GanTrainer, extract_features, fit_feature_net, generator_kwargs
@@ -38,24 +38,6 @@ from medgen.progress import Progress
 from medgen.training import pick_device, save_checkpoint, save_model, set_seed
 
 log = logging.getLogger(__name__)
-GRID_PER_CLASS = 16  # images per class in each checkpoint grid
-
-
-@dataclass
-class Real:
-    """The real data as the stage uses it: tensors in [-1, 1] and metric features of each set."""
-
-    dataset: data.Dataset
-    x: torch.Tensor  # train images (N, C, S, S)
-    y: torch.Tensor  # train labels (N,)
-    net: FeatureNet
-    train_features: np.ndarray  # (N, feature_dim)
-    heldout: data.Split  # val + test, for the final report only
-    heldout_features: np.ndarray
-
-
-def samples_path(cfg: Config) -> Path:
-    return Path(cfg.generate.samples_dir) / cfg.data.flag / "samples.npz"
 
 
 def requested_labels(cfg: GenerateConfig, n_classes: int) -> list[int]:
@@ -67,25 +49,6 @@ def requested_labels(cfg: GenerateConfig, n_classes: int) -> list[int]:
     return labels
 
 
-def prepare_real(cfg: Config, dataset: data.Dataset, device: torch.device) -> Real:
-    x, y = data.to_tensors(dataset.train, str(device))
-    net = fit_feature_net(x, y, dataset.n_classes, cfg.generate, device)
-    shape = {"n_classes": dataset.n_classes, "image_shape": list(dataset.image_shape)}
-    save_checkpoint(cfg.generate.feature_checkpoint, net, config=asdict(cfg.generate) | shape, metrics={})
-    heldout = data.Split(
-        np.concatenate([dataset.val.images, dataset.test.images]), np.concatenate([dataset.val.labels, dataset.test.labels])
-    )
-    return Real(dataset, x, y, net, extract_features(net, x), heldout, extract_features(net, data.to_tensors(heldout)[0]))
-
-
-def val_fd(generator: torch.nn.Module, real: Real, n: int, seed: int) -> float:
-    """FD between train-real features and n synthetic samples with val's class proportions."""
-    val = real.dataset.val.labels
-    labels = val if n == len(val) else np.random.default_rng(seed).choice(val, n)
-    fake = synthetic.sample_like(generator, np.sort(labels), seed)
-    return metrics.frechet_distance(real.train_features, extract_features(real.net, data.to_tensors(fake)[0]))
-
-
 def hyper_from_trial(trial: optuna.Trial, cfg: GenerateConfig) -> GanHyper:
     return GanHyper(
         variant=trial.suggest_categorical("variant", list(cfg.variants)),
@@ -95,7 +58,7 @@ def hyper_from_trial(trial: optuna.Trial, cfg: GenerateConfig) -> GanHyper:
     )
 
 
-def make_objective(cfg: Config, real: Real, device: torch.device):
+def make_objective(cfg: Config, real: generation.Real, device: torch.device):
     gcfg, n_eval = cfg.generate, cfg.generate.eval_samples or len(real.dataset.val)
 
     def objective(trial: optuna.Trial) -> float:
@@ -112,7 +75,7 @@ def make_objective(cfg: Config, real: Real, device: torch.device):
                     raise optuna.TrialPruned()  # diverged: not a failure of the code, a bad region
                 if epoch % gcfg.eval_every and epoch != gcfg.search_epochs:
                     continue
-                fd = val_fd(trainer.sampler(), real, n_eval, cfg.seed)
+                fd = generation.val_fd(trainer.sampler(), real, n_eval, cfg.seed)
                 mlflow.log_metrics({"val_fd": fd, "loss_d": losses["loss_d"], "loss_g": losses["loss_g"]}, step=epoch)
                 best = min(best, fd)
                 trial.report(fd, epoch)
@@ -131,7 +94,7 @@ def study_spec(cfg: Config) -> dict[str, Any]:
     return search.definition(cfg, "generate", ignore=NOT_SEARCH)
 
 
-def choose_hyper(cfg: Config, real: Real, device: torch.device, parent_run_id: str) -> tuple[GanHyper, dict[str, Any]]:
+def choose_hyper(cfg: Config, real: generation.Real, device: torch.device, parent_run_id: str) -> tuple[GanHyper, dict[str, Any]]:
     """Optuna search (resumable study `<flag>-generate`); n_trials = 0 takes the configured defaults."""
     gcfg = cfg.generate
     if gcfg.n_trials == 0:
@@ -147,7 +110,7 @@ def choose_hyper(cfg: Config, real: Real, device: torch.device, parent_run_id: s
     return GanHyper(best["variant"], best["lr_g"], best["lr_d"], best["beta1"]), summary
 
 
-def fit_final(cfg: Config, hyper: GanHyper, real: Real, device: torch.device) -> tuple[torch.nn.Module, list[dict], int]:
+def fit_final(cfg: Config, hyper: GanHyper, real: generation.Real, device: torch.device) -> tuple[torch.nn.Module, list[dict], int]:
     """Train the chosen GAN for generate.epochs; keep the EMA generator with the best val FD.
 
     Returns the kept generator, the per-epoch history and the epoch it comes from.
@@ -162,11 +125,11 @@ def fit_final(cfg: Config, hyper: GanHyper, real: Real, device: torch.device) ->
     for epoch in range(1, gcfg.epochs + 1):
         row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(real.x, real.y)}
         if epoch % gcfg.eval_every == 0 or epoch == gcfg.epochs:
-            row["val_fd"] = val_fd(trainer.sampler(), real, n_eval, cfg.seed)
+            row["val_fd"] = generation.val_fd(trainer.sampler(), real, n_eval, cfg.seed)
             if row["val_fd"] < best:
                 best, best_epoch, best_state = row["val_fd"], epoch, copy.deepcopy(trainer.sampler().state_dict())
         if epoch % gcfg.checkpoint_every == 0 or epoch == gcfg.epochs:
-            grid = checkpoint_grid(trainer.sampler(), real.dataset.n_classes, cfg.seed)
+            grid = generation.checkpoint_grid(trainer.sampler(), real.dataset.n_classes, cfg.seed)
             plots.save_png(grid, Path(gcfg.plots_dir) / f"grid_epoch_{epoch:04d}.png")
         mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}, step=epoch)
         history.append(row)
@@ -179,33 +142,12 @@ def fit_final(cfg: Config, hyper: GanHyper, real: Real, device: torch.device) ->
     return generator.eval(), history, best_epoch
 
 
-def checkpoint_grid(generator: torch.nn.Module, n_classes: int, seed: int):
-    """One row block per class, the same z every checkpoint so the grids show training progress."""
-    split = synthetic.sample(generator, list(range(n_classes)), GRID_PER_CLASS, seed)
-    return plots.montage(split.images, columns=GRID_PER_CLASS)
-
-
-def evaluate(cfg: Config, generator: torch.nn.Module, real: Real) -> dict[str, Any]:
-    """FD/KID/C2ST of fresh synthetic sets (held-out's class counts; train's class counts for C2ST)."""
-    seed = cfg.seed + 1000  # not the seeds of the search's or the written samples' z
-    like_heldout = synthetic.sample_like(generator, real.heldout.labels, seed)
-    like_train = synthetic.sample_like(generator, real.dataset.train.labels, seed + 1000)
-    feats = lambda split: extract_features(real.net, data.to_tensors(split)[0])  # noqa: E731
-    return metrics.generation_quality(
-        (real.train_features, real.dataset.train.labels),
-        (real.heldout_features, real.heldout.labels),
-        (feats(like_heldout), like_heldout.labels),
-        feats(like_train),
-        seed=cfg.seed,
-    )
-
-
 def write_outputs(cfg: Config, generator: torch.nn.Module, history: list[dict]) -> list[Path]:
     """Samples npz, per-class final grids, loss curves and history.json; returns the figure paths."""
     gcfg = cfg.generate
     labels = requested_labels(gcfg, generator.n_classes)
     samples = synthetic.sample(generator, labels, gcfg.samples_per_class, cfg.seed)
-    synthetic.save_samples(samples, samples_path(cfg))
+    synthetic.save_samples(samples, synthetic.samples_path(cfg))
     plots_dir = Path(gcfg.plots_dir)
     figures = [plots.save_figure(plots.gan_history(history), plots_dir / "losses.png")]
     write_json(plots_dir / "history.json", [{k: v for k, v in row.items() if v == v} for row in history])
@@ -218,7 +160,7 @@ def write_outputs(cfg: Config, generator: torch.nn.Module, history: list[dict]) 
 def outputs(cfg: Config) -> list[Output]:
     """What this stage writes (dvc.yaml's outs, metrics and plots of `generate`)."""
     g = cfg.generate
-    return [output_file(g.checkpoint), output_file(g.feature_checkpoint), output_file(samples_path(cfg)),
+    return [output_file(g.checkpoint), output_file(g.feature_checkpoint), output_file(synthetic.samples_path(cfg)),
             output_file(g.metrics), output_folder(g.plots_dir)]
 
 
@@ -239,12 +181,12 @@ def _run(cfg: Config) -> dict[str, Any]:
         dataset = data.load_prepared(cfg.data)
         requested_labels(gcfg, dataset.n_classes)  # a bad label fails before any training
         started = time.perf_counter()
-        real = prepare_real(cfg, dataset, device)
+        real = generation.prepare_real(cfg, dataset, device)
         hyper, summary = choose_hyper(cfg, real, device, stage.info.run_id)
         searched = time.perf_counter()
         generator, history, best_epoch = fit_final(cfg, hyper, real, device)
         trained = time.perf_counter()
-        report = evaluate(cfg, generator, real)
+        report = generation.evaluate(cfg, generator, real)
         # no timings in the metrics file (same inputs, same file): they go to MLflow and the log
         result = {"variant": hyper.variant, **report, "hyper": asdict(hyper), "search": summary,
                   "best_epoch": best_epoch}

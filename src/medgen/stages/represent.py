@@ -26,7 +26,11 @@ import numpy as np
 import optuna
 import torch
 
-from medgen import data, latent, plots, search, stats, tracking
+from medgen import latent, plots, search, tracking
+from medgen.representation import (
+    CLASSIC, Arrays, add_uncertainty, cv_metrics, explore, final_scores, fold_neighbours, load_arrays, make_model,
+    reconstructions, refit, validate,
+)
 from medgen.config import Config, RepresentConfig
 from medgen.errors import ConfigError
 from medgen.io import write_json
@@ -36,55 +40,6 @@ from medgen.progress import Progress
 from medgen.training import pick_device, save_model, set_seed
 
 log = logging.getLogger(__name__)
-CLASSIC = ("pca", "isomap")
-SCORES = ("acc", "balanced_acc", "auc")
-
-
-@dataclass(frozen=True)
-class Arrays:
-    """Splits as the study needs them. x: (N, C, S, S) in [-1, 1]; flat: (N, C*S*S); y: (N,).
-
-    `pool` = train + val, the set the CV selection runs on; `folds` index into it.
-    """
-
-    x: dict[str, torch.Tensor]
-    flat: dict[str, np.ndarray]
-    y: dict[str, np.ndarray]
-    n_classes: int
-    class_names: tuple[str, ...]
-    folds: list[tuple[np.ndarray, np.ndarray]]
-
-    @property
-    def n_inputs(self) -> int:
-        return self.flat["train"].shape[1]
-
-
-def load_arrays(cfg: Config) -> Arrays:
-    dataset = data.load_prepared(cfg.data)
-    x, flat, y = {}, {}, {}
-    for name in data.SPLITS:
-        x[name], labels = data.to_tensors(dataset.split(name))
-        flat[name], y[name] = x[name].flatten(1).numpy(), labels.numpy()
-    x["pool"] = torch.cat([x["train"], x["val"]])
-    flat["pool"], y["pool"] = np.concatenate([flat["train"], flat["val"]]), np.concatenate([y["train"], y["val"]])
-    folds = latent.folds(y["pool"], cfg.represent.cv_folds, cfg.seed)
-    return Arrays(x, flat, y, dataset.n_classes, dataset.class_names, folds)
-
-
-def validate(rc: RepresentConfig, arrays: Arrays) -> None:
-    """Search spaces the data cannot support fail here, before any training."""
-    n_in, fit_min = arrays.n_inputs, min(len(a) for a, _ in arrays.folds)
-    if rc.latent_dim_max > n_in:
-        raise ConfigError(f"represent.latent_dim_max: {rc.latent_dim_max} is larger than the input ({n_in} values per image)")
-    if rc.k_max > min(fit_min, len(arrays.y["train"])):
-        raise ConfigError(f"represent.k_max: {rc.k_max} exceeds the {fit_min} images a KNN is fitted on in each CV fold")
-    if "pca" in rc.methods and rc.latent_dim_max > fit_min:
-        raise ConfigError(f"represent.latent_dim_max: PCA can give at most {fit_min} components on a CV fold")
-    if "isomap" in rc.methods:
-        subset = min(rc.isomap_subset, fit_min)
-        if rc.latent_dim_max >= subset or rc.isomap_neighbors >= subset:
-            raise ConfigError(f"represent.isomap_subset: {subset} images cannot give latent_dim_max={rc.latent_dim_max} "
-                              f"Isomap components with {rc.isomap_neighbors} neighbours; raise isomap_subset")
 
 
 def suggest(trial: optuna.Trial, rc: RepresentConfig, neural: bool) -> dict[str, Any]:
@@ -94,19 +49,6 @@ def suggest(trial: optuna.Trial, rc: RepresentConfig, neural: bool) -> dict[str,
     if neural:
         params["lr"] = trial.suggest_float("lr", rc.lr_min, rc.lr_max, log=True)
     return params
-
-
-def cv_metrics(neighbours: list[np.ndarray], arrays: Arrays, k: int) -> dict[str, float]:
-    """Mean CV scores of a k-NN from per-fold neighbour labels (one neighbour search serves every k)."""
-    per_fold = [latent.scores(arrays.y["pool"][b], latent.knn_proba(labels, k, arrays.n_classes))
-                for labels, (_, b) in zip(neighbours, arrays.folds)]
-    return {f"cv_{m}": float(np.nanmean([s[m] for s in per_fold])) for m in SCORES}
-
-
-def fold_neighbours(z: np.ndarray, arrays: Arrays, k_max: int) -> list[np.ndarray]:
-    """Per fold: labels of the k_max nearest fit-part latents of each eval-part latent. z: (N_pool, d)."""
-    y = arrays.y["pool"]
-    return [latent.neighbour_labels(z[a], y[a], z[b], k_max) for a, b in arrays.folds]
 
 
 # Settings of the 2-D exploration VAE and its figures: they never enter a study.
@@ -142,16 +84,6 @@ def search_classic(cfg: Config, method: str, arrays: Arrays, parent_id: str) -> 
     return search.optimize(study, objective, rc.trials_classic, parent_run_id=parent_id)
 
 
-def make_model(cfg: Config, method: str, latent_dim: int, arrays: Arrays, device: torch.device) -> autoencoders.Autoencoder:
-    # Seeded here so a refit with the best trial's parameters repeats that trial exactly.
-    torch.manual_seed(cfg.seed)
-    rc = cfg.represent
-    image = arrays.x["train"]
-    model = autoencoders.build(method, latent_dim, image_size=image.shape[-1], channels=image.shape[1],
-                               dropout=rc.dropout, width=rc.width, beta=rc.beta)
-    return model.to(device)
-
-
 def search_neural(cfg: Config, method: str, arrays: Arrays, parent_id: str, device: torch.device) -> optuna.Study:
     """Train on train images, after each epoch score the CV KNN on train+val latents; prune on it."""
     rc = cfg.represent
@@ -179,28 +111,6 @@ def search_neural(cfg: Config, method: str, arrays: Arrays, parent_id: str, devi
     return search.optimize(study, objective, rc.trials_neural, parent_run_id=parent_id)
 
 
-def final_scores(z: dict[str, np.ndarray], arrays: Arrays, k: int) -> tuple[dict[str, float], np.ndarray]:
-    """KNN fitted on train latents, scored once on val and once on test; also its test probabilities (N, C)."""
-    out, probs = {}, {}
-    for split in ("val", "test"):
-        neighbours = latent.neighbour_labels(z["train"], arrays.y["train"], z[split], k)
-        probs[split] = latent.knn_proba(neighbours, k, arrays.n_classes)
-        out.update({f"{split}_{m}": v for m, v in latent.scores(arrays.y[split], probs[split]).items()})
-    return out, probs["test"]
-
-
-def refit(cfg: Config, method: str, params: dict[str, Any], arrays: Arrays, device: torch.device):
-    """The best trial's representation fitted on train; returns (latents per split, model or None)."""
-    rc = cfg.represent
-    if method in CLASSIC:
-        transform = latent.fit_embedding(method, arrays.flat["train"], params["latent_dim"], cfg.seed,
-                                         rc.isomap_subset, rc.isomap_neighbors)
-        return {s: transform(arrays.flat[s]) for s in data.SPLITS}, None
-    model = make_model(cfg, method, params["latent_dim"], arrays, device)
-    latent.fit_autoencoder(model, arrays.x["train"], rc.epochs, params["lr"], rc.batch_size, cfg.seed)
-    return {s: latent.encode(model, arrays.x[s]) for s in data.SPLITS}, model
-
-
 def search_method(cfg: Config, method: str, arrays: Arrays, parent_id: str, device: torch.device) -> optuna.Study:
     """One method's study, run (or resumed) to its n_trials target."""
     if method in CLASSIC:
@@ -222,24 +132,6 @@ def study_method(cfg: Config, method: str, arrays: Arrays, parent_id: str, devic
     return entry, model, test_probs
 
 
-COMPARED = ("balanced_acc", "auc")  # every method vs PCA: one Holm family (medgen.stats)
-
-
-def add_uncertainty(entries: dict[str, dict], test_probs: dict[str, np.ndarray], labels: np.ndarray) -> None:
-    """Per method `test_<m>_ci95` (stratified bootstrap over test images; one model, so no seed level) and,
-    for every method but PCA, `vs_pca`: paired comparison on the same resampled images, decided by the rule."""
-    weights = stats.draw(labels)  # the same resampled test images for every method: paired
-    for method, probs in test_probs.items():
-        found = stats.describe(labels, [probs], SCORES, weights)
-        entries[method].update({f"test_{m}_ci95": found[f"test_{m}_ci95"] for m in SCORES})
-    if "pca" not in test_probs:
-        return
-    family = {m: {f"test_{key}": stats.compare(labels, [p], [test_probs["pca"]], key, weights) for key in COMPARED}
-              for m, p in test_probs.items() if m != "pca"}
-    for method, found in stats.decide(family).items():
-        entries[method]["vs_pca"] = found
-
-
 def save_encoder(cfg: Config, entries: dict[str, dict], models: dict[str, Any]) -> str | None:
     """The encoder of the best convolutional model (by its CV selection score) for issue 4's classifier."""
     conv = [m for m in ("ae_conv", "vae_conv") if m in models]
@@ -253,41 +145,6 @@ def save_encoder(cfg: Config, entries: dict[str, dict], models: dict[str, Any]) 
               "out_features": int(encoder.out_features), "input_range": [-1.0, 1.0]}
     save_model(cfg.represent.encoder_checkpoint, encoder, encoder.init_kwargs, config=config, metrics=entries[best])
     return best
-
-
-def explore(cfg: Config, arrays: Arrays, device: torch.device, out_dir: Path) -> tuple[list[Path], autoencoders.Autoencoder]:
-    """A VAE with a 2-D latent: decoded grid montage, class scatter of train means, posterior histograms."""
-    rc = cfg.represent
-    model = make_model(cfg, rc.explore_method, 2, arrays, device)
-    latent.fit_autoencoder(model, arrays.x["train"], rc.explore_epochs, rc.explore_lr, rc.batch_size, cfg.seed)
-    model.eval()
-    with torch.no_grad():
-        mu, logvar = (t.cpu().numpy() for t in model.encode_stats(arrays.x["train"].to(device)))
-        axis = torch.linspace(-rc.grid_scale, rc.grid_scale, rc.grid_n)
-        # row r, column c decodes (z0, z1) = (axis[c], axis[-1 - r]): z1 grows upwards as in a plot
-        grid = torch.stack([axis.repeat(rc.grid_n), axis.flip(0).repeat_interleave(rc.grid_n)], dim=1)
-        decoded = data.to_uint8(model.decode(grid.to(device)))
-    return [
-        plots.save_png(plots.montage(decoded, columns=rc.grid_n, scale=2), out_dir / "latent_grid.png"),
-        plots.save_figure(plots.latent_scatter(mu, arrays.y["train"], arrays.class_names), out_dir / "latent_scatter.png"),
-        plots.save_figure(plots.posterior_histograms(mu, logvar), out_dir / "posterior_hist.png"),
-    ], model
-
-
-def reconstructions(cfg: Config, arrays: Arrays, models: dict[str, Any], explore_vae: Any, out_dir: Path) -> Path:
-    """Real test images, then their reconstructions by the best AE and the best VAE (conv preferred)."""
-    images = arrays.x["test"][: cfg.represent.n_recon]
-    ae = next((m for m in ("ae_conv", "ae_dense") if m in models), None)
-    vae = next((m for m in ("vae_conv", "vae_dense") if m in models), None)
-    chosen = {m: models[m] for m in (ae, vae) if m}
-    if vae is None:
-        chosen["vae (2-D latent)"] = explore_vae
-    rows = {"test images": data.to_uint8(images)}
-    with torch.no_grad():
-        for name, model in chosen.items():
-            model.eval()
-            rows[name] = data.to_uint8(model(images.to(next(model.parameters()).device)))
-    return plots.save_figure(plots.reconstruction_rows(rows), out_dir / "reconstructions.png")
 
 
 def summary(entries: dict[str, dict]) -> dict[str, float]:

@@ -1,0 +1,241 @@
+"""The classifier below the stages: building it (ResNet-18, ImageNet or represent-encoder weights), its data
+helpers, fitting it with medgen's training loop, and scoring it. classify and augment both train through
+`fit_classifier`; power analysis and the size study call it too."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medgen import data, metrics
+from medgen.config import ClassifyConfig
+from medgen.errors import MedgenError
+from medgen.models.classifier import EncoderClassifier, ResNetClassifier, resolve_stem
+from medgen.progress import Progress
+from medgen.training import EarlyStopping, load_model, set_seed
+from medgen.transforms import ClassicAugmentation
+
+IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"  # torchvision IMAGENET1K_V1
+
+
+# ---------------------------------------------------------------- model construction
+def build_model(cfg: ClassifyConfig, n_classes: int,
+                image_shape: tuple[int, int, int]) -> tuple[nn.Module, dict[str, Any]]:
+    """The configured classifier for images (C, S, S) and its constructor kwargs (for save_model).
+
+    The kwargs record the concrete stem (`classify.stem: auto` resolved for S) and the input channels.
+    """
+    if cfg.pretrained == "encoder":
+        return _encoder_model(cfg, n_classes, image_shape)
+    channels, size, _ = image_shape
+    kwargs = {"n_classes": n_classes, "stem": resolve_stem(cfg.stem, size), "dropout": cfg.dropout, "init": cfg.init,
+              "in_channels": channels}
+    model = ResNetClassifier(**kwargs)
+    if cfg.pretrained == "imagenet":
+        _load_imagenet(model)
+    return model, kwargs
+
+
+def _encoder_model(cfg: ClassifyConfig, n_classes: int,
+                   image_shape: tuple[int, int, int]) -> tuple[nn.Module, dict[str, Any]]:
+    """Encoder weights from the represent stage's checkpoint, plus a fresh dropout + linear head."""
+    path = Path(cfg.encoder_checkpoint)
+    if not path.exists():
+        raise MedgenError(f"{path}: encoder checkpoint not found (run the represent stage, or set classify.pretrained=none)")
+    encoder, checkpoint = load_model(path)
+    features = getattr(encoder, "out_features", None)
+    recorded = (checkpoint.get("config") or {}).get("out_features", features)
+    if not isinstance(features, int) or features != recorded:
+        raise MedgenError(f"{path}: encoder must expose int out_features matching its config (got {features!r}, {recorded!r})")
+    spec = checkpoint["model"]
+    # encoders take `channels` (default 1); size-bound ones (dense layers) also record `image_size`
+    built_for = (int(spec["kwargs"].get("channels", 1)), int(spec["kwargs"].get("image_size", image_shape[1])))
+    if built_for != tuple(image_shape[:2]):
+        size = f" {spec['kwargs']['image_size']} px" if "image_size" in spec["kwargs"] else ""
+        raise MedgenError(f"{path}: encoder was trained on {built_for[0]}-channel{size} images, the data is "
+                          f"{image_shape[0]}-channel {image_shape[1]} px: rerun the represent stage")
+    kwargs = {"encoder_class": spec["class"], "encoder_kwargs": spec["kwargs"], "n_classes": n_classes,
+              "dropout": cfg.dropout, "init": cfg.init}
+    model = EncoderClassifier(**kwargs)
+    model.backbone.load_state_dict(encoder.state_dict())
+    return model, kwargs
+
+
+def _load_imagenet(model: ResNetClassifier) -> None:
+    """torchvision's ImageNet ResNet-18 weights (cache, else download); RGB conv1 summed for grey input."""
+    try:
+        state = torch.hub.load_state_dict_from_url(IMAGENET_URL, progress=False, check_hash=True, weights_only=True)
+    except Exception as exc:  # offline: URLError, socket errors, hash mismatch
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_URL).name
+        raise MedgenError(
+            f"ImageNet ResNet-18 weights unavailable ({type(exc).__name__}: {exc}); put {Path(IMAGENET_URL).name} "
+            f"at {cache} or set classify.pretrained=none"
+        ) from None
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    conv1 = state["conv1.weight"]  # (64, 3, 7, 7): RGB filters
+    if model.backbone.conv1.weight.shape[1] == 1:
+        conv1 = conv1.sum(dim=1, keepdim=True)  # (64,1,7,7): the same response to a grey image
+    if model.backbone.conv1.weight.shape == conv1.shape:
+        state["conv1.weight"] = conv1
+    else:  # the 3x3 stems cannot use the 7x7 filters
+        del state["conv1.weight"]
+    model.backbone.load_state_dict(state, strict=False)
+
+
+# ---------------------------------------------------------------- data helpers
+def augmentation(cfg: ClassifyConfig, strength: float) -> ClassicAugmentation:
+    base = ClassicAugmentation(cfg.aug_flip, cfg.aug_rotation, cfg.aug_translate, cfg.aug_shear,
+                               cfg.aug_zoom, cfg.aug_brightness, cfg.aug_contrast)
+    return base.scaled(strength)
+
+
+def subsample(split: data.Split, fraction: float, seed: int) -> data.Split:
+    """Stratified `fraction` of a split (at least one image per class); 1.0 returns it unchanged."""
+    if fraction >= 1.0:
+        return split
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(split.labels):
+        index = np.flatnonzero(split.labels == label)
+        keep.append(rng.choice(index, size=max(1, round(fraction * len(index))), replace=False))
+    chosen = np.sort(np.concatenate(keep))
+    return data.Split(split.images[chosen], split.labels[chosen])
+
+
+def class_weight_tensor(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights n / (k * count_c), so a balanced split gets all ones."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    return torch.tensor(len(labels) / (n_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+# ---------------------------------------------------------------- fit / predict
+def _optimizer(model: nn.Module, cfg: ClassifyConfig, lr: float, weight_decay: float, epochs: int):
+    backbone_lr = lr * (cfg.unfreeze_lr_scale if cfg.pretrained != "none" else 1.0)
+    optimizer = torch.optim.AdamW(
+        [{"params": model.backbone.parameters(), "lr": backbone_lr}, {"params": model.head.parameters(), "lr": lr}],
+        weight_decay=weight_decay,
+    )
+    # cosine decay over the epoch budget; early stopping may end sooner
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+
+
+def _set_frozen(model: nn.Module, frozen: bool) -> None:
+    """Transfer recipe (reports 003/004): train only the head first, then fine-tune everything."""
+    for parameter in model.backbone.parameters():
+        parameter.requires_grad_(not frozen)
+
+
+def _train_epoch(model, images, labels, optimizer, loss_fn, augment, generator, batch_size, frozen) -> tuple[float, float]:
+    model.train()
+    if frozen:
+        model.backbone.eval()  # frozen means frozen BatchNorm statistics too
+    order = torch.randperm(len(labels), generator=generator)
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        if len(index) < 2:  # BatchNorm cannot train on one image
+            continue
+        x, y = images[index], labels[index]
+        if augment is not None:
+            x = augment(x, generator)
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss.detach()) * len(index)
+        correct += int((logits.argmax(1) == y).sum())
+    return total_loss / len(labels), correct / len(labels)
+
+
+@torch.no_grad()
+def _probs(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    return torch.cat([F.softmax(model(images[i : i + batch_size]), dim=1) for i in range(0, len(images), batch_size)])
+
+
+def predict_proba(model: nn.Module, split: data.Split, device: torch.device | str = "cpu") -> np.ndarray:
+    """Class probabilities (N, n_classes) for a uint8 split."""
+    images, _ = data.to_tensors(split, str(device))
+    return _probs(model.to(device), images).cpu().numpy()
+
+
+def evaluate(model: nn.Module, split: data.Split, device: torch.device | str = "cpu") -> dict[str, float]:
+    """acc, balanced_acc, precision, recall, f1, auc of `model` on a uint8 split."""
+    return metrics.classification_metrics(split.labels, predict_proba(model, split, device))
+
+
+def _validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Unweighted validation loss (comparable across class-weight ablations), accuracy and AUC."""
+    probs = _probs(model, images)
+    scores = metrics.classification_metrics(labels.cpu().numpy(), probs.cpu().numpy())
+    loss = float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels))
+    return {"val_loss": loss, "val_acc": scores["acc"], "val_auc": scores["auc"]}
+
+
+def fit_classifier(
+    cfg: ClassifyConfig, train: data.Split, val: data.Split, n_classes: int, seed: int, device: torch.device | str,
+    hparams: dict[str, float] | None = None, classic_augmentation: bool | None = None, epochs: int | None = None,
+    trial: Any = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train a fresh classifier on `train` (uint8 images, so real and synthetic Splits concatenate), early-stopped
+    on validation AUC; returns the model with its best-epoch weights (eval mode) and history = {"rows": [{"epoch",
+    "train_loss", "train_acc", "val_loss", "val_acc", "val_auc"}, ...], "best_epoch", "best_val_auc",
+    "init_kwargs"}. `hparams` may set lr / weight_decay / aug_strength (else cfg's); `classic_augmentation`
+    overrides cfg.augment; `epochs` overrides cfg.epochs; `trial` (an optuna.Trial) gets per-epoch reports."""
+    hp = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "aug_strength": cfg.aug_strength, **(hparams or {})}
+    epochs = epochs or cfg.epochs
+    set_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # shuffling and augmentation draws
+    model, init_kwargs = build_model(cfg, n_classes, data.image_shape(train.images))
+    model.to(device)
+    x_train, y_train = data.to_tensors(train, str(device))
+    x_val, y_val = data.to_tensors(val, str(device))
+    use_aug = cfg.augment if classic_augmentation is None else classic_augmentation
+    augment = augmentation(cfg, hp["aug_strength"]) if use_aug else None
+    weight = class_weight_tensor(train.labels, n_classes).to(device) if cfg.class_weights else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    optimizer, scheduler = _optimizer(model, cfg, hp["lr"], hp["weight_decay"], epochs)
+    freeze = cfg.freeze_epochs if cfg.pretrained != "none" else 0
+    stopper, best_state, rows = EarlyStopping(patience=cfg.patience, mode="max"), None, []
+    with Progress(epochs, f"fit seed {seed}", unit="epochs") as progress:
+        for epoch in range(epochs):
+            _set_frozen(model, epoch < freeze)
+            train_loss, train_acc = _train_epoch(model, x_train, y_train, optimizer, loss_fn, augment, generator,
+                                                 cfg.batch_size, epoch < freeze)
+            scheduler.step()
+            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, **_validate(model, x_val, y_val)}
+            rows.append(row)
+            _report(row, trial)
+            score = row["val_auc"] if np.isfinite(row["val_auc"]) else -1.0  # one-class validation: AUC undefined
+            if best_state is None or stopper.improved(score):
+                best_state = copy.deepcopy(model.state_dict())
+            stop = stopper.step(score, epoch) and epoch >= freeze
+            progress.update(epoch + 1, val_auc=row["val_auc"], best=stopper.best, stopped="early" if stop else None)
+            if stop:
+                break
+    _set_frozen(model, False)
+    model.load_state_dict(best_state)
+    history = {"rows": rows, "best_epoch": stopper.best_epoch, "best_val_auc": float(stopper.best), "init_kwargs": init_kwargs}
+    return model.eval(), history
+
+
+def _report(row: dict[str, float], trial: Any) -> None:
+    """Per-epoch metrics to the active MLflow run and, during a search, to Optuna for pruning."""
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=row["epoch"])
+    if trial is not None:
+        import optuna
+
+        trial.report(row["val_auc"], row["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+
