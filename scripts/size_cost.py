@@ -32,6 +32,7 @@ from medgen.config import load_config  # noqa: E402
 from medgen.gan_training import GanHyper, GanTrainer, fit_feature_net  # noqa: E402
 from medgen.models import autoencoders  # noqa: E402
 from medgen import classification  # noqa: E402
+from medgen.training import run_epoch  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -45,9 +46,14 @@ def classify_epoch(cfg, x: torch.Tensor, y: torch.Tensor, stem: str) -> float:
     optimizer, _ = classification._optimizer(model, cfg.classify, 1e-3, 1e-4, 1)
     augment = classification.augmentation(cfg.classify, 1.0)
     loss = torch.nn.CrossEntropyLoss()
-    args = (optimizer, loss, augment, torch.Generator().manual_seed(0), cfg.classify.batch_size, False)
-    classification._train_epoch(model, x[:64], y[:64], *args)  # warm-up
-    return timed(lambda: classification._train_epoch(model, x, y, *args))
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch(images: torch.Tensor, labels: torch.Tensor) -> None:
+        steps = classification.ClassifierSteps(model, images, labels, optimizer, None, loss, augment, generator)
+        run_epoch(steps, len(labels), cfg.classify.batch_size, generator=generator)
+
+    epoch(x[:64], y[:64])  # warm-up
+    return timed(lambda: epoch(x, y))
 
 
 def gan_epoch(cfg, x: torch.Tensor, y: torch.Tensor) -> float:

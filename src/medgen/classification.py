@@ -4,11 +4,9 @@ helpers, fitting it with medgen's training loop, and scoring it. classify and au
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,8 +16,7 @@ from medgen import data, metrics
 from medgen.config import ClassifyConfig
 from medgen.errors import MedgenError
 from medgen.models.classifier import EncoderClassifier, ResNetClassifier, resolve_stem
-from medgen.progress import Progress
-from medgen.training import EarlyStopping, load_model, set_seed
+from medgen.training import Loop, Steps, fit, load_model, set_seed
 from medgen.transforms import ClassicAugmentation
 
 IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"  # torchvision IMAGENET1K_V1
@@ -132,27 +129,45 @@ def _set_frozen(model: nn.Module, frozen: bool) -> None:
         parameter.requires_grad_(not frozen)
 
 
-def _train_epoch(model, images, labels, optimizer, loss_fn, augment, generator, batch_size, frozen) -> tuple[float, float]:
-    model.train()
-    if frozen:
-        model.backbone.eval()  # frozen means frozen BatchNorm statistics too
-    order = torch.randperm(len(labels), generator=generator)
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        if len(index) < 2:  # BatchNorm cannot train on one image
-            continue
-        x, y = images[index], labels[index]
-        if augment is not None:
-            x = augment(x, generator)
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
+class ClassifierSteps(Steps):
+    """The classifier's part of the training loop: a (weighted) cross-entropy step on an augmented batch.
+
+    images (N, C, S, S) and labels (N,) on the model's device; `augment` draws from `generator` after the
+    loop's shuffle, so one generator fixes both. During the first `freeze` epochs only the head trains.
+    """
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer, scheduler,
+                 loss_fn: nn.Module, augment: ClassicAugmentation | None, generator: torch.Generator | None,
+                 freeze: int = 0) -> None:
+        self.model, self.images, self.labels, self.optimizer, self.scheduler = model, images, labels, optimizer, scheduler
+        self.loss_fn, self.augment, self.generator, self.freeze = loss_fn, augment, generator, freeze
+
+    def start_epoch(self, epoch: int) -> None:
+        frozen = epoch < self.freeze
+        _set_frozen(self.model, frozen)
+        self.model.train()
+        if frozen:
+            self.model.backbone.eval()  # frozen means frozen BatchNorm statistics too
+
+    def step(self, index: torch.Tensor, i: int) -> dict[str, float]:
+        x, y = self.images[index], self.labels[index]
+        if self.augment is not None:
+            x = self.augment(x, self.generator)
+        logits = self.model(x)
+        loss = self.loss_fn(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        total_loss += float(loss.detach()) * len(index)
-        correct += int((logits.argmax(1) == y).sum())
-    return total_loss / len(labels), correct / len(labels)
+        self.optimizer.step()
+        return {"loss": float(loss.detach()), "n": len(index), "correct": int((logits.argmax(1) == y).sum())}
+
+    def end_epoch(self, epoch: int, steps: list[dict[str, float]]) -> dict[str, float]:
+        if self.scheduler is not None:
+            self.scheduler.step()
+        total_loss, correct = 0.0, 0
+        for s in steps:  # summed in batch order: the same floats as a running sum in the batch loop
+            total_loss += s["loss"] * s["n"]
+            correct += s["correct"]
+        return {"train_loss": total_loss / len(self.labels), "train_acc": correct / len(self.labels)}
 
 
 @torch.no_grad()
@@ -204,38 +219,14 @@ def fit_classifier(
     loss_fn = nn.CrossEntropyLoss(weight=weight)
     optimizer, scheduler = _optimizer(model, cfg, hp["lr"], hp["weight_decay"], epochs)
     freeze = cfg.freeze_epochs if cfg.pretrained != "none" else 0
-    stopper, best_state, rows = EarlyStopping(patience=cfg.patience, mode="max"), None, []
-    with Progress(epochs, f"fit seed {seed}", unit="epochs") as progress:
-        for epoch in range(epochs):
-            _set_frozen(model, epoch < freeze)
-            train_loss, train_acc = _train_epoch(model, x_train, y_train, optimizer, loss_fn, augment, generator,
-                                                 cfg.batch_size, epoch < freeze)
-            scheduler.step()
-            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, **_validate(model, x_val, y_val)}
-            rows.append(row)
-            _report(row, trial)
-            score = row["val_auc"] if np.isfinite(row["val_auc"]) else -1.0  # one-class validation: AUC undefined
-            if best_state is None or stopper.improved(score):
-                best_state = copy.deepcopy(model.state_dict())
-            stop = stopper.step(score, epoch) and epoch >= freeze
-            progress.update(epoch + 1, val_auc=row["val_auc"], best=stopper.best, stopped="early" if stop else None)
-            if stop:
-                break
+    steps = ClassifierSteps(model, x_train, y_train, optimizer, scheduler, loss_fn, augment, generator, freeze)
+    # one-class validation: AUC undefined, scored -1 so any defined AUC later counts as better
+    loop = Loop(epochs, cfg.batch_size, f"fit seed {seed}", generator=generator, monitor="val_auc", worst=-1.0,
+                patience=cfg.patience, min_epochs=freeze, trial=trial, show=("val_auc",))
+    fitted = fit(steps, len(y_train), loop, validate=lambda epoch: _validate(model, x_val, y_val), keep=model)
     _set_frozen(model, False)
-    model.load_state_dict(best_state)
-    history = {"rows": rows, "best_epoch": stopper.best_epoch, "best_val_auc": float(stopper.best), "init_kwargs": init_kwargs}
+    history = {"rows": fitted.rows, "best_epoch": fitted.best_epoch, "best_val_auc": float(fitted.best),
+               "init_kwargs": init_kwargs}
     return model.eval(), history
-
-
-def _report(row: dict[str, float], trial: Any) -> None:
-    """Per-epoch metrics to the active MLflow run and, during a search, to Optuna for pruning."""
-    if mlflow.active_run() is not None:
-        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=row["epoch"])
-    if trial is not None:
-        import optuna
-
-        trial.report(row["val_auc"], row["epoch"])
-        if trial.should_prune():
-            raise optuna.TrialPruned()
 
 

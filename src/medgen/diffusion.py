@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from medgen.models.diffusion import ClassConditionalUNet
+from medgen.training import Steps, run_epoch
 
 DEFAULT_STEPS = 20  # DDIM sampler steps: the study's setting (a 2-core stage samples thousands of images)
 DEFAULT_GUIDANCE = 1.0  # classifier-free guidance scale (1 = conditional model alone)
@@ -144,11 +145,13 @@ class DiffusionTrainer:
         self._update_ema()
         return float(loss.detach())
 
+    def steps(self, images: torch.Tensor, labels: torch.Tensor) -> DiffusionSteps:
+        """This denoiser's part of medgen.training's loop over images (N, C, H, W) and labels (N,)."""
+        return DiffusionSteps(self, images, labels)
+
     def train_epoch(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict[str, float]:
         """One shuffled pass over images (N, C, H, W) and labels (N,); the mean loss."""
-        order = torch.randperm(len(images), device=images.device)
-        losses = [self.train_step(images[i], labels[i]) for i in order.split(batch_size)]
-        return {"loss": float(np.mean(losses))}
+        return run_epoch(self.steps(images, labels), len(images), batch_size, device=images.device, min_batch=1)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -160,3 +163,13 @@ class DiffusionTrainer:
     def sampler(self, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE) -> DiffusionSampler:
         """Sample from the EMA copy (the live model when ema_decay = 0)."""
         return DiffusionSampler(self.ema if self.ema_decay > 0 else self.model, steps, guidance)
+
+
+class DiffusionSteps(Steps):
+    """The diffusion model's part of the training loop: the denoising loss of a batch, then the EMA update."""
+
+    def __init__(self, trainer: DiffusionTrainer, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.trainer, self.images, self.labels = trainer, images, labels
+
+    def step(self, index: torch.Tensor, i: int) -> dict[str, float]:
+        return {"loss": self.trainer.train_step(self.images[index], self.labels[index])}

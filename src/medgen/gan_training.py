@@ -1,4 +1,5 @@
-"""Fit loops of the generate stage: the conditional GAN (with its stabilisers) and the metric feature net.
+"""The generate stage's models in the training loop: the conditional GAN (with its stabilisers) and the metric
+feature net.
 
 Stabilisers, each a GenerateConfig parameter, and why they are here: BreastMNIST has 546 training
 images, where a DCGAN's discriminator memorises the set within a few dozen epochs and G collapses.
@@ -25,7 +26,7 @@ from torch import nn
 from medgen.config import GenerateConfig
 from medgen.models.features import FeatureNet, rotate_batch
 from medgen.models.gan import Discriminator, Generator, diff_augment
-from medgen.progress import Progress
+from medgen.training import Loop, Steps, fit, run_epoch
 
 
 @dataclass(frozen=True)
@@ -72,20 +73,13 @@ class GanTrainer:
     def wasserstein(self) -> bool:
         return self.hyper.variant == "wgan-gp"
 
+    def steps(self, images: torch.Tensor, labels: torch.Tensor, prune_diverged: bool = False) -> GanSteps:
+        """This GAN's part of the training loop over (N, C, S, S) images in [-1, 1] and (N,) labels."""
+        return GanSteps(self, images, labels, prune_diverged)
+
     def train_epoch(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """One pass over (N, C, S, S) images in [-1, 1] and (N,) labels; mean G and D losses."""
-        self.g.train(), self.d.train()
-        order = torch.randperm(len(images), device=self.device)
-        losses_d, losses_g = [], []
-        for i, start in enumerate(range(0, len(images), self.cfg.batch_size)):
-            index = order[start : start + self.cfg.batch_size]
-            if len(index) < 2:  # batch norm needs two samples
-                continue
-            real, y = images[index], labels[index]
-            losses_d.append(self.d_step(real, y))
-            if not self.wasserstein or (i + 1) % self.cfg.n_critic == 0:
-                losses_g.append(self.g_step(y))
-        return {"loss_d": float(np.mean(losses_d)), "loss_g": float(np.mean(losses_g)) if losses_g else math.nan}
+        return run_epoch(self.steps(images, labels), len(images), self.cfg.batch_size, device=self.device)
 
     def _fake(self, y: torch.Tensor) -> torch.Tensor:
         z = torch.randn(len(y), self.cfg.latent_dim, device=self.device)
@@ -156,24 +150,65 @@ class GanTrainer:
         return self.ema if self.cfg.ema_decay > 0 else self.g.eval()
 
 
+class GanSteps(Steps):
+    """A GAN's part of the training loop: a D step on each batch, a G step (with the EMA update) after it, or
+    after every n_critic-th D step for wgan-gp. Shuffled with torch's global RNG on the trainer's device."""
+
+    def __init__(self, trainer: GanTrainer, images: torch.Tensor, labels: torch.Tensor, prune_diverged: bool) -> None:
+        self.trainer, self.images, self.labels, self.prune_diverged = trainer, images, labels, prune_diverged
+
+    def start_epoch(self, epoch: int) -> None:
+        self.trainer.g.train(), self.trainer.d.train()
+
+    def step(self, index: torch.Tensor, i: int) -> dict[str, float]:
+        trainer = self.trainer
+        real, y = self.images[index], self.labels[index]
+        losses = {"loss_d": trainer.d_step(real, y)}
+        if not trainer.wasserstein or (i + 1) % trainer.cfg.n_critic == 0:
+            losses["loss_g"] = trainer.g_step(y)
+        return losses
+
+    def end_epoch(self, epoch: int, steps: list[dict[str, float]]) -> dict[str, float]:
+        losses_g = [s["loss_g"] for s in steps if "loss_g" in s]
+        losses = {"loss_d": float(np.mean([s["loss_d"] for s in steps])),
+                  "loss_g": float(np.mean(losses_g)) if losses_g else math.nan}
+        if self.prune_diverged and not math.isfinite(losses["loss_d"]):
+            import optuna
+
+            raise optuna.TrialPruned()  # diverged: not a failure of the code, a bad region
+        return losses
+
+
+class FeatureNetSteps(Steps):
+    """The metric feature net's part of the training loop: cross-entropy on joint (class, rotation) targets."""
+
+    def __init__(self, net: FeatureNet, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.net, self.images, self.labels = net, images, labels
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.net.train()
+
+    def step(self, index: torch.Tensor, i: int) -> dict[str, float]:
+        x, t = rotate_batch(self.images[index], self.labels[index])
+        loss = F.cross_entropy(self.net(x), t)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss.detach())}
+
+    def end_epoch(self, epoch: int, steps: list[dict[str, float]]) -> dict[str, float]:
+        return {"loss": steps[-1]["loss"]}  # the last batch's loss: what the progress line shows
+
+
 def fit_feature_net(images: torch.Tensor, labels: torch.Tensor, n_classes: int, cfg: GenerateConfig,
                     device: torch.device) -> FeatureNet:
     """Train the metric feature net on real images (N, C, S, S) with joint (class, rotation) targets."""
     net = FeatureNet(n_classes, feature_dim=cfg.feature_dim, in_channels=images.shape[1]).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     images, labels = images.to(device), labels.to(device)
-    with Progress(cfg.feature_epochs, "metric feature net", unit="epochs") as progress:
-        for epoch in range(cfg.feature_epochs):
-            net.train()
-            order = torch.randperm(len(images), device=device)
-            for start in range(0, len(images), 64):
-                index = order[start : start + 64]
-                x, t = rotate_batch(images[index], labels[index])
-                loss = F.cross_entropy(net(x), t)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            progress.update(epoch + 1, loss=float(loss.detach()))
+    loop = Loop(cfg.feature_epochs, 64, "metric feature net", device=device, min_batch=1, log_mlflow=False,
+                show=("loss",))
+    fit(FeatureNetSteps(net, images, labels), len(images), loop)
     return net.eval()
 
 

@@ -1,5 +1,5 @@
 """Latent-space tools for the representation study: KNN scored on embeddings, PCA/Isomap embeddings with
-one fit serving every latent_dim, stratified folds, and the autoencoder fit loop.
+one fit serving every latent_dim, stratified folds, and the autoencoders' part of the training loop.
 
 Arrays: images flattened to float (N, D) in [-1, 1] for PCA/Isomap; tensors (N, C, S, S) for the models.
 """
@@ -7,6 +7,7 @@ Arrays: images flattened to float (N, D) in [-1, 1] for PCA/Isomap; tensors (N, 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import NearestNeighbors
 
-from medgen.progress import Progress
+from medgen.training import Fitted, Loop, Steps, fit
 
 
 def neighbour_labels(z_fit: np.ndarray, y_fit: np.ndarray, z_eval: np.ndarray, k_max: int) -> np.ndarray:
@@ -109,34 +110,41 @@ def encode(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> np
     return torch.cat(parts).numpy()
 
 
-def fit_autoencoder(model: torch.nn.Module, x: torch.Tensor, epochs: int, lr: float, batch_size: int, seed: int,
-                    on_epoch: Callable[[int], None] | None = None) -> list[dict[str, float]]:
-    """Adam on model.loss over shuffled mini-batches of x (N, C, S, S); returns per-epoch mean loss parts.
+class AutoencoderSteps(Steps):
+    """The autoencoders' part of the training loop: Adam on model.loss of a batch; per-epoch mean loss parts."""
 
-    `on_epoch(epoch)` runs after each epoch (evaluation, Optuna reporting; it may raise TrialPruned).
-    The generator is seeded so a refit with the same parameters repeats the trial.
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, lr: float) -> None:
+        self.model, self.x = model, x
+        self.device = next(model.parameters()).device
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.model.train()
+
+    def step(self, index: torch.Tensor, i: int) -> dict[str, float]:
+        loss, parts = self.model.loss(self.x[index].to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return parts
+
+    def end_epoch(self, epoch: int, steps: list[dict[str, float]]) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for parts in steps:  # a running sum of value / n_batches, in batch order
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value / len(steps)
+        return sums
+
+
+def fit_autoencoder(model: torch.nn.Module, x: torch.Tensor, epochs: int, lr: float, batch_size: int, seed: int,
+                    validate: Callable[[int], dict[str, float]] | None = None, monitor: str | None = None,
+                    trial: Any = None) -> Fitted:
+    """Adam on model.loss over shuffled mini-batches of x (N, C, S, S) for `epochs` epochs (medgen.training.fit).
+
+    Rows hold the epoch's mean loss parts and, with `validate(epoch)`, its figures; `monitor` is reported to
+    Optuna's `trial` (which may prune) and logged to MLflow with the rest. The shuffle is seeded by `seed`,
+    so a refit with the same parameters repeats the trial.
     """
-    device = next(model.parameters()).device
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    history = []
-    with Progress(epochs, f"fit {type(model).__name__}", unit="epochs") as progress:
-        for epoch in range(epochs):
-            model.train()
-            order = torch.randperm(len(x), generator=generator)
-            sums: dict[str, float] = {}
-            # drop a trailing batch of one: batch norm cannot normalise a single sample
-            batches = [order[i : i + batch_size] for i in range(0, len(x), batch_size)
-                       if len(order[i : i + batch_size]) > 1]
-            for idx in batches:
-                loss, parts = model.loss(x[idx].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + value / len(batches)
-            history.append(sums)
-            progress.update(epoch + 1, **sums)
-            if on_epoch is not None:
-                on_epoch(epoch)
-    return history
+    loop = Loop(epochs, batch_size, f"fit {type(model).__name__}", generator=torch.Generator().manual_seed(seed),
+                monitor=monitor, trial=trial, log_mlflow=validate is not None)
+    return fit(AutoencoderSteps(model, x, lr), len(x), loop, validate=validate)

@@ -3,6 +3,7 @@ latent space, the refit of a chosen method, paired comparisons against PCA, and 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from medgen import data, latent, plots, stats
 from medgen.config import Config, RepresentConfig
 from medgen.errors import ConfigError
 from medgen.models import autoencoders
+from medgen.training import save_model
 
+log = logging.getLogger(__name__)
 CLASSIC = ("pca", "isomap")
 SCORES = ("acc", "balanced_acc", "auc")
 
@@ -163,3 +166,26 @@ def reconstructions(cfg: Config, arrays: Arrays, models: dict[str, Any], explore
     return plots.save_figure(plots.reconstruction_rows(rows), out_dir / "reconstructions.png")
 
 
+def save_encoder(cfg: Config, entries: dict[str, dict], models: dict[str, Any]) -> str | None:
+    """The encoder of the best convolutional model (by its CV selection score) for issue 4's classifier."""
+    conv = [m for m in ("ae_conv", "vae_conv") if m in models]
+    if not conv:
+        log.warning("no convolutional method in represent.methods: %s not written", cfg.represent.encoder_checkpoint)
+        return None
+    key = f"cv_{cfg.represent.objective}"
+    best = max(conv, key=lambda m: entries[m][key])
+    encoder = models[best].encoder.cpu().eval()
+    config = {**{k: entries[best][k] for k in ("latent_dim", "k", "lr")}, "method": best,
+              "out_features": int(encoder.out_features), "input_range": [-1.0, 1.0]}
+    save_model(cfg.represent.encoder_checkpoint, encoder, encoder.init_kwargs, config=config, metrics=entries[best])
+    return best
+
+
+def summary(entries: dict[str, dict]) -> dict[str, float]:
+    """Best learned method's test balanced accuracy minus PCA's (positive: the learned latent wins)."""
+    learned = [m for m in entries if m not in CLASSIC]
+    if not learned or "pca" not in entries:
+        return {}
+    best = max(learned, key=lambda m: entries[m]["test_balanced_acc"])
+    return {"best_learned_test_balanced_acc": entries[best]["test_balanced_acc"],
+            "best_learned_minus_pca_test_balanced_acc": entries[best]["test_balanced_acc"] - entries["pca"]["test_balanced_acc"]}

@@ -16,7 +16,7 @@ from medgen.errors import MedgenError
 from medgen.models.classifier import TinyEncoder
 from medgen import classification
 from medgen.stages import classify, prepare
-from medgen.training import load_model, save_model
+from medgen.training import load_model, run_epoch, save_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 METRICS = ("acc", "auc", "balanced_acc", "f1", "precision", "recall", "minority_recall")
@@ -126,8 +126,9 @@ def test_transfer_from_an_encoder_checkpoint_freezes_then_unfreezes(smoke_cfg, p
     x, y = data.to_tensors(tiny(prepared))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer, _ = classification._optimizer(model, cfg.classify, 1e-2, 0.0, 2)
-    classification._set_frozen(model, True)
-    classification._train_epoch(model, x, y, optimizer, torch.nn.CrossEntropyLoss(), None, torch.Generator(), 16, True)
+    steps = classification.ClassifierSteps(model, x, y, optimizer, None, torch.nn.CrossEntropyLoss(), None,
+                                           torch.Generator(), freeze=1)
+    run_epoch(steps, len(y), 16, epoch=0, generator=steps.generator)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
     assert not torch.equal(before["head.1.weight"], after["head.1.weight"])

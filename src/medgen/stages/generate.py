@@ -35,7 +35,7 @@ from medgen.io import output_files, remove_output, write_json
 from medgen.models.features import FeatureNet
 from medgen.outputs import Output, output_file, output_folder
 from medgen.progress import Progress
-from medgen.training import pick_device, save_checkpoint, save_model, set_seed
+from medgen.training import Loop, fit, pick_device, save_model, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +63,12 @@ def make_objective(cfg: Config, real: generation.Real, device: torch.device):
 
     def objective(trial: optuna.Trial) -> float:
         set_seed(cfg.seed)  # every trial starts from the same weights and batches: only hypers differ
-        hyper = hyper_from_trial(trial, gcfg)
-        trainer = GanTrainer(gcfg, hyper, real.dataset.n_classes, device, real.dataset.image_shape)
-        best = math.inf
-        label = f"gan trial {trial.number} ({trainer.hyper.variant})"
-        with Progress(gcfg.search_epochs, label, unit="epochs") as progress:
-            for epoch in range(1, gcfg.search_epochs + 1):
-                losses = trainer.train_epoch(real.x, real.y)
-                progress.update(epoch, **losses, best_val_fd=best if math.isfinite(best) else None)
-                if not math.isfinite(losses["loss_d"]):
-                    raise optuna.TrialPruned()  # diverged: not a failure of the code, a bad region
-                if epoch % gcfg.eval_every and epoch != gcfg.search_epochs:
-                    continue
-                fd = generation.val_fd(trainer.sampler(), real, n_eval, cfg.seed)
-                mlflow.log_metrics({"val_fd": fd, "loss_d": losses["loss_d"], "loss_g": losses["loss_g"]}, step=epoch)
-                best = min(best, fd)
-                trial.report(fd, epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-        return best
+        trainer = GanTrainer(gcfg, hyper_from_trial(trial, gcfg), real.dataset.n_classes, device, real.dataset.image_shape)
+        loop = Loop(gcfg.search_epochs, gcfg.batch_size, f"gan trial {trial.number} ({trainer.hyper.variant})",
+                    device=device, first_epoch=1, eval_every=gcfg.eval_every, monitor="val_fd", mode="min",
+                    worst=math.inf, trial=trial, show=("loss_d", "loss_g"))
+        validate = lambda epoch: {"val_fd": generation.val_fd(trainer.sampler(), real, n_eval, cfg.seed)}  # noqa: E731
+        return fit(trainer.steps(real.x, real.y, prune_diverged=True), len(real.x), loop, validate).best
 
     return objective
 
@@ -118,28 +105,22 @@ def fit_final(cfg: Config, hyper: GanHyper, real: generation.Real, device: torch
     gcfg, n_eval = cfg.generate, cfg.generate.eval_samples or len(real.dataset.val)
     set_seed(cfg.seed)
     trainer = GanTrainer(gcfg, hyper, real.dataset.n_classes, device, real.dataset.image_shape)
-    history, best, best_state, best_epoch = [], math.inf, None, 0
     for stale in output_files(gcfg.plots_dir, "grid_epoch_*.png"):  # grids of an earlier, longer run
         remove_output(stale)
-    progress = Progress(gcfg.epochs, f"gan final fit ({hyper.variant})", unit="epochs")
-    for epoch in range(1, gcfg.epochs + 1):
-        row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(real.x, real.y)}
-        if epoch % gcfg.eval_every == 0 or epoch == gcfg.epochs:
-            row["val_fd"] = generation.val_fd(trainer.sampler(), real, n_eval, cfg.seed)
-            if row["val_fd"] < best:
-                best, best_epoch, best_state = row["val_fd"], epoch, copy.deepcopy(trainer.sampler().state_dict())
+
+    def grid(epoch: int, row: dict[str, Any]) -> None:
         if epoch % gcfg.checkpoint_every == 0 or epoch == gcfg.epochs:
-            grid = generation.checkpoint_grid(trainer.sampler(), real.dataset.n_classes, cfg.seed)
-            plots.save_png(grid, Path(gcfg.plots_dir) / f"grid_epoch_{epoch:04d}.png")
-        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}, step=epoch)
-        history.append(row)
-        progress.update(epoch, loss_d=row["loss_d"], loss_g=row["loss_g"], best_val_fd=best if best_state else None)
-    progress.close()
-    if best_state is None:
+            image = generation.checkpoint_grid(trainer.sampler(), real.dataset.n_classes, cfg.seed)
+            plots.save_png(image, Path(gcfg.plots_dir) / f"grid_epoch_{epoch:04d}.png")
+
+    loop = Loop(gcfg.epochs, gcfg.batch_size, f"gan final fit ({hyper.variant})", device=device, first_epoch=1,
+                eval_every=gcfg.eval_every, monitor="val_fd", mode="min", worst=math.inf, show=("loss_d", "loss_g"))
+    validate = lambda epoch: {"val_fd": generation.val_fd(trainer.sampler(), real, n_eval, cfg.seed)}  # noqa: E731
+    generator = trainer.sampler()  # the EMA copy: its best-FD weights are kept
+    fitted = fit(trainer.steps(real.x, real.y), len(real.x), loop, validate, keep=generator, on_epoch=grid)
+    if not any(math.isfinite(row.get("val_fd", math.nan)) for row in fitted.rows):
         raise MedgenError("generate: the GAN diverged (no finite val FD); lower generate.lr_g/lr_d or change variant")
-    generator = trainer.sampler()
-    generator.load_state_dict(best_state)
-    return generator.eval(), history, best_epoch
+    return generator.eval(), fitted.rows, fitted.best_epoch
 
 
 def write_outputs(cfg: Config, generator: torch.nn.Module, history: list[dict]) -> list[Path]:

@@ -29,7 +29,7 @@ import torch
 from medgen import latent, plots, search, tracking
 from medgen.representation import (
     CLASSIC, Arrays, add_uncertainty, cv_metrics, explore, final_scores, fold_neighbours, load_arrays, make_model,
-    reconstructions, refit, validate,
+    reconstructions, refit, save_encoder, summary, validate,
 )
 from medgen.config import Config, RepresentConfig
 from medgen.errors import ConfigError
@@ -91,18 +91,16 @@ def search_neural(cfg: Config, method: str, arrays: Arrays, parent_id: str, devi
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, rc, neural=True)
         model = make_model(cfg, method, params["latent_dim"], arrays, device)
-        last: dict[str, float] = {}
+        k, monitor = params["k"], f"cv_{rc.objective}"
 
-        def on_epoch(epoch: int) -> None:
-            last.update(cv_metrics(fold_neighbours(latent.encode(model, arrays.x["pool"]), arrays, params["k"]), arrays, params["k"]))
-            mlflow.log_metrics(last, step=epoch)
-            trial.report(last[f"cv_{rc.objective}"], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {epoch}: cv_{rc.objective}={last[f'cv_{rc.objective}']:.3f}")
+        def validate(epoch: int) -> dict[str, float]:
+            return cv_metrics(fold_neighbours(latent.encode(model, arrays.x["pool"]), arrays, k), arrays, k)
 
-        history = latent.fit_autoencoder(model, arrays.x["train"], rc.epochs, params["lr"], rc.batch_size, cfg.seed, on_epoch)
-        mlflow.log_metrics({f"train_{key}": value for key, value in history[-1].items()})
-        return last[f"cv_{rc.objective}"]
+        fitted = latent.fit_autoencoder(model, arrays.x["train"], rc.epochs, params["lr"], rc.batch_size, cfg.seed,
+                                        validate, monitor, trial)
+        last = fitted.rows[-1]
+        mlflow.log_metrics({f"train_{key}": value for key, value in last.items() if key != "epoch" and key[:3] != "cv_"})
+        return last[monitor]
 
     pruner = optuna.pruners.PercentilePruner(rc.prune_percentile, n_startup_trials=rc.prune_startup_trials,
                                              n_warmup_steps=rc.prune_warmup_epochs)
@@ -130,31 +128,6 @@ def study_method(cfg: Config, method: str, arrays: Arrays, parent_id: str, devic
              "trials": found["trials"], "pruned": found["pruned"]}
     log.info("represent %s: %s", method, entry)
     return entry, model, test_probs
-
-
-def save_encoder(cfg: Config, entries: dict[str, dict], models: dict[str, Any]) -> str | None:
-    """The encoder of the best convolutional model (by its CV selection score) for issue 4's classifier."""
-    conv = [m for m in ("ae_conv", "vae_conv") if m in models]
-    if not conv:
-        log.warning("no convolutional method in represent.methods: %s not written", cfg.represent.encoder_checkpoint)
-        return None
-    key = f"cv_{cfg.represent.objective}"
-    best = max(conv, key=lambda m: entries[m][key])
-    encoder = models[best].encoder.cpu().eval()
-    config = {**{k: entries[best][k] for k in ("latent_dim", "k", "lr")}, "method": best,
-              "out_features": int(encoder.out_features), "input_range": [-1.0, 1.0]}
-    save_model(cfg.represent.encoder_checkpoint, encoder, encoder.init_kwargs, config=config, metrics=entries[best])
-    return best
-
-
-def summary(entries: dict[str, dict]) -> dict[str, float]:
-    """Best learned method's test balanced accuracy minus PCA's (positive: the learned latent wins)."""
-    learned = [m for m in entries if m not in CLASSIC]
-    if not learned or "pca" not in entries:
-        return {}
-    best = max(learned, key=lambda m: entries[m]["test_balanced_acc"])
-    return {"best_learned_test_balanced_acc": entries[best]["test_balanced_acc"],
-            "best_learned_minus_pca_test_balanced_acc": entries[best]["test_balanced_acc"] - entries["pca"]["test_balanced_acc"]}
 
 
 def outputs(cfg: Config) -> list[Output]:
