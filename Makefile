@@ -11,13 +11,17 @@ ifneq ($(SHARED_NPZ),)
 export MEDGEN_DATA_SOURCE ?= $(SHARED_NPZ)
 endif
 
-.PHONY: setup test run repro-check power lock ui serve bench-serve load-serve bench-backpressure container-check security-scan cluster-up cluster-down bench-cluster
+.PHONY: setup lint test run repro-check power lock ui serve bench-serve load-serve bench-backpressure container-check security-scan cluster-up cluster-down bench-cluster
 
 setup:  ## fresh virtual environment with every pinned version, then medgen itself (editable)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	$(BIN)/medgen --version
+
+lint:  ## ruff: lint (pycodestyle, pyflakes, import order) and format check, line length 120 (pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test:  ## the whole suite (unit, data, integration on the smoke profile, serving)
 	$(BIN)/python -m pytest -q

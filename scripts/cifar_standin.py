@@ -20,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src")]
 
-from medgen.standin import skimage_patches, write_cifar10  # noqa: E402
+from medgen.standin import skimage_patches, write_cifar10
 
 
 def shuffled(images: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,9 +32,21 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster_procs import (  # noqa: E402
-    ClusterError, alive, create_databases, free_port, http_ok, init_postgres, pg_connect, pg_os_user, pg_url,
-    postgres_cmd, spawn, started_at, stop, wait_until,
+from cluster_procs import (
+    ClusterError,
+    alive,
+    create_databases,
+    free_port,
+    http_ok,
+    init_postgres,
+    pg_connect,
+    pg_os_user,
+    pg_url,
+    postgres_cmd,
+    spawn,
+    started_at,
+    stop,
+    wait_until,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -135,9 +135,8 @@ def measure(args: argparse.Namespace) -> None:
     """Train `arms` over `seeds` seeds with the hyper-parameters classify chose; write test probabilities."""
     import torch
 
-    from medgen import data
+    from medgen import classification, data
     from medgen.config import load_config
-    from medgen import classification
     from medgen.stages import augment
     from medgen.training import pick_device
 

@@ -31,7 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_bench as bench  # noqa: E402  (the server start/stop and image helpers)
-from serving.settings import DEFAULTS  # noqa: E402
+
+from serving.settings import DEFAULTS
 
 MAX_REQUESTS = 200_000  # per run, besides the clock
 
@@ -93,7 +94,7 @@ async def drive(url: str, payload: bytes, keys: list[str], concurrency: int, sec
             t0 = time.perf_counter()
             try:
                 status, headers = await asyncio.wait_for(connection.request(head, payload), timeout=30)
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 outcomes[type(exc).__name__] += 1  # resets, timeouts: counted by kind, never hidden
                 if len(first_errors) < 5:
                     first_errors.append(repr(exc)[:200])

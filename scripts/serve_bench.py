@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
 from serving import runtime  # noqa: E402  (after the path set-up above)
-from serving.settings import DEFAULTS  # noqa: E402
+from serving.settings import DEFAULTS
 
 
 def real_images(n: int) -> np.ndarray:

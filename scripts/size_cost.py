@@ -25,14 +25,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src")]
 
-import torch  # noqa: E402
+import torch
 
-from medgen import latent  # noqa: E402
-from medgen.config import load_config  # noqa: E402
-from medgen.gan_training import GanHyper, GanTrainer, fit_feature_net  # noqa: E402
-from medgen.models import autoencoders  # noqa: E402
-from medgen import classification  # noqa: E402
-from medgen.training import run_epoch  # noqa: E402
+from medgen import (
+    classification,
+    latent,
+)
+from medgen.config import load_config
+from medgen.gan_training import GanHyper, GanTrainer, fit_feature_net
+from medgen.models import autoencoders
+from medgen.training import run_epoch
 
 
 def timed(fn) -> float:

@@ -192,10 +192,10 @@ def save_checkpoint(path: str | Path, module: torch.nn.Module, config: dict[str,
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """weights_only=True: checkpoints hold tensors and plain data, never pickled code."""
-    from medgen.errors import MedgenError
-
     import pickle
     import zipfile
+
+    from medgen.errors import MedgenError
 
     path = Path(path)
     if not path.exists():

@@ -20,8 +20,21 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (FAST, MEDGEN, Result, assert_one_line_error, default_sigint, env_for, leftovers, medgen,
-                       medgen_here, outputs_of, running_runs, running_trials, snapshot)
+from .conftest import (
+    FAST,
+    MEDGEN,
+    Result,
+    assert_one_line_error,
+    default_sigint,
+    env_for,
+    leftovers,
+    medgen,
+    medgen_here,
+    outputs_of,
+    running_runs,
+    running_trials,
+    snapshot,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SEARCHED = ("represent", "classify", "generate")

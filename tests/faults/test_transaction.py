@@ -35,7 +35,7 @@ def _declared(tmp: Path) -> list[outputs.Output]:
 
 def test_commit_replaces_the_whole_set_and_reads_see_staged_files(tmp_path):
     _previous(tmp_path)
-    with outputs.open_transaction("demo", _declared(tmp_path), tmp_path / ".medgen") as tx:
+    with outputs.open_transaction("demo", _declared(tmp_path), tmp_path / ".medgen"):
         io.atomic_write_bytes(tmp_path / "models/best.pt", b"new model")
         io.write_json(tmp_path / "metrics/m.json", {"auc": 0.5})
         io.write_text(tmp_path / "plots/a.png", "new a")

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from medgen import data, tracking
+from medgen import classification, data, tracking
 from medgen.errors import MedgenError
 from medgen.models.classifier import TinyEncoder
-from medgen import classification
 from medgen.stages import classify, prepare
 from medgen.training import load_model, run_epoch, save_model
 

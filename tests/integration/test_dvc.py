@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from medgen.data import file_md5
-
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration

@@ -18,9 +18,8 @@ import pytest
 
 from medgen import manifest
 from medgen.config import load_config
-from serving.settings import key_id
+from serving.settings import Settings, key_id
 from serving.startup import check_bind, is_loopback
-from serving.settings import Settings
 from tests.conftest import ROOT
 from tests.serving.conftest import running, serve_env, start_expecting_exit
 

@@ -6,7 +6,6 @@ import torch
 from medgen.models.autoencoders import METHODS, ConvEncoder, DenseEncoder, build
 from medgen.training import load_model, save_model
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -4,9 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from medgen.models.classifier import TinyEncoder, EncoderClassifier, ResNetClassifier
+from medgen.models.classifier import EncoderClassifier, ResNetClassifier, TinyEncoder
 from medgen.transforms import ClassicAugmentation
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

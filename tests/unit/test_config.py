@@ -4,7 +4,6 @@ import pytest
 
 from medgen.config import build_config, load_config, parse_override
 from medgen.errors import ConfigError
-
 from tests.conftest import ROOT
 
 

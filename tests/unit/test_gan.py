@@ -50,7 +50,7 @@ def test_one_batch_fit_per_variant(variant):
     images, labels = torch.rand(16, 1, 28, 28) * 2 - 1, torch.tensor([0, 1] * 8)
     before = [p.detach().clone() for p in trainer.g.parameters()]
     losses = [trainer.train_epoch(images, labels) for _ in range(3)]
-    assert all(torch.isfinite(torch.tensor([l["loss_d"], l["loss_g"]])).all() for l in losses)
+    assert all(torch.isfinite(torch.tensor([step["loss_d"], step["loss_g"]])).all() for step in losses)
     assert any(not torch.equal(b, p) for b, p in zip(before, trainer.g.parameters()))
     # the EMA copy moved too, but lags behind the live generator
     ema_diff = [float((e - p).detach().abs().max()) for e, p in zip(trainer.ema.parameters(), trainer.g.parameters())]

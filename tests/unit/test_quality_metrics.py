@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from medgen import metrics
-from medgen.config import GenerateConfig
+from medgen.config import DataConfig, GenerateConfig
 from medgen.data import load_npz, to_tensors
-from medgen.config import DataConfig
 from medgen.gan_training import extract_features, fit_feature_net
 
 

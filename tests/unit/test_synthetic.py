@@ -9,7 +9,6 @@ from medgen.data import Split
 from medgen.errors import ConfigError, DataError, MedgenError
 from medgen.models.gan import Generator
 from medgen.synthetic import load_samples, rebalance, sample, sample_like, save_samples
-
 from tests.conftest import ROOT
 
 

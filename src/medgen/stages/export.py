@@ -135,7 +135,7 @@ def outputs(cfg: Config) -> list[Output]:
 
 def run(cfg: Config) -> dict[str, Any]:
     set_seed(cfg.seed)
-    with tracking.stage_run(cfg, "export", params_sections=("export",)) as run:
+    with tracking.stage_run(cfg, "export", params_sections=("export",)):
         chosen = targets(cfg)  # missing checkpoints fail before any work
         test_images, _ = data.to_tensors(data.load_prepared(cfg.data).test)
         real = test_images.numpy()

@@ -14,27 +14,23 @@ Metrics: FD/KID of synthetic vs train-real beside held-out real (val + test) vs 
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import optuna
 import torch
 
 from medgen import data, generation, plots, search, synthetic, tracking
 from medgen.config import Config, GenerateConfig
 from medgen.errors import ConfigError, MedgenError
-from medgen.gan_training import GanHyper, GanTrainer, extract_features, fit_feature_net, generator_kwargs
+from medgen.gan_training import GanHyper, GanTrainer, generator_kwargs
 from medgen.io import output_files, remove_output, write_json
-from medgen.models.features import FeatureNet
 from medgen.outputs import Output, output_file, output_folder
-from medgen.progress import Progress
 from medgen.training import Loop, fit, pick_device, save_model, set_seed
 
 log = logging.getLogger(__name__)

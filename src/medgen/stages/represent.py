@@ -17,7 +17,6 @@ Search : study `<flag>-represent-<method>` per method over latent_dim, k and (ne
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,27 @@ import optuna
 import torch
 
 from medgen import latent, plots, search, tracking
-from medgen.representation import (
-    CLASSIC, Arrays, add_uncertainty, cv_metrics, explore, final_scores, fold_neighbours, load_arrays, make_model,
-    reconstructions, refit, save_encoder, summary, validate,
-)
 from medgen.config import Config, RepresentConfig
-from medgen.errors import ConfigError
 from medgen.io import write_json
-from medgen.models import autoencoders
 from medgen.outputs import Output, output_file, output_folder
 from medgen.progress import Progress
-from medgen.training import pick_device, save_model, set_seed
+from medgen.representation import (
+    CLASSIC,
+    Arrays,
+    add_uncertainty,
+    cv_metrics,
+    explore,
+    final_scores,
+    fold_neighbours,
+    load_arrays,
+    make_model,
+    reconstructions,
+    refit,
+    save_encoder,
+    summary,
+    validate,
+)
+from medgen.training import pick_device, set_seed
 
 log = logging.getLogger(__name__)
 
