@@ -50,8 +50,15 @@ def register(entrypoints: dict[str, str], pool: str, source: str, flag: str) -> 
 
     for name, entrypoint in entrypoints.items():
         remote = flow.from_source(source=source, entrypoint=entrypoint)
-        deployment_id = remote.deploy(name=flag, work_pool_name=pool, parameters={"flag": flag}, tags=["medgen", flag],
-                                      build=False, push=False, print_next_steps=False)
+        deployment_id = remote.deploy(
+            name=flag,
+            work_pool_name=pool,
+            parameters={"flag": flag},
+            tags=["medgen", flag],
+            build=False,
+            push=False,
+            print_next_steps=False,
+        )
         print(f"{name}/{flag} -> pool {pool} ({deployment_id})")
 
 

@@ -49,8 +49,13 @@ def ensure_prepared(cfg: Config) -> None:
 
 @flow(name=SEARCH_FLOW, log_prints=True)
 def search_flow(
-    stage: str = "represent", flag: str = "breastmnist", profile: str | None = None,
-    overrides: list[str] | None = None, worker: int | None = None, parent_run_id: str = "", params: str = PARAMS_FILE,
+    stage: str = "represent",
+    flag: str = "breastmnist",
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+    worker: int | None = None,
+    parent_run_id: str = "",
+    params: str = PARAMS_FILE,
 ) -> dict[str, Any]:
     """One fan-out worker: trials of `stage`'s study (shared target n_trials), nested under parent_run_id."""
     searcher = stages.get_search(stage)  # an unsearched stage fails before any work
@@ -68,8 +73,12 @@ def dispatch(stage: str, workers: int, deployment: str, parameters: dict[str, An
     from prefect.deployments import run_deployment
 
     return [
-        run_deployment(name=f"{SEARCH_FLOW}/{deployment}", parameters={**parameters, "worker": i}, timeout=0,
-                       flow_run_name=f"{stage}-search-{i}")
+        run_deployment(
+            name=f"{SEARCH_FLOW}/{deployment}",
+            parameters={**parameters, "worker": i},
+            timeout=0,
+            flow_run_name=f"{stage}-search-{i}",
+        )
         for i in range(workers)
     ]
 
@@ -90,8 +99,13 @@ def wait_for(run_ids: Sequence[Any], timeout_s: float) -> dict[str, str]:
 
 @flow(name="medgen-fanout", log_prints=True)
 def fanout_flow(
-    stage: str = "represent", workers: int = 2, flag: str = "breastmnist", profile: str | None = None,
-    overrides: list[str] | None = None, deployment: str | None = None, timeout_s: float = 6 * 3600.0,
+    stage: str = "represent",
+    workers: int = 2,
+    flag: str = "breastmnist",
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+    deployment: str | None = None,
+    timeout_s: float = 6 * 3600.0,
     params: str = PARAMS_FILE,
 ) -> dict[str, Any]:
     """`stage`'s search as `workers` concurrent medgen-search runs, then the stage finished from its study.
@@ -108,14 +122,25 @@ def fanout_flow(
     os.environ.pop("MLFLOW_RUN_ID", None)
     with tracking.stage_run(cfg, stage) as parent:
         parent_id = parent.info.run_id
-        mlflow.set_tags({"mlflow.runName": f"{stage}-fanout", "medgen.front_door": "fanout",
-                         "medgen.workers": str(workers)})
+        mlflow.set_tags(
+            {"mlflow.runName": f"{stage}-fanout", "medgen.front_door": "fanout", "medgen.workers": str(workers)}
+        )
         task_overrides = stage_overrides(flag, overrides, parent_id)
         stage_task("prepare").submit("prepare", params, profile, task_overrides).result()
         started = time.perf_counter()
-        runs = dispatch(stage, workers, deployment or flag, {"stage": stage, "flag": flag, "profile": profile,
-                                                             "overrides": overrides, "parent_run_id": parent_id,
-                                                             "params": params})
+        runs = dispatch(
+            stage,
+            workers,
+            deployment or flag,
+            {
+                "stage": stage,
+                "flag": flag,
+                "profile": profile,
+                "overrides": overrides,
+                "parent_run_id": parent_id,
+                "params": params,
+            },
+        )
         logger.info("parent MLflow run %s; %d search runs on the pool: %s", parent_id, workers, [r.name for r in runs])
         states = wait_for([r.id for r in runs], timeout_s)
         searched = time.perf_counter()

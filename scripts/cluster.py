@@ -54,8 +54,15 @@ BIN = Path(sys.executable).parent
 POOL, CONTROL_POOL = "medgen", "medgen-control"
 CORE = ("postgres", "mlflow", "prefect-server")  # one of these gone: the stack is down
 # Never handed to the stack: they would nest its runs or point it at another store.
-_STRIP = ("MLFLOW_RUN_ID", "MEDGEN_PARENT_RUN_ID", "MEDGEN_WORKER_ID", "PREFECT_API_URL", "MLFLOW_TRACKING_URI",
-          "MEDGEN_OPTUNA_STORAGE", "PREFECT_PROFILE")
+_STRIP = (
+    "MLFLOW_RUN_ID",
+    "MEDGEN_PARENT_RUN_ID",
+    "MEDGEN_WORKER_ID",
+    "PREFECT_API_URL",
+    "MLFLOW_TRACKING_URI",
+    "MEDGEN_OPTUNA_STORAGE",
+    "PREFECT_PROFILE",
+)
 
 
 class Stack:
@@ -74,9 +81,15 @@ class Stack:
         self.save(ready=False)
 
     def save(self, ready: bool) -> None:
-        state = {"supervisor": {"pid": os.getpid(), "started": started_at(os.getpid())}, "ready": ready,
-                 "processes": self.procs, "urls": self.urls, "workdir": str(self.workdir), "workers": self.workers,
-                 "pg_port": self.pg_port}
+        state = {
+            "supervisor": {"pid": os.getpid(), "started": started_at(os.getpid())},
+            "ready": ready,
+            "processes": self.procs,
+            "urls": self.urls,
+            "workdir": str(self.workdir),
+            "workers": self.workers,
+            "pg_port": self.pg_port,
+        }
         _write_private(self.folder / "state.json", json.dumps(state, indent=2))
 
     def stop_all(self) -> None:
@@ -142,14 +155,47 @@ def start_servers(stack: Stack, base: dict[str, str], port: int, password: str) 
     # ~20 s to stop; on a 2-core box every idle process costs.
     mlflow_env = {**base, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     backend = pg_url("psycopg2", port, password, "mlflow")
-    stack.start("mlflow", [str(BIN / "mlflow"), "server", "--backend-store-uri", backend, "--serve-artifacts",
-                           "--artifacts-destination", str(stack.folder / "artifacts"), "--host", "127.0.0.1",
-                           "--port", str(mlflow_port), "--workers", "1"], mlflow_env, stack.folder)
-    prefect_env = {**base, "PREFECT_HOME": str(stack.folder / "prefect-home"),
-                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                   "PREFECT_API_DATABASE_CONNECTION_URL": pg_url("asyncpg", port, password, "prefect")}
-    stack.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                   "--port", str(prefect_port), "--analytics-off"], prefect_env, stack.folder)
+    stack.start(
+        "mlflow",
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(stack.folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+            "--workers",
+            "1",
+        ],
+        mlflow_env,
+        stack.folder,
+    )
+    prefect_env = {
+        **base,
+        "PREFECT_HOME": str(stack.folder / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_DATABASE_CONNECTION_URL": pg_url("asyncpg", port, password, "prefect"),
+    }
+    stack.start(
+        "prefect-server",
+        [
+            str(BIN / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(prefect_port),
+            "--analytics-off",
+        ],
+        prefect_env,
+        stack.folder,
+    )
     wait_until("MLflow server", lambda: http_ok(stack.urls["mlflow"] + "/health"), 120, stack.logs)
     wait_until("Prefect server", lambda: http_ok(stack.urls["prefect"] + "/api/health"), 120, stack.logs)
 
@@ -157,8 +203,16 @@ def start_servers(stack: Stack, base: dict[str, str], port: int, password: str) 
 def start_workers(stack: Stack, env: dict[str, str]) -> None:
     """Register the deployments (creating the pools), then N compute workers (one flow run each, one CPU
     thread each, MEDGEN_WORKER_ID=i) and one control worker for the coordinators."""
-    deploy = [str(BIN / "python"), "flows/deploy.py", "--pool", POOL, "--control-pool", CONTROL_POOL,
-              "--source", str(stack.workdir)]
+    deploy = [
+        str(BIN / "python"),
+        "flows/deploy.py",
+        "--pool",
+        POOL,
+        "--control-pool",
+        CONTROL_POOL,
+        "--source",
+        str(stack.workdir),
+    ]
     done = subprocess.run(deploy, env=env, cwd=stack.workdir, capture_output=True, text=True, timeout=300)
     (stack.logs / "deploy.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
@@ -166,12 +220,24 @@ def start_workers(stack: Stack, env: dict[str, str]) -> None:
     threads = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     worker = [str(BIN / "prefect"), "worker", "start", "--type", "process", "--limit", "1"]
     for i in range(stack.workers):
-        stack.start(f"worker-{i}", [*worker, "--pool", POOL, "--name", f"worker-{i}"],
-                    {**env, **threads, "MEDGEN_WORKER_ID": str(i)}, stack.workdir)
-    stack.start("control", [*worker[:-1], "4", "--pool", CONTROL_POOL, "--name", "control"],
-                {**env, **threads, "MEDGEN_WORKER_ID": str(stack.workers)}, stack.workdir)
-    wait_until(f"{stack.workers} workers online", lambda: online_workers(stack.urls["prefect"], POOL) >= stack.workers,
-               120, stack.logs)
+        stack.start(
+            f"worker-{i}",
+            [*worker, "--pool", POOL, "--name", f"worker-{i}"],
+            {**env, **threads, "MEDGEN_WORKER_ID": str(i)},
+            stack.workdir,
+        )
+    stack.start(
+        "control",
+        [*worker[:-1], "4", "--pool", CONTROL_POOL, "--name", "control"],
+        {**env, **threads, "MEDGEN_WORKER_ID": str(stack.workers)},
+        stack.workdir,
+    )
+    wait_until(
+        f"{stack.workers} workers online",
+        lambda: online_workers(stack.urls["prefect"], POOL) >= stack.workers,
+        120,
+        stack.logs,
+    )
 
 
 def online_workers(prefect_url: str, pool: str) -> int:
@@ -217,9 +283,13 @@ def supervise(stack: Stack) -> int:
 def summary(stack: Stack) -> str:
     lines = [f"cluster: up with {stack.workers} worker(s); flow runs execute in {stack.workdir}"]
     lines += [f"  {name:8s} {url}" for name, url in stack.urls.items()]
-    lines += [f"  shell:   source {stack.folder / 'env'}", f"  logs:    {stack.logs}",
-              "  e.g.:    prefect deployment run 'medgen-fanout/breastmnist' -p stage=classify -p workers=2 "
-              "-p profile=smoke --watch", "  stop:    Ctrl-C here, or make cluster-down"]
+    lines += [
+        f"  shell:   source {stack.folder / 'env'}",
+        f"  logs:    {stack.logs}",
+        "  e.g.:    prefect deployment run 'medgen-fanout/breastmnist' -p stage=classify -p workers=2 "
+        "-p profile=smoke --watch",
+        "  stop:    Ctrl-C here, or make cluster-down",
+    ]
     return "\n".join(lines)
 
 
@@ -262,13 +332,14 @@ def detach(args: argparse.Namespace, folder: Path) -> int:
     cmd = [sys.executable, __file__, "up", "--dir", str(folder), "--workers", str(args.workers)]
     cmd += ["--workdir", args.workdir] if args.workdir else []
     with open(folder / "logs" / "cluster.log", "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     while proc.poll() is None:
         state = read_state(folder)
         if state and state.get("ready"):
             text = (folder / "logs" / "cluster.log").read_text()
-            print(text[text.rfind("cluster: up"):].rstrip())
+            print(text[text.rfind("cluster: up") :].rstrip())
             return 0
         time.sleep(1)
     raise ClusterError(f"the stack did not come up (see {folder / 'logs' / 'cluster.log'})")

@@ -41,8 +41,9 @@ def reset_studies(flag: str, stage: str) -> list[str]:
     import optuna
 
     storage = os.environ["MEDGEN_OPTUNA_STORAGE"]
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)
-             if s.study_name.startswith(f"{flag}-{stage}-")]
+    names = [
+        s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(f"{flag}-{stage}-")
+    ]
     for name in names:
         optuna.delete_study(study_name=name, storage=storage)
     return names
@@ -53,8 +54,9 @@ def run_fanout(api: str, parameters: dict[str, Any], timeout_s: float) -> str:
     import httpx
 
     deployment = httpx.get(f"{api}/deployments/name/medgen-fanout/breastmnist", timeout=10).json()
-    run = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters},
-                     timeout=10).json()
+    run = httpx.post(
+        f"{api}/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters}, timeout=10
+    ).json()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         state = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()["state"]["type"]
@@ -74,9 +76,11 @@ def db_counters(folder: Path) -> dict[str, dict[str, int]]:
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT pg_stat_force_next_flush()")  # PG 15: this backend's stats, now
-            cur.execute("SELECT datname, xact_commit, tup_returned + tup_fetched,"
-                        " tup_inserted + tup_updated + tup_deleted"
-                        " FROM pg_stat_database WHERE datname IN ('optuna', 'mlflow')")
+            cur.execute(
+                "SELECT datname, xact_commit, tup_returned + tup_fetched,"
+                " tup_inserted + tup_updated + tup_deleted"
+                " FROM pg_stat_database WHERE datname IN ('optuna', 'mlflow')"
+            )
             return {name: {"commits": c, "rows_read": r, "rows_written": w} for name, c, r, w in cur.fetchall()}
     finally:
         conn.close()
@@ -98,16 +102,29 @@ def measured(flag: str, stage: str) -> dict[str, Any]:
 
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(f"medgen/{flag}/{stage}")
-    (parent,) = client.search_runs([experiment.experiment_id], "tags.`medgen.front_door` = 'fanout'",
-                                   order_by=["attributes.start_time DESC"], max_results=1)
+    (parent,) = client.search_runs(
+        [experiment.experiment_id],
+        "tags.`medgen.front_door` = 'fanout'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     storage = os.environ["MEDGEN_OPTUNA_STORAGE"]
-    trials = [t for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(f"{flag}-{stage}-")
-              for t in optuna.load_study(study_name=s.study_name, storage=storage).trials if t.datetime_complete]
+    trials = [
+        t
+        for s in optuna.get_all_study_summaries(storage)
+        if s.study_name.startswith(f"{flag}-{stage}-")
+        for t in optuna.load_study(study_name=s.study_name, storage=storage).trials
+        if t.datetime_complete
+    ]
     span = max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)
-    return {"search_s": parent.data.metrics["seconds_search"], "finish_s": parent.data.metrics["seconds_finish"],
-            "trial_span_s": round(span.total_seconds(), 1), "trials": len(trials),
-            "trial_mean_s": round(sum((t.duration.total_seconds() for t in trials), 0.0) / len(trials), 2),
-            "owners": len({t.user_attrs.get("owner") for t in trials})}
+    return {
+        "search_s": parent.data.metrics["seconds_search"],
+        "finish_s": parent.data.metrics["seconds_finish"],
+        "trial_span_s": round(span.total_seconds(), 1),
+        "trials": len(trials),
+        "trial_mean_s": round(sum((t.duration.total_seconds() for t in trials), 0.0) / len(trials), 2),
+        "owners": len({t.user_attrs.get("owner") for t in trials}),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,16 +147,27 @@ def main(argv: list[str] | None = None) -> int:
             load_before, counters, stored = os.getloadavg()[0], db_counters(folder), artifact_bytes(folder)
             params = {"stage": args.stage, "workers": workers, "profile": args.profile, "overrides": overrides}
             state = run_fanout(os.environ["PREFECT_API_URL"], params, timeout_s=3600)
-            row = {"repeat": repeat, "workers": workers, "state": state, "load_before": round(load_before, 2),
-                   "load_after": round(os.getloadavg()[0], 2)}
+            row = {
+                "repeat": repeat,
+                "workers": workers,
+                "state": state,
+                "load_before": round(load_before, 2),
+                "load_after": round(os.getloadavg()[0], 2),
+            }
             if state == "COMPLETED":  # whole fan-out (finishing run included) per trial
                 row.update(measured("breastmnist", args.stage))
                 row["db_per_trial"] = per_trial(counters, db_counters(folder), row["trials"])
                 row["artifact_bytes"] = artifact_bytes(folder) - stored
             print(json.dumps(row), flush=True)
             rows.append(row)
-    report = {"stage": args.stage, "profile": args.profile, "overrides": overrides, "cpus": os.cpu_count(),
-              "runs": rows, "summary": summarize(rows)}
+    report = {
+        "stage": args.stage,
+        "profile": args.profile,
+        "overrides": overrides,
+        "cpus": os.cpu_count(),
+        "runs": rows,
+        "summary": summarize(rows),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report["summary"], indent=2))
@@ -150,13 +178,22 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean search time and trial span per worker count, and the ratios to the smallest count."""
     done = [r for r in rows if r["state"] == "COMPLETED"]
     counts = sorted({r["workers"] for r in done})
-    mean = {w: {k: sum(r[k] for r in done if r["workers"] == w) / sum(1 for r in done if r["workers"] == w)
-                for k in ("search_s", "trial_span_s")} for w in counts}
+    mean = {
+        w: {
+            k: sum(r[k] for r in done if r["workers"] == w) / sum(1 for r in done if r["workers"] == w)
+            for k in ("search_s", "trial_span_s")
+        }
+        for w in counts
+    }
     base = counts[0] if counts else None
-    return {str(w): {**{k: round(v, 1) for k, v in m.items()},
-                     "speedup_search": round(mean[base]["search_s"] / m["search_s"], 2),
-                     "speedup_trials": round(mean[base]["trial_span_s"] / m["trial_span_s"], 2)}
-            for w, m in mean.items()}
+    return {
+        str(w): {
+            **{k: round(v, 1) for k, v in m.items()},
+            "speedup_search": round(mean[base]["search_s"] / m["search_s"], 2),
+            "speedup_trials": round(mean[base]["trial_span_s"] / m["trial_span_s"], 2),
+        }
+        for w, m in mean.items()
+    }
 
 
 if __name__ == "__main__":

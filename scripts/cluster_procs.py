@@ -43,8 +43,16 @@ def alive(entry: dict[str, Any]) -> bool:
 def spawn(name: str, cmd: list[str], env: dict[str, str], logs: Path, cwd: Path, user: str | None = None) -> dict:
     """Start `cmd` in its own process group (so stopping it also stops what it forked); log to logs/<name>.log."""
     log = open(logs / f"{name}.log", "ab")
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, user=user)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        user=user,
+    )
     return {"name": name, "pid": proc.pid, "started": started_at(proc.pid), "cmd": cmd[:4]}
 
 
@@ -103,8 +111,10 @@ def pg_os_user() -> str | None:
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        raise ClusterError("running as root and no `postgres` user: PostgreSQL refuses root "
-                           "(apt-get install -y postgresql creates the user)") from None
+        raise ClusterError(
+            "running as root and no `postgres` user: PostgreSQL refuses root "
+            "(apt-get install -y postgresql creates the user)"
+        ) from None
     return "postgres"
 
 
@@ -121,8 +131,18 @@ def init_postgres(pgdata: Path, password: str, user: str | None) -> None:
     if user:
         shutil.chown(pgdata, user)
         shutil.chown(pwfile, user)
-    cmd = [str(PG_BIN / "initdb"), "-D", str(pgdata), "-U", PG_USER, "--auth=scram-sha-256", f"--pwfile={pwfile}",
-           "-E", "UTF8", "--no-instructions"]
+    cmd = [
+        str(PG_BIN / "initdb"),
+        "-D",
+        str(pgdata),
+        "-U",
+        PG_USER,
+        "--auth=scram-sha-256",
+        f"--pwfile={pwfile}",
+        "-E",
+        "UTF8",
+        "--no-instructions",
+    ]
     try:
         done = subprocess.run(cmd, user=user, cwd="/", capture_output=True, text=True, timeout=300)
     finally:
@@ -135,15 +155,27 @@ def init_postgres(pgdata: Path, password: str, user: str | None) -> None:
 
 def postgres_cmd(pgdata: Path, port: int) -> list[str]:
     """The server on 127.0.0.1:port only (no Unix socket: nothing outside this data folder is touched)."""
-    return [str(PG_BIN / "postgres"), "-D", str(pgdata), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
-            "-c", "unix_socket_directories=", "-c", "max_connections=200"]
+    return [
+        str(PG_BIN / "postgres"),
+        "-D",
+        str(pgdata),
+        "-p",
+        str(port),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "unix_socket_directories=",
+        "-c",
+        "max_connections=200",
+    ]
 
 
 def pg_connect(port: int, password: str, dbname: str = "postgres"):
     import psycopg2
 
-    return psycopg2.connect(host="127.0.0.1", port=port, user=PG_USER, password=password, dbname=dbname,
-                            connect_timeout=3)
+    return psycopg2.connect(
+        host="127.0.0.1", port=port, user=PG_USER, password=password, dbname=dbname, connect_timeout=3
+    )
 
 
 def create_databases(port: int, password: str, names: tuple[str, ...]) -> None:

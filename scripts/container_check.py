@@ -42,8 +42,10 @@ MAX_IMAGE_MB = 700
 JUNK = ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/locale")
 # The lines docs/serving.md prints (tests/serving/test_container_docs.py keeps them equal).
 DOC_BUILD = "docker build -t medgen ."
-DOC_RUN = ('docker run -d --name medgen -p 127.0.0.1:3000:3000 -e MEDGEN_API_KEYS '
-           '-v "$PWD/models/export:/app/models/export:ro" medgen')
+DOC_RUN = (
+    "docker run -d --name medgen -p 127.0.0.1:3000:3000 -e MEDGEN_API_KEYS "
+    '-v "$PWD/models/export:/app/models/export:ro" medgen'
+)
 DOC_STOP = "docker stop medgen"
 
 
@@ -101,9 +103,12 @@ def stand_in_base(engine: Engine) -> str:
         containerfile.write_text(
             "FROM localhost/debian-base:bookworm\n"
             "RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates"
-            " && apt-get clean && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/*\n")
-        sh([*engine.cmd, "build", *engine.build_flags, "-t", STAND_IN_BASE, "-f", str(containerfile), work],
-           timeout=900)
+            " && apt-get clean && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/*\n"
+        )
+        sh(
+            [*engine.cmd, "build", *engine.build_flags, "-t", STAND_IN_BASE, "-f", str(containerfile), work],
+            timeout=900,
+        )
     return STAND_IN_BASE
 
 
@@ -134,8 +139,11 @@ def build(engine: Engine, base: str, tag: str) -> float:
     cert = ["-v", f"{HOST_CA}:/run/host-ca.crt:ro", "--build-arg", "PIP_CERT=/run/host-ca.crt"]
     cert = cert if HOST_CA.is_file() else []
     t0 = time.monotonic()
-    sh([*engine.cmd, "build", *engine.build_flags, *cert, "--build-arg", f"BASE_IMAGE={base}", *args],
-       cwd=ROOT, timeout=1800)
+    sh(
+        [*engine.cmd, "build", *engine.build_flags, *cert, "--build-arg", f"BASE_IMAGE={base}", *args],
+        cwd=ROOT,
+        timeout=1800,
+    )
     return time.monotonic() - t0
 
 
@@ -218,13 +226,18 @@ def http_checks(url: str, key: str, models: Path) -> dict[str, Any]:
         body = httpx.post(f"{url}/generate", json={"label": label, "n": 4, "seed": 1}, headers=auth, timeout=60).json()
         with Image.open(io.BytesIO(base64.b64decode(body["png_base64"]))) as grid:
             generated[label] = grid.format == "PNG" and grid.size == (2 * contract.size + 6,) * 2
-    deep = httpx.post(f"{url}/classify", content=b"[" * 5000 + b"]" * 5000,
-                      headers={**auth, "content-type": "application/json"})
+    deep = httpx.post(
+        f"{url}/classify", content=b"[" * 5000 + b"]" * 5000, headers={**auth, "content-type": "application/json"}
+    )
     anonymous = httpx.get(f"{url}/metadata", timeout=10)
-    return {"images": len(images), "max_abs_diff": float(np.max(np.abs(probs - expected))),
-            "generate_valid_png_per_class": generated, "deep_json_status": deep.status_code,
-            "no_key_status": anonymous.status_code,
-            "no_key_www_authenticate": "Bearer" in anonymous.headers.get("www-authenticate", "")}
+    return {
+        "images": len(images),
+        "max_abs_diff": float(np.max(np.abs(probs - expected))),
+        "generate_valid_png_per_class": generated,
+        "deep_json_status": deep.status_code,
+        "no_key_status": anonymous.status_code,
+        "no_key_www_authenticate": "Bearer" in anonymous.headers.get("www-authenticate", ""),
+    }
 
 
 def stop_timed(engine: Engine, name: str) -> tuple[float, str]:
@@ -243,8 +256,11 @@ def refuses_without_keys(engine: Engine, tag: str, pwd: Path) -> tuple[int, list
     publish = args.index("-p")
     del args[publish : publish + 2]
     args.remove("-e")
-    out = sh([*engine.cmd, "run", "--rm", *engine.run_flags, "-e", f"BENTOML_PORT={free_port()}", *args[:-1], tag],
-             check=False, timeout=120)
+    out = sh(
+        [*engine.cmd, "run", "--rm", *engine.run_flags, "-e", f"BENTOML_PORT={free_port()}", *args[:-1], tag],
+        check=False,
+        timeout=120,
+    )
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("medgen: error:")]
     return out.returncode, lines
 
@@ -290,10 +306,12 @@ def misses(facts: dict[str, Any], checks: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, default=None,
-                        help="exported models (default: models/export, else stand-ins)")
-    parser.add_argument("--base", default=DEFAULT_BASE,
-                        help=f"BASE_IMAGE (default {DEFAULT_BASE}; a stand-in when it cannot be pulled)")
+    parser.add_argument(
+        "--model-dir", type=Path, default=None, help="exported models (default: models/export, else stand-ins)"
+    )
+    parser.add_argument(
+        "--base", default=DEFAULT_BASE, help=f"BASE_IMAGE (default {DEFAULT_BASE}; a stand-in when it cannot be pulled)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the built image (tag printed)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "container_check.json")
     args = parser.parse_args(argv)
@@ -326,15 +344,17 @@ def main(argv: list[str] | None = None) -> int:
 def summary(report: dict[str, Any]) -> str:
     image, checks = report["image"], report["checks"]
     torch = "yes" if any(p.startswith("torch") for p in image["packages"]) else "no"
-    lines = [f"container_check: engine {report['engine']}, base {report['base']} ({report['base_source']}, "
-             f"{report['base_seconds']} s), build {report['build_seconds']} s",
-             f"container_check: image size {image['size_mb']} MB (limit {MAX_IMAGE_MB}), user {image['user']}, "
-             f"{len(image['packages'])} packages, torch: {torch}",
-             f"container_check: pip list: {' '.join(image['packages'])}",
-             f"container_check: first healthy answer after {checks['seconds_to_first_healthy']} s; parity on "
-             f"{checks['images']} images max |diff| {checks['max_abs_diff']:.2e}; stop {checks['stop_seconds']:.1f} s "
-             f"(exit {checks['exit_code']}); without keys: exit {checks['without_keys_exit']} "
-             f"{checks['without_keys_lines']}"]
+    lines = [
+        f"container_check: engine {report['engine']}, base {report['base']} ({report['base_source']}, "
+        f"{report['base_seconds']} s), build {report['build_seconds']} s",
+        f"container_check: image size {image['size_mb']} MB (limit {MAX_IMAGE_MB}), user {image['user']}, "
+        f"{len(image['packages'])} packages, torch: {torch}",
+        f"container_check: pip list: {' '.join(image['packages'])}",
+        f"container_check: first healthy answer after {checks['seconds_to_first_healthy']} s; parity on "
+        f"{checks['images']} images max |diff| {checks['max_abs_diff']:.2e}; stop {checks['stop_seconds']:.1f} s "
+        f"(exit {checks['exit_code']}); without keys: exit {checks['without_keys_exit']} "
+        f"{checks['without_keys_lines']}",
+    ]
     lines.append("container_check: OK" if not report["misses"] else f"container_check: MISSED {report['misses']}")
     return "\n".join(lines)
 

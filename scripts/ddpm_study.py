@@ -52,7 +52,9 @@ class Judge:
         self.net = fit_feature_net(self.x, self.y, self.dataset.n_classes, GenerateConfig(), torch.device("cpu"))
         self.feature_seconds = time.process_time() - started
         d = self.dataset
-        self.heldout = data.Split(np.concatenate([d.val.images, d.test.images]), np.concatenate([d.val.labels, d.test.labels]))
+        self.heldout = data.Split(
+            np.concatenate([d.val.images, d.test.images]), np.concatenate([d.val.labels, d.test.labels])
+        )
         self.train_features = self.features(d.train)
         self.heldout_features = self.features(self.heldout)
 
@@ -66,9 +68,12 @@ class Judge:
         like_train = synthetic.sample_like(sampler, self.dataset.train.labels, seed + 1000)
         seconds = time.process_time() - started
         report = metrics.generation_report(
-            (self.train_features, self.dataset.train.labels), (self.heldout_features, self.heldout.labels),
-            (self.features(like_heldout), like_heldout.labels), (self.features(like_train), like_train.labels),
-            (self.dataset.train.images, self.heldout.images, like_train.images), seed=SEED,
+            (self.train_features, self.dataset.train.labels),
+            (self.heldout_features, self.heldout.labels),
+            (self.features(like_heldout), like_heldout.labels),
+            (self.features(like_train), like_train.labels),
+            (self.dataset.train.images, self.heldout.images, like_train.images),
+            seed=SEED,
         )
         report["sample_cpu_s_per_image"] = seconds / (len(like_heldout) + len(like_train))
         return report, like_train
@@ -97,13 +102,23 @@ def run(args: argparse.Namespace) -> None:
     folder = OUT / args.name
     folder.mkdir(parents=True, exist_ok=True)
     judge = Judge()
-    kwargs = {"n_classes": judge.dataset.n_classes, "width": args.width, "channel_mult": args.channel_mult,
-              "attention_levels": args.attention, "mid_attention": args.mid_attention, "sample_size": args.sample_size,
-              "prediction": args.prediction, "beta_schedule": args.schedule, "layers_per_block": args.layers,
-              "norm_groups": args.norm_groups}
+    kwargs = {
+        "n_classes": judge.dataset.n_classes,
+        "width": args.width,
+        "channel_mult": args.channel_mult,
+        "attention_levels": args.attention,
+        "mid_attention": args.mid_attention,
+        "sample_size": args.sample_size,
+        "prediction": args.prediction,
+        "beta_schedule": args.schedule,
+        "layers_per_block": args.layers,
+        "norm_groups": args.norm_groups,
+    }
     set_seed(SEED)
     model = ClassConditionalUNet(**kwargs)
-    trainer = DiffusionTrainer(model, lr=args.lr, ema_decay=args.ema, label_dropout=args.label_dropout, hflip=args.hflip)
+    trainer = DiffusionTrainer(
+        model, lr=args.lr, ema_decay=args.ema, label_dropout=args.label_dropout, hflip=args.hflip
+    )
     results, train_cpu, epoch = [], 0.0, 0
     for budget in sorted(args.budgets):
         wall = time.perf_counter()
@@ -118,9 +133,18 @@ def run(args: argparse.Namespace) -> None:
         last = budget == max(args.budgets)
         for guidance in args.guidance + (args.guidance_last if last else []):
             report, samples = judge.judge(trainer.sampler(args.steps, guidance), SEED + 1000)
-            row = {"name": args.name, "budget_cpu_min": budget, "train_cpu_s": round(train_cpu, 1),
-                   "epochs": epoch, "steps": trainer.steps, "loss": loss, "guidance": guidance,
-                   "sampler_steps": args.steps, **summary_row(report), "config": kwargs | _hyper(args)}
+            row = {
+                "name": args.name,
+                "budget_cpu_min": budget,
+                "train_cpu_s": round(train_cpu, 1),
+                "epochs": epoch,
+                "steps": trainer.steps,
+                "loss": loss,
+                "guidance": guidance,
+                "sampler_steps": args.steps,
+                **summary_row(report),
+                "config": kwargs | _hyper(args),
+            }
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "config"}, default=float), flush=True)
             figures(judge, samples, folder, f"{budget}m_g{guidance:g}")
@@ -142,8 +166,12 @@ def judge_checkpoint(args: argparse.Namespace) -> None:
     for steps in args.steps:
         for guidance in args.guidance:
             report, samples = judge.judge(DiffusionSampler(model, steps, guidance), SEED + 1000)
-            row = {"name": f"{folder.name}:{Path(args.checkpoint).stem}", "guidance": guidance, "sampler_steps": steps,
-                   **summary_row(report)}
+            row = {
+                "name": f"{folder.name}:{Path(args.checkpoint).stem}",
+                "guidance": guidance,
+                "sampler_steps": steps,
+                **summary_row(report),
+            }
             rows.append(row)
             print(json.dumps(row, default=float), flush=True)
             figures(judge, samples, folder, f"{Path(args.checkpoint).stem}_s{steps}_g{guidance:g}")
@@ -152,7 +180,13 @@ def judge_checkpoint(args: argparse.Namespace) -> None:
 
 
 def _hyper(args: argparse.Namespace) -> dict:
-    return {"lr": args.lr, "batch": args.batch, "ema": args.ema, "label_dropout": args.label_dropout, "hflip": args.hflip}
+    return {
+        "lr": args.lr,
+        "batch": args.batch,
+        "ema": args.ema,
+        "label_dropout": args.label_dropout,
+        "hflip": args.hflip,
+    }
 
 
 def gan(args: argparse.Namespace) -> None:
@@ -173,8 +207,13 @@ def gan(args: argparse.Namespace) -> None:
         trainer.train_epoch(judge.x, judge.y)
     train_cpu = time.process_time() - started
     report, samples = judge.judge(trainer.sampler(), SEED + 1000)
-    row = {"name": args.name, "train_cpu_s": round(train_cpu, 1), "epochs": args.epochs, **summary_row(report),
-           "config": asdict(hyper)}
+    row = {
+        "name": args.name,
+        "train_cpu_s": round(train_cpu, 1),
+        "epochs": args.epochs,
+        **summary_row(report),
+        "config": asdict(hyper),
+    }
     print(json.dumps({k: v for k, v in row.items() if k != "config"}, default=float), flush=True)
     figures(judge, samples, folder, f"{args.epochs}ep")
     (folder / "results.json").write_text(json.dumps([row], indent=1, default=float))
@@ -195,8 +234,11 @@ def onnx(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     model, _ = load_model(args.checkpoint)
-    path = export_denoiser(model, Path(args.checkpoint).with_suffix(".onnx"),
-                           metadata={"default_steps": args.steps, "default_guidance": args.guidance})
+    path = export_denoiser(
+        model,
+        Path(args.checkpoint).with_suffix(".onnx"),
+        metadata={"default_steps": args.steps, "default_guidance": args.guidance},
+    )
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # as the service (MEDGEN_ORT_THREADS default)
     sess = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -204,8 +246,10 @@ def onnx(args: argparse.Namespace) -> None:
     noise = np.random.default_rng(0).standard_normal((args.n, 1, model.image_size, model.image_size)).astype(np.float32)
     labels = (np.arange(args.n) % model.n_classes).astype(np.int64)
     step = ddim.make_step(ddim.onnx_denoiser(sess), labels, meta, args.steps, args.guidance)
-    result = {"network": network_parity(sess, model),
-              "sampler": sampler_parity(step, model, labels, noise, args.steps, args.guidance)}
+    result = {
+        "network": network_parity(sess, model),
+        "sampler": sampler_parity(step, model, labels, noise, args.steps, args.guidance),
+    }
     times = []
     for seed in range(args.repeats):
         started = time.perf_counter()
@@ -213,15 +257,37 @@ def onnx(args: argparse.Namespace) -> None:
         times.append(time.perf_counter() - started)
     cpu = time.process_time()
     ddim.generate(sess, meta, label=0, n=args.n, seed=99)
-    result["generate"] = {"n": args.n, "steps": args.steps, "guidance": args.guidance, "p50_s": statistics.median(times),
-                          "max_s": max(times), "repeats": args.repeats, "cpu_s_one_call": time.process_time() - cpu}
+    result["generate"] = {
+        "n": args.n,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "p50_s": statistics.median(times),
+        "max_s": max(times),
+        "repeats": args.repeats,
+        "cpu_s_one_call": time.process_time() - cpu,
+    }
     print(json.dumps(result, indent=1))
 
 
 def table(_: argparse.Namespace) -> None:
     """Every results.json under reports/ddpm_study as one markdown table."""
-    cols = ("name", "budget_cpu_min", "epochs", "sampler_steps", "guidance", "fd_ratio", "c0_fd_ratio", "c1_fd_ratio", "kid_ratio",
-            "c2st_acc", "c0_c2st_acc", "precision", "recall", "memorization_share", "sample_cpu_s_per_image")
+    cols = (
+        "name",
+        "budget_cpu_min",
+        "epochs",
+        "sampler_steps",
+        "guidance",
+        "fd_ratio",
+        "c0_fd_ratio",
+        "c1_fd_ratio",
+        "kid_ratio",
+        "c2st_acc",
+        "c0_c2st_acc",
+        "precision",
+        "recall",
+        "memorization_share",
+        "sample_cpu_s_per_image",
+    )
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for path in sorted([*OUT.glob("*/results.json"), *OUT.glob("*/judge_*.json")]):
         for row in json.loads(path.read_text()):

@@ -58,7 +58,7 @@ def damage_zlib(src: Path, dst: Path) -> Path:
     raw = bytearray(dst.read_bytes())
     info = zipfile.ZipFile(dst).infolist()[0]
     start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
-    raw[start: start + 64] = bytes(64)
+    raw[start : start + 64] = bytes(64)
     dst.write_bytes(bytes(raw))
     return dst
 
@@ -89,8 +89,14 @@ def default_sigint() -> None:
 def signal_case(work: Path, sig: int) -> tuple[int, str, float]:
     """`medgen stage classify`, signalled while an Optuna trial runs; seconds from the signal to exit."""
     # a shell starts background jobs with SIGINT ignored; a terminal's foreground job has the default
-    child = subprocess.Popen([*MEDGEN, "stage", "classify"], cwd=work, env=env(), stderr=subprocess.PIPE, text=True,
-                             preexec_fn=default_sigint)
+    child = subprocess.Popen(
+        [*MEDGEN, "stage", "classify"],
+        cwd=work,
+        env=env(),
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
     db = work / "mlruns/optuna.db"
     while True:
         try:
@@ -113,6 +119,7 @@ def case(name: str, command: str):
     def register(fn):
         CASES[name] = (command, fn)
         return fn
+
     return register
 
 
@@ -183,12 +190,17 @@ def _(base):
 
 
 INFEASIBLE = (
-    ("represent.cv_folds", "200"), ("represent.grid_n", "100000"), ("generate.samples_per_class", "2000000000"),
-    ("generate.g_channels", "100000"), ("classify.device", "cuda"),
+    ("represent.cv_folds", "200"),
+    ("represent.grid_n", "100000"),
+    ("generate.samples_per_class", "2000000000"),
+    ("generate.g_channels", "100000"),
+    ("classify.device", "cuda"),
 )
 for _key, _value in INFEASIBLE:
+
     def _infeasible(base, key=_key, value=_value):
         return run(base, ["stage", key.split(".")[0], "-S", f"{key}={value}"])
+
     case(f"infeasible-{_key}", f"`medgen stage {_key.split('.')[0]} -S {_key}={_value}`")(_infeasible)
 
 

@@ -47,12 +47,14 @@ def read_probabilities(path: Path) -> tuple[np.ndarray, dict[str, dict[int, np.n
     return np.array([labels[i] for i in sorted(labels)]), by_arm
 
 
-def components(labels: np.ndarray, arm: dict[int, np.ndarray], base: dict[int, np.ndarray], metric: str,
-               n_boot: int) -> dict[str, float]:
+def components(
+    labels: np.ndarray, arm: dict[int, np.ndarray], base: dict[int, np.ndarray], metric: str, n_boot: int
+) -> dict[str, float]:
     """s2_seed, the shared test-sampling covariance c and the per-seed test-sampling variance v of d_s."""
     seeds = sorted(set(arm) & set(base))
     weights = stats.draw(labels, n_boot)  # the same resampled images for every seed
     full = np.ones((1, len(labels)))
+
     def diff(seed: int, w: np.ndarray) -> np.ndarray:
         scored = (stats.weighted_scores(labels, probs[seed], w)[metric] for probs in (arm, base))
         return next(scored) - next(scored)
@@ -61,12 +63,18 @@ def components(labels: np.ndarray, arm: dict[int, np.ndarray], base: dict[int, n
     boot = np.stack([diff(s, weights) for s in seeds], axis=1)  # (B, S)
     cov = np.cov(boot, rowvar=False)
     off = cov[~np.eye(len(seeds), dtype=bool)]
-    return {"seeds": len(seeds), "diff": float(np.mean(d)), "s2_seed": float(np.var(d, ddof=1)),
-            "c_test": float(off.mean()), "v_test": float(np.diag(cov).mean())}
+    return {
+        "seeds": len(seeds),
+        "diff": float(np.mean(d)),
+        "s2_seed": float(np.var(d, ddof=1)),
+        "c_test": float(off.mean()),
+        "v_test": float(np.diag(cov).mean()),
+    }
 
 
-def details_s2(path: Path, metric: str, baseline: str = "baseline",
-               skip: frozenset[str] = frozenset()) -> list[tuple[int, float]]:
+def details_s2(
+    path: Path, metric: str, baseline: str = "baseline", skip: frozenset[str] = frozenset()
+) -> list[tuple[int, float]]:
     """(degrees of freedom, s2_seed) of every arm vs baseline from per-seed test metrics (augment_details.json),
     except the arms in `skip` (already measured from probabilities: the same seeds would count twice)."""
     rows = json.loads(path.read_text())["per_seed"]
@@ -94,14 +102,22 @@ def detectable(s2_seed: float, c_test: float, n_seeds: int, alpha: float, power:
 
 def estimate(args: argparse.Namespace) -> dict:
     if not Path(args.probs).is_file():
-        sys.exit(f"power: error: {args.probs} not found: run the augment stage (`dvc repro augment`) or "
-                 "`scripts/power.py measure` first")
+        sys.exit(
+            f"power: error: {args.probs} not found: run the augment stage (`dvc repro augment`) or "
+            "`scripts/power.py measure` first"
+        )
     labels, arms = read_probabilities(Path(args.probs))
     if args.baseline not in arms or len(arms) < 2 or min(len(seeds) for seeds in arms.values()) < 2:
         sys.exit(f"power: error: {args.probs} needs arm {args.baseline!r} and another arm, each with >= 2 seeds")
     base = arms.pop(args.baseline)
-    report: dict = {"probs": args.probs, "test_images": len(labels), "alpha": args.alpha, "power": args.power,
-                    "family": args.family, "metrics": {}}
+    report: dict = {
+        "probs": args.probs,
+        "test_images": len(labels),
+        "alpha": args.alpha,
+        "power": args.power,
+        "family": args.family,
+        "metrics": {},
+    }
     for metric in METRICS:
         found = {arm: components(labels, probs, base, metric, args.n_boot) for arm, probs in arms.items()}
         pooled_df = [(f["seeds"] - 1, f["s2_seed"]) for f in found.values()]
@@ -110,24 +126,43 @@ def estimate(args: argparse.Namespace) -> dict:
         df = sum(k for k, _ in pooled_df)
         s2 = sum(k * v for k, v in pooled_df) / df
         c = float(np.mean([f["c_test"] for f in found.values()]))
-        table = {str(s): {"holm_worst": detectable(s2, c, s, args.alpha / args.family, args.power),
-                          "unadjusted": detectable(s2, c, s, args.alpha, args.power)} for s in args.seeds}
-        report["metrics"][metric] = {"by_arm": found, "s2_seed_pooled": s2, "s2_seed_df": df, "c_test": c,
-                                     "sd_seed": float(np.sqrt(s2)), "sd_test_floor": float(np.sqrt(max(c, 0.0))),
-                                     "detectable": table}
+        table = {
+            str(s): {
+                "holm_worst": detectable(s2, c, s, args.alpha / args.family, args.power),
+                "unadjusted": detectable(s2, c, s, args.alpha, args.power),
+            }
+            for s in args.seeds
+        }
+        report["metrics"][metric] = {
+            "by_arm": found,
+            "s2_seed_pooled": s2,
+            "s2_seed_df": df,
+            "c_test": c,
+            "sd_seed": float(np.sqrt(s2)),
+            "sd_test_floor": float(np.sqrt(max(c, 0.0))),
+            "detectable": table,
+        }
     return report
 
 
 def print_table(report: dict) -> None:
-    print(f"test images {report['test_images']}, alpha {report['alpha']}, power {report['power']}, "
-          f"Holm family {report['family']} (worst case alpha/{report['family']})")
-    print("| metric | seed sd of a paired diff | test-sampling floor (sd) | " + " | ".join(
-        f"{s} seeds" for s in report["metrics"][METRICS[0]]["detectable"]) + " |")
+    print(
+        f"test images {report['test_images']}, alpha {report['alpha']}, power {report['power']}, "
+        f"Holm family {report['family']} (worst case alpha/{report['family']})"
+    )
+    print(
+        "| metric | seed sd of a paired diff | test-sampling floor (sd) | "
+        + " | ".join(f"{s} seeds" for s in report["metrics"][METRICS[0]]["detectable"])
+        + " |"
+    )
     print("|---|---|---|" + "---|" * len(report["metrics"][METRICS[0]]["detectable"]))
     for metric, m in report["metrics"].items():
         cells = [f"{v['unadjusted']:.3f} ({v['holm_worst']:.3f})" for v in m["detectable"].values()]
-        print(f"| {metric} | {m['sd_seed']:.4f} (df {m['s2_seed_df']}) | {m['sd_test_floor']:.4f} | "
-              + " | ".join(cells) + " |")
+        print(
+            f"| {metric} | {m['sd_seed']:.4f} (df {m['s2_seed_df']}) | {m['sd_test_floor']:.4f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     print("cells: smallest difference detected with the stated power at alpha (and at the Holm worst case)")
 
 
@@ -151,15 +186,28 @@ def measure(args: argparse.Namespace) -> None:
         for seed in range(cfg.seed, cfg.seed + args.seeds):
             started = time.perf_counter()
             split = augment.arm_split(arm, train, synthetic, cfg.augment.ratio, seed)
-            model, _ = classification.fit_classifier(cfg.classify, split, dataset.val, dataset.n_classes, seed, device,
-                                               hparams, classic_augmentation="classic" in arm,
-                                               epochs=cfg.augment.epochs or None)
+            model, _ = classification.fit_classifier(
+                cfg.classify,
+                split,
+                dataset.val,
+                dataset.n_classes,
+                seed,
+                device,
+                hparams,
+                classic_augmentation="classic" in arm,
+                epochs=cfg.augment.epochs or None,
+            )
             probs = classification.predict_proba(model, dataset.test, device)
             test = classification_metrics(dataset.test.labels, probs)
-            print(f"{arm} seed {seed}: auc {test['auc']:.4f} balanced_acc {test['balanced_acc']:.4f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
-            rows += [[arm, seed, i, int(y), *[f"{p:.6f}" for p in row]]
-                     for i, (y, row) in enumerate(zip(dataset.test.labels, probs))]
+            print(
+                f"{arm} seed {seed}: auc {test['auc']:.4f} balanced_acc {test['balanced_acc']:.4f} "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
+            rows += [
+                [arm, seed, i, int(y), *[f"{p:.6f}" for p in row]]
+                for i, (y, row) in enumerate(zip(dataset.test.labels, probs))
+            ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
@@ -182,8 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     mea.add_argument("--params", default="params.yaml")
     mea.add_argument("--profile", default=None)
     mea.add_argument("-S", "--set", action="append", default=[], help="section.key=value override")
-    mea.add_argument("--hparams-from", default="metrics/classify_details.json",
-                     help="classify's chosen hyper-parameters (its details file)")
+    mea.add_argument(
+        "--hparams-from",
+        default="metrics/classify_details.json",
+        help="classify's chosen hyper-parameters (its details file)",
+    )
     mea.add_argument("--arms", nargs="+", default=["baseline", "classic"])
     mea.add_argument("--seeds", type=int, default=5)
     mea.add_argument("--out", default="reports/power_probs.csv")

@@ -49,8 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", default="smoke", help="profile written into the copies' params.yaml")
     parser.add_argument("--kill-at", default=DEFAULT_KILL_AT, help="regex on the pipeline's output: kill -9 there")
     parser.add_argument("--kill-count", type=int, default=2, help="kill at the n-th matching line (default 2)")
-    parser.add_argument("--serial", dest="parallel", action="store_false",
-                        help="run the killed-and-resumed copy after the others, not beside the first run")
+    parser.add_argument(
+        "--serial",
+        dest="parallel",
+        action="store_false",
+        help="run the killed-and-resumed copy after the others, not beside the first run",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per pipeline run")
     parser.add_argument("--workdir", default=None, help="where the copies go (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the copies (they are removed on success otherwise)")
@@ -59,8 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def checkout_files(root: Path) -> list[str]:
     """Tracked files plus untracked ones git does not ignore: what a clean clone of this working tree holds."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                         capture_output=True, check=True).stdout.decode()
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     return sorted({name for name in out.split("\0") if name and (root / name).is_file()})
 
 
@@ -86,21 +94,34 @@ def clean_copy(root: Path, dest: Path, profile: str) -> Path:
 
 def environment(copy: Path, run: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MEDGEN_")) or k == "MEDGEN_DATA_SOURCE"}
-    env.update(PYTHONPATH=str(copy / "src"), MEDGEN_PROGRESS="log", REPRO_CHECK_RUN=run, PYTHONUNBUFFERED="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    env.update(
+        PYTHONPATH=str(copy / "src"),
+        MEDGEN_PROGRESS="log",
+        REPRO_CHECK_RUN=run,
+        PYTHONUNBUFFERED="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
     return env
 
 
-def run_pipeline(command: str, copy: Path, run: str, timeout: float, kill_at: str | None = None,
-                 kill_count: int = 1) -> tuple[bool, float]:
+def run_pipeline(
+    command: str, copy: Path, run: str, timeout: float, kill_at: str | None = None, kill_count: int = 1
+) -> tuple[bool, float]:
     """Run `command` in `copy` in its own process group; with `kill_at`, SIGKILL the group at the
     `kill_count`-th output line matching it. Returns (killed, seconds). Output goes to copy/<run>.log."""
     started = time.monotonic()
     pattern = re.compile(kill_at) if kill_at else None
     matches = 0
     with open(copy / f"{run}.log", "ab") as log:
-        proc = subprocess.Popen(command, shell=True, cwd=copy, env=environment(copy, run), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            command,
+            shell=True,
+            cwd=copy,
+            env=environment(copy, run),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -121,8 +142,14 @@ def run_pipeline(command: str, copy: Path, run: str, timeout: float, kill_at: st
             raise
     if code != 0:
         tail = (copy / f"{run}.log").read_text(errors="replace").splitlines()[-40:]
-        sys.exit("\n".join([f"repro_check: {run}: `{command}` failed with exit code {code}; the end of "
-                             f"{copy / f'{run}.log'}:", *tail]))
+        sys.exit(
+            "\n".join(
+                [
+                    f"repro_check: {run}: `{command}` failed with exit code {code}; the end of {copy / f'{run}.log'}:",
+                    *tail,
+                ]
+            )
+        )
     return False, time.monotonic() - started
 
 
@@ -217,8 +244,10 @@ def killed_and_resumed(args: argparse.Namespace, copy: Path) -> float:
     """The pipeline killed (SIGKILL) at the --kill-count-th line matching --kill-at, then run again to the end."""
     killed, before = run_pipeline(args.pipeline, copy, "resumed", args.timeout, args.kill_at, args.kill_count)
     if not killed:
-        sys.exit(f"repro_check: the pipeline finished without printing {args.kill_count} line(s) matching "
-                 f"--kill-at {args.kill_at!r}")
+        sys.exit(
+            f"repro_check: the pipeline finished without printing {args.kill_count} line(s) matching "
+            f"--kill-at {args.kill_at!r}"
+        )
     print(f"repro_check: killed after {before:.0f} s; resuming", flush=True)
     _, after = run_pipeline(args.pipeline, copy, "resumed", args.timeout)
     return before + after
@@ -235,8 +264,9 @@ def again(args: argparse.Namespace, copy: Path, reference: Path) -> float:
     _, seconds = run_pipeline(args.pipeline, copy, "again", args.timeout)
     ran = [(copy / f"{run}.log").read_text(errors="replace").count("Running stage '") for run in ("first", "again")]
     if ran[1] < ran[0]:
-        sys.exit(f"repro_check: the again run ran {ran[1]} stages, the first {ran[0]}: outputs were restored, "
-                 "not recomputed")
+        sys.exit(
+            f"repro_check: the again run ran {ran[1]} stages, the first {ran[0]}: outputs were restored, not recomputed"
+        )
     return seconds
 
 
@@ -264,8 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     compare("resumed", first, snapshot(b), reference, b)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"repro_check: OK: same inputs, same outputs (first = again with mlruns/ kept = killed and resumed); "
-          f"{time.monotonic() - started:.0f} s")
+    print(
+        f"repro_check: OK: same inputs, same outputs (first = again with mlruns/ kept = killed and resumed); "
+        f"{time.monotonic() - started:.0f} s"
+    )
     return 0
 
 

@@ -74,12 +74,15 @@ class Connection:
 
 def request_head(payload: bytes, key: str | None) -> bytes:
     auth = f"Authorization: Bearer {key}\r\n" if key else ""
-    return (f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n{auth}"
-            f"Content-Length: {len(payload)}\r\n\r\n").encode()
+    return (
+        f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n{auth}"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode()
 
 
-async def drive(url: str, payload: bytes, keys: list[str], concurrency: int, seconds: float,
-                retry_wait: float | None) -> dict[str, Any]:
+async def drive(
+    url: str, payload: bytes, keys: list[str], concurrency: int, seconds: float, retry_wait: float | None
+) -> dict[str, Any]:
     """`concurrency` closed-loop clients (client i uses key i mod len(keys)); retry_wait None = honour Retry-After."""
     host, port = url.removeprefix("http://").split(":")
     admitted: list[float] = []
@@ -119,12 +122,19 @@ async def drive(url: str, payload: bytes, keys: list[str], concurrency: int, sec
     healthy = bench_healthy(url)
     total = sum(outcomes.values())
     other = {k: v for k, v in outcomes.items() if k not in ("200", "429", "503")}
-    return {"concurrency": concurrency, "seconds": round(wall, 1), "requests": total,
-            "admitted": len(admitted), "admitted_per_s": round(len(admitted) / wall, 1),
-            "admitted_latency": percentiles(admitted),
-            "refused_share": {s: round(outcomes[s] / total, 3) for s in ("429", "503") if total},
-            "refusal_latency": percentiles(refused), "other_outcomes": other, "first_errors": first_errors,
-            "healthy_after": healthy}
+    return {
+        "concurrency": concurrency,
+        "seconds": round(wall, 1),
+        "requests": total,
+        "admitted": len(admitted),
+        "admitted_per_s": round(len(admitted) / wall, 1),
+        "admitted_latency": percentiles(admitted),
+        "refused_share": {s: round(outcomes[s] / total, 3) for s in ("429", "503") if total},
+        "refusal_latency": percentiles(refused),
+        "other_outcomes": other,
+        "first_errors": first_errors,
+        "healthy_after": healthy,
+    }
 
 
 def bench_healthy(url: str) -> bool:
@@ -155,11 +165,19 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     capacity = report["capacity"]["admitted_per_s"]
     keys = [secrets.token_urlsafe(24) for _ in range(args.keys)]
     rate = max(0.5, args.load * capacity / args.keys)
-    report["rate_settings"] = {"keys": args.keys, "rate_per_s_per_key": round(rate, 2),
-                                   "burst": max(1, round(rate)), "sum_of_rates": round(rate * args.keys, 1),
-                                   "capacity_per_s": capacity}
-    process, url = serve(args.model_dir, MEDGEN_API_KEYS=",".join(keys), MEDGEN_RATE_PER_S=f"{rate:.3f}",
-                         MEDGEN_RATE_BURST=str(max(1, round(rate))))
+    report["rate_settings"] = {
+        "keys": args.keys,
+        "rate_per_s_per_key": round(rate, 2),
+        "burst": max(1, round(rate)),
+        "sum_of_rates": round(rate * args.keys, 1),
+        "capacity_per_s": capacity,
+    }
+    process, url = serve(
+        args.model_dir,
+        MEDGEN_API_KEYS=",".join(keys),
+        MEDGEN_RATE_PER_S=f"{rate:.3f}",
+        MEDGEN_RATE_BURST=str(max(1, round(rate))),
+    )
     try:
         for name, wait in (("polite", None), ("impatient", 0.01)):
             for concurrency in (32, 128):
@@ -183,8 +201,7 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
     p99_128 = {k: v["admitted_latency"]["p99_ms"] for k, v in runs.items() if v["concurrency"] == 128}
     return {
         "unloaded_p99_ms": reference,
-        "admitted_p99_at_128_within_2x_unloaded": {k: p is not None and p <= 2 * reference
-                                                   for k, p in p99_128.items()},
+        "admitted_p99_at_128_within_2x_unloaded": {k: p is not None and p <= 2 * reference for k, p in p99_128.items()},
         "refusals_within_100ms_p99": {k: (v["refusal_latency"]["p99_ms"] or 0) <= 100 for k, v in runs.items()},
         "no_other_outcomes": all(not v["other_outcomes"] for v in runs.values()),
         "healthy_after_every_run": all(v["healthy_after"] for v in runs.values()),
@@ -192,15 +209,20 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]) -> str:
-    rows = ["| run | clients | requests | admitted/s | admitted p50 / p99 ms | 429 share | 503 share "
-            "| refusal p99 ms | other |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| run | clients | requests | admitted/s | admitted p50 / p99 ms | 429 share | 503 share "
+        "| refusal p99 ms | other |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, run in report.items():
         if not isinstance(run, dict) or "admitted_latency" not in run:
             continue
         lat, share = run["admitted_latency"], run["refused_share"]
-        rows.append(f"| {name} | {run['concurrency']} | {run['requests']} | {run['admitted_per_s']} | "
-                    f"{lat['p50_ms']} / {lat['p99_ms']} | {share.get('429', 0)} | {share.get('503', 0)} | "
-                    f"{run['refusal_latency']['p99_ms']} | {run['other_outcomes'] or 0} |")
+        rows.append(
+            f"| {name} | {run['concurrency']} | {run['requests']} | {run['admitted_per_s']} | "
+            f"{lat['p50_ms']} / {lat['p99_ms']} | {share.get('429', 0)} | {share.get('503', 0)} | "
+            f"{run['refusal_latency']['p99_ms']} | {run['other_outcomes'] or 0} |"
+        )
     return "\n".join(rows)
 
 

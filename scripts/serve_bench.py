@@ -76,11 +76,29 @@ def start_server(model_dir: Path, batcher: str = "greedy", **extra: str) -> tupl
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "MEDGEN_MODEL_DIR": str(model_dir), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
-           "MEDGEN_BATCHER": batcher, "MEDGEN_RATE_PER_S": "0", "MEDGEN_MAX_INFLIGHT": "64", **extra}
-    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MedGen", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    env = {
+        **os.environ,
+        "MEDGEN_MODEL_DIR": str(model_dir),
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
+        "MEDGEN_BATCHER": batcher,
+        "MEDGEN_RATE_PER_S": "0",
+        "MEDGEN_MAX_INFLIGHT": "64",
+        **extra,
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:MedGen",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    process = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):  # at most ~90 s
         try:
@@ -106,8 +124,13 @@ def stop_server(process: subprocess.Popen) -> None:
 
 def summary(latencies: list[float], wall: float, images_per_request: int) -> dict[str, float]:
     ms = np.array(latencies) * 1000
-    return {"requests": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "throughput_images_per_s": len(ms) * images_per_request / wall, "wall_s": wall}
+    return {
+        "requests": len(ms),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "throughput_images_per_s": len(ms) * images_per_request / wall,
+        "wall_s": wall,
+    }
 
 
 def in_process(model_dir: Path, payloads: list[bytes], batch: int, max_s: float) -> dict[str, float]:
@@ -124,8 +147,14 @@ def in_process(model_dir: Path, payloads: list[bytes], batch: int, max_s: float)
     return summary(latencies, time.perf_counter() - start, batch)
 
 
-async def http_level(url: str, payloads: list[bytes], concurrency: int, max_s: float,
-                     content_type: str = "image/png", per_request: int = 1) -> dict[str, float]:
+async def http_level(
+    url: str,
+    payloads: list[bytes],
+    concurrency: int,
+    max_s: float,
+    content_type: str = "image/png",
+    per_request: int = 1,
+) -> dict[str, float]:
     """`concurrency` clients posting the payloads (one request each) until they or max_s run out."""
     import httpx
 
@@ -192,30 +221,49 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     process, url = start_server(args.model_dir, args.batcher)
     try:
         png_levels = {str(c): asyncio.run(http_level(url, pngs, c, args.max_seconds)) for c in (1, 8, 32)}
-        json_levels = {str(c): asyncio.run(http_level(url, batches, c, args.max_seconds, "application/json", 64))
-                       for c in (1, 8, 32)}
-        npy_levels = {str(c): asyncio.run(http_level(url, npys, c, args.max_seconds, "application/x-npy", 64))
-                      for c in (1, 8, 32)}
+        json_levels = {
+            str(c): asyncio.run(http_level(url, batches, c, args.max_seconds, "application/json", 64))
+            for c in (1, 8, 32)
+        }
+        npy_levels = {
+            str(c): asyncio.run(http_level(url, npys, c, args.max_seconds, "application/x-npy", 64)) for c in (1, 8, 32)
+        }
     finally:
         stop_server(process)
     ratio = with_ratio(png_levels, base_png)["32"]["ratio_http_over_in_process"]
     return {
-        "png_batch1": {"endpoint": "/classify, one 28x28 PNG per request", "in_process_onnxruntime": base_png,
-                       "http": png_levels},
-        "json_batch64": {"endpoint": "/classify, JSON batch of 64 arrays per request", "in_process_onnxruntime": base_64,
-                         "http": with_ratio(json_levels, base_64)},
-        "npy_batch64": {"endpoint": "/classify, .npy uint8 (64, 28, 28) per request", "in_process_onnxruntime": base_64,
-                        "http": with_ratio(npy_levels, base_64)},
+        "png_batch1": {
+            "endpoint": "/classify, one 28x28 PNG per request",
+            "in_process_onnxruntime": base_png,
+            "http": png_levels,
+        },
+        "json_batch64": {
+            "endpoint": "/classify, JSON batch of 64 arrays per request",
+            "in_process_onnxruntime": base_64,
+            "http": with_ratio(json_levels, base_64),
+        },
+        "npy_batch64": {
+            "endpoint": "/classify, .npy uint8 (64, 28, 28) per request",
+            "in_process_onnxruntime": base_64,
+            "http": with_ratio(npy_levels, base_64),
+        },
         "target": "http throughput at concurrency 32 >= 0.5 x in-process at the same batch size",
-        "ratio_at_32": {"png_batch1": ratio, "json_batch64": json_levels["32"]["ratio_http_over_in_process"],
-                        "npy_batch64": npy_levels["32"]["ratio_http_over_in_process"]},
-        "batcher": args.batcher, "machine": machine(),
+        "ratio_at_32": {
+            "png_batch1": ratio,
+            "json_batch64": json_levels["32"]["ratio_http_over_in_process"],
+            "npy_batch64": npy_levels["32"]["ratio_http_over_in_process"],
+        },
+        "batcher": args.batcher,
+        "machine": machine(),
     }
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
-            "note": "shared machine (other jobs ran at the same time); numbers are indicative"}
+    return {
+        "cpus": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+        "note": "shared machine (other jobs ran at the same time); numbers are indicative",
+    }
 
 
 def load_mix(images: np.ndarray) -> list[tuple[str, bytes, str, int]]:
@@ -263,16 +311,23 @@ async def load(url: str, mix: list[tuple[str, bytes, str, int]], concurrency: in
             if not ok and len(wrong) < 20:
                 wrong.append(f"{path} {content_type} {body[:40]!r} -> {status}")
 
-    async with httpx.AsyncClient(base_url=url, timeout=30,
-                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
         start = time.perf_counter()
         await asyncio.gather(*(worker(client, k) for k in range(concurrency)))
         wall = time.perf_counter() - start
         healthy = (await client.get("/healthz")).status_code == 200
     errors = sum(n for s, n in counts.items() if not s.isdigit() or s.startswith("5")) + len(wrong)
-    return {"seconds": wall, "concurrency": concurrency, "requests": sum(counts.values()),
-            "requests_per_s": sum(counts.values()) / wall, "status_counts": counts, "unexpected": wrong,
-            "errors": errors, "healthy_after": healthy, "machine": machine()}
+    return {
+        "seconds": wall,
+        "concurrency": concurrency,
+        "requests": sum(counts.values()),
+        "requests_per_s": sum(counts.values()) / wall,
+        "status_counts": counts,
+        "unexpected": wrong,
+        "errors": errors,
+        "healthy_after": healthy,
+        "machine": machine(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,8 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=20.0, help="bench: wall-clock cap per level")
     parser.add_argument("--seconds", type=float, default=60.0, help="load: duration")
     parser.add_argument("--concurrency", type=int, default=16, help="load: concurrent clients")
-    parser.add_argument("--batcher", choices=("greedy", "cork"), default="greedy",
-                        help="server-side batching: serving.batching.GreedyBatcher or BentoML's CorkDispatcher")
+    parser.add_argument(
+        "--batcher",
+        choices=("greedy", "cork"),
+        default="greedy",
+        help="server-side batching: serving.batching.GreedyBatcher or BentoML's CorkDispatcher",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.model_dir is None:

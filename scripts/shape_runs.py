@@ -59,13 +59,16 @@ def build(case: str, folder: Path) -> list[str]:
         size = int(case[4:])
         shutil.copy(source, folder / "breastmnist.npz")
         if size != 28:
-            np.savez(folder / f"breastmnist_{size}.npz",
-                     **{k: resized(v, size) if k.endswith("images") else v for k, v in arrays.items()})
+            np.savez(
+                folder / f"breastmnist_{size}.npz",
+                **{k: resized(v, size) if k.endswith("images") else v for k, v in arrays.items()},
+            )
         return [f"data.source={folder / 'breastmnist.npz'}", f"data.size={size}"]
     if case == "rgb28":
         tint = np.array([1.0, 0.8, 0.6])
-        rgb = {k: (v[..., None] * tint).round().astype(np.uint8) if k.endswith("images") else v
-               for k, v in arrays.items()}
+        rgb = {
+            k: (v[..., None] * tint).round().astype(np.uint8) if k.endswith("images") else v for k, v in arrays.items()
+        }
         np.savez(folder / "breastrgb.npz", **rgb)
         return ["data.flag=breastrgb", "data.n_classes=2", f"data.source={folder / 'breastrgb.npz'}"]
     from medgen.standin import skimage_patches, write_cifar10
@@ -82,8 +85,11 @@ def timed_stage(stage: str, cwd: Path, overrides: list[str], profile: str) -> di
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", done.stderr)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
     seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.group(1).split(":")))) if wall else None
-    row = {"seconds": round(seconds, 1) if seconds else None,
-           "peak_rss_mb": round(int(rss.group(1)) / 1024) if rss else None, "exit": done.returncode}
+    row = {
+        "seconds": round(seconds, 1) if seconds else None,
+        "peak_rss_mb": round(int(rss.group(1)) / 1024) if rss else None,
+        "exit": done.returncode,
+    }
     if done.returncode:
         row["error"] = [line for line in done.stderr.splitlines() if "error" in line.lower()][-1:]
     return row

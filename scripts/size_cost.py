@@ -66,8 +66,9 @@ def gan_epoch(cfg, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def ae_epoch(cfg, method: str, x: torch.Tensor) -> float:
     rc = cfg.represent
-    model = autoencoders.build(method, 64, image_size=x.shape[-1], channels=x.shape[1], dropout=rc.dropout,
-                               width=rc.width, beta=rc.beta)
+    model = autoencoders.build(
+        method, 64, image_size=x.shape[-1], channels=x.shape[1], dropout=rc.dropout, width=rc.width, beta=rc.beta
+    )
     latent.fit_autoencoder(model, x[:64], 1, 1e-3, rc.batch_size, 0)
     return timed(lambda: latent.fit_autoencoder(model, x, 1, 1e-3, rc.batch_size, 0))
 
@@ -81,9 +82,13 @@ def measure(cfg, channels: int, n: int) -> dict[str, float]:
     size = cfg.data.size
     torch.manual_seed(0)
     x, y = torch.rand(n, channels, size, size) * 2 - 1, torch.arange(n) % 2
-    row = {"size": size, "classify_stem": classification.resolve_stem(cfg.classify.stem, size),
-           "classify": classify_epoch(cfg, x, y, cfg.classify.stem), "gan": gan_epoch(cfg, x, y),
-           "feature_net": feature_epoch(cfg, x, y)}
+    row = {
+        "size": size,
+        "classify_stem": classification.resolve_stem(cfg.classify.stem, size),
+        "classify": classify_epoch(cfg, x, y, cfg.classify.stem),
+        "gan": gan_epoch(cfg, x, y),
+        "feature_net": feature_epoch(cfg, x, y),
+    }
     for method in autoencoders.METHODS:
         row[method] = ae_epoch(cfg, method, x)
     return row
@@ -121,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({profile: row}), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"images": args.images, "channels": args.channels, "threads": 1,
-                               "seconds_per_epoch": rows}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {"images": args.images, "channels": args.channels, "threads": 1, "seconds_per_epoch": rows}, indent=2
+        )
+        + "\n"
+    )
     return 0
 
 

@@ -87,8 +87,9 @@ def parse_json(body: bytes, max_depth: int, max_elements: int) -> Any:
     if depth > max_depth:
         raise BadInput(f"JSON nested {depth} levels deep; the limit is {max_depth} (MEDGEN_MAX_JSON_DEPTH)", 400)
     if elements > max_elements:
-        raise BadInput(f"JSON holds up to {elements} values; the limit is {max_elements} "
-                       "(MEDGEN_MAX_JSON_ELEMENTS)", 413)
+        raise BadInput(
+            f"JSON holds up to {elements} values; the limit is {max_elements} (MEDGEN_MAX_JSON_ELEMENTS)", 413
+        )
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError cannot happen below the depth cap

@@ -39,15 +39,24 @@ class Contract:
         """[C, S, S] from metadata `input_shape` (else [1, input_size, input_size]), checked against the
         graph's (batch, C, S, S) where the graph states them."""
         shape = metadata.get("input_shape") or [1, metadata.get("input_size"), metadata.get("input_size")]
-        ok = (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) for v in shape)
-              and shape[0] in CHANNELS and shape[1] == shape[2] and SIZES[0] <= shape[1] <= SIZES[1])
+        ok = (
+            isinstance(shape, list)
+            and len(shape) == 3
+            and all(isinstance(v, int) for v in shape)
+            and shape[0] in CHANNELS
+            and shape[1] == shape[2]
+            and SIZES[0] <= shape[1] <= SIZES[1]
+        )
         if not ok:
-            raise ModelError(f"{name}: metadata input shape {shape} is not [C, S, S] with C in {CHANNELS} "
-                             f"and S in {SIZES[0]}..{SIZES[1]}")
+            raise ModelError(
+                f"{name}: metadata input shape {shape} is not [C, S, S] with C in {CHANNELS} "
+                f"and S in {SIZES[0]}..{SIZES[1]}"
+            )
         stated = [d for d in graph_shape[1:]] if len(graph_shape) == 4 else None
         if stated is None or any(isinstance(g, int) and g != m for g, m in zip(stated, shape)):
-            raise ModelError(f"{name}: the ONNX graph takes {graph_shape}, "
-                             f"the metadata says [batch, {', '.join(map(str, shape))}]")
+            raise ModelError(
+                f"{name}: the ONNX graph takes {graph_shape}, the metadata says [batch, {', '.join(map(str, shape))}]"
+            )
         return cls(channels=shape[0], size=shape[1])
 
     @property
@@ -61,11 +70,15 @@ class Contract:
 
     def describe(self, max_batch: int, max_pixels: int) -> dict[str, Any]:
         """What /metadata states about this contract."""
-        return {"channels": self.channels, "size": self.size, "input_shape": [self.channels, self.size, self.size],
-                "image": f"PNG or JPEG of any size up to {max_pixels} pixels: converted to {self.mode} and resized "
-                         f"(bicubic) to {self.size}x{self.size}",
-                "array": f"JSON {{\"images\": ...}} or .npy uint8, shape {self.expected()}, values 0..255, "
-                         f"1 <= N <= {max_batch}"}
+        return {
+            "channels": self.channels,
+            "size": self.size,
+            "input_shape": [self.channels, self.size, self.size],
+            "image": f"PNG or JPEG of any size up to {max_pixels} pixels: converted to {self.mode} and resized "
+            f"(bicubic) to {self.size}x{self.size}",
+            "array": f'JSON {{"images": ...}} or .npy uint8, shape {self.expected()}, values 0..255, '
+            f"1 <= N <= {max_batch}",
+        }
 
     def to_nchw(self, array: np.ndarray, max_batch: int, what: str = "images") -> np.ndarray:
         """An array in any accepted layout -> (N, C, S, S); 422 naming the expected shape otherwise."""
@@ -77,8 +90,9 @@ class Contract:
         elif array.ndim == 4 and array.shape[1:] == (s, s, c):
             array = np.moveaxis(array, -1, 1)
         if array.ndim != 4 or array.shape[1:] != (c, s, s) or len(array) == 0:
-            raise BadInput(f"{what} has shape {list(array.shape)}; expected {self.expected()} "
-                           f"with 1 <= N <= {max_batch}", 422)
+            raise BadInput(
+                f"{what} has shape {list(array.shape)}; expected {self.expected()} with 1 <= N <= {max_batch}", 422
+            )
         if len(array) > max_batch:
             raise BadInput(f"{len(array)} images in one request; at most {max_batch} (MEDGEN_MAX_BATCH)", 413)
         return np.ascontiguousarray(array)
@@ -94,8 +108,10 @@ class Contract:
                 if image.format not in ("PNG", "JPEG"):
                     raise BadInput(f"image format {image.format} not accepted: send PNG or JPEG", status=415)
                 if image.width * image.height > max_pixels:
-                    raise BadInput(f"image is {image.width}x{image.height}; at most {max_pixels} pixels "
-                                   "(MEDGEN_MAX_IMAGE_PIXELS)", status=413)
+                    raise BadInput(
+                        f"image is {image.width}x{image.height}; at most {max_pixels} pixels (MEDGEN_MAX_IMAGE_PIXELS)",
+                        status=413,
+                    )
                 if image.mode.startswith("I;16"):  # 16-bit grey: scale to 8 bits (convert('L') would clip)
                     image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8))
                 resized = image.convert(self.mode).resize((self.size, self.size), Image.Resampling.BICUBIC)

@@ -18,7 +18,9 @@ import numpy as np
 Denoiser = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (x_t, t, labels) -> prediction
 
 
-def alphas_cumprod(train_timesteps: int, beta_schedule: str, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+def alphas_cumprod(
+    train_timesteps: int, beta_schedule: str, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> np.ndarray:
     """Cumulative products of (1 - beta_t), float32 (T,), for diffusers' three beta schedules."""
     if beta_schedule == "linear":
         betas = np.linspace(beta_start, beta_end, train_timesteps, dtype=np.float32)
@@ -77,8 +79,15 @@ def make_step(run: Denoiser, labels: np.ndarray, schedule: dict[str, Any], steps
     return step
 
 
-def sample(run: Denoiser, labels: np.ndarray, noise: np.ndarray, schedule: dict[str, Any], steps: int, guidance: float,
-           trace: list | None = None) -> np.ndarray:
+def sample(
+    run: Denoiser,
+    labels: np.ndarray,
+    noise: np.ndarray,
+    schedule: dict[str, Any],
+    steps: int,
+    guidance: float,
+    trace: list | None = None,
+) -> np.ndarray:
     """DDIM from noise float32 (N, C, H, W) for labels int64 (N,) -> float32 images in [-1, 1].
 
     When `trace` is a list, each step's (t, prediction, x_prev) is appended to it."""
@@ -101,13 +110,26 @@ def onnx_denoiser(session: Any) -> Denoiser:
     return run
 
 
-def generate(session: Any, metadata: dict[str, Any], label: int, n: int, seed: int, steps: int | None = None,
-             guidance: float | None = None) -> np.ndarray:
+def generate(
+    session: Any,
+    metadata: dict[str, Any],
+    label: int,
+    n: int,
+    seed: int,
+    steps: int | None = None,
+    guidance: float | None = None,
+) -> np.ndarray:
     """n images of class `label` as uint8 (n, H, W) (or (n, H, W, 3)); the starting noise is numpy's PCG64
     seeded by `seed`, so the same seed gives the same images wherever the same model runs."""
     channels, size = int(metadata["channels"]), int(metadata["image_size"])
     noise = np.random.default_rng(seed).standard_normal((n, channels, size, size)).astype(np.float32)
-    images = sample(onnx_denoiser(session), np.full(n, label, dtype=np.int64), noise, metadata,
-                    steps or int(metadata["default_steps"]), metadata["default_guidance"] if guidance is None else guidance)
+    images = sample(
+        onnx_denoiser(session),
+        np.full(n, label, dtype=np.int64),
+        noise,
+        metadata,
+        steps or int(metadata["default_steps"]),
+        metadata["default_guidance"] if guidance is None else guidance,
+    )
     pixels = np.round((images + 1.0) * 127.5).astype(np.uint8)
     return pixels[:, 0] if channels == 1 else pixels.transpose(0, 2, 3, 1)

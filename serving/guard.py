@@ -104,9 +104,15 @@ class Guard:
         if self.settings.rate_per_s > 0:
             wait = self._bucket(caller).take(self.clock())
             if wait > 0:
-                return self._refuse(caller, Refusal(429, f"rate limit: {self.settings.rate_per_s:g} requests/s, "
-                                                         f"bursts of {self.settings.rate_burst} (per caller)",
-                                                    {"Retry-After": str(max(1, math.ceil(wait)))}))
+                return self._refuse(
+                    caller,
+                    Refusal(
+                        429,
+                        f"rate limit: {self.settings.rate_per_s:g} requests/s, "
+                        f"bursts of {self.settings.rate_burst} (per caller)",
+                        {"Retry-After": str(max(1, math.ceil(wait)))},
+                    ),
+                )
         if compute and self.inflight >= self.settings.max_inflight:
             return self._refuse(caller, self._saturated())
         self.counts["admitted"] += 1
@@ -116,8 +122,9 @@ class Guard:
         return caller, None
 
     def _saturated(self) -> Refusal:
-        return Refusal(503, f"service saturated ({self.inflight} requests in progress): retry later",
-                       {"Retry-After": "1"})
+        return Refusal(
+            503, f"service saturated ({self.inflight} requests in progress): retry later", {"Retry-After": "1"}
+        )
 
     @contextmanager
     def slot(self, caller: str) -> Iterator[None]:

@@ -16,8 +16,10 @@ def array_batch(body: Any, contract: Contract, max_batch: int) -> np.ndarray:
     """Decoded JSON {"images": nested lists} -> uint8 (N, C, S, S) in any layout the contract accepts."""
     images = body.get("images") if isinstance(body, dict) else None
     if images is None:
-        raise BadInput(f'JSON body must be an object with "images": an array of shape {contract.expected()}, '
-                       "pixel values 0..255", 422)
+        raise BadInput(
+            f'JSON body must be an object with "images": an array of shape {contract.expected()}, pixel values 0..255',
+            422,
+        )
     try:
         array = np.asarray(images)
     except (ValueError, TypeError):

@@ -34,8 +34,9 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST_NAME
     if not path.is_file():
         what = "export folder not found" if not folder.is_dir() else "not found"
-        raise IntegrityError(f"{path}: {what} (run `medgen stage export` first; the service serves only what "
-                             "an export wrote and listed)")
+        raise IntegrityError(
+            f"{path}: {what} (run `medgen stage export` first; the service serves only what an export wrote and listed)"
+        )
     try:
         manifest = json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError):
@@ -57,8 +58,10 @@ def verified_bytes(folder: Path, name: str, manifest: dict[str, Any]) -> bytes:
     data = path.read_bytes()
     digest = sha256(data)
     if digest != entry["sha256"] or ("bytes" in entry and entry["bytes"] != len(data)):
-        raise IntegrityError(f"{path}: sha256 {digest[:12]}... differs from {MANIFEST_NAME} "
-                             f"({entry['sha256'][:12]}...): not the file export wrote ({REEXPORT})")
+        raise IntegrityError(
+            f"{path}: sha256 {digest[:12]}... differs from {MANIFEST_NAME} "
+            f"({entry['sha256'][:12]}...): not the file export wrote ({REEXPORT})"
+        )
     return data
 
 
@@ -73,5 +76,7 @@ def verify_all(folder: Path, manifest: dict[str, Any]) -> None:
 def summary(manifest: dict[str, Any]) -> dict[str, Any]:
     """What /metadata shows: hashes, code commit, params hash, registered versions."""
     keys = ("format", "code_commit", "code_dirty", "params_sha256", "registered", "medgen_version")
-    return {**{k: manifest[k] for k in keys if k in manifest},
-            "files": {n: e.get("sha256") for n, e in sorted(manifest["files"].items()) if isinstance(e, dict)}}
+    return {
+        **{k: manifest[k] for k in keys if k in manifest},
+        "files": {n: e.get("sha256") for n, e in sorted(manifest["files"].items()) if isinstance(e, dict)},
+    }

@@ -43,11 +43,31 @@ class Model:
     version: str = ""
 
     def info(self) -> dict[str, Any]:
-        keys = ("kind", "class_names", "input_size", "input_shape", "latent_dim", "normalisation", "inputs",
-                "outputs", "source_run_id", "export_run_id", "medgen_version", "registered", "parity", "opset")
-        return {"name": self.name, "source": self.source, "version": self.version, "sha256": self.sha256,
-                "channels": self.contract.channels, "size": self.contract.size,
-                **{k: self.metadata[k] for k in keys if k in self.metadata}}
+        keys = (
+            "kind",
+            "class_names",
+            "input_size",
+            "input_shape",
+            "latent_dim",
+            "normalisation",
+            "inputs",
+            "outputs",
+            "source_run_id",
+            "export_run_id",
+            "medgen_version",
+            "registered",
+            "parity",
+            "opset",
+        )
+        return {
+            "name": self.name,
+            "source": self.source,
+            "version": self.version,
+            "sha256": self.sha256,
+            "channels": self.contract.channels,
+            "size": self.contract.size,
+            **{k: self.metadata[k] for k in keys if k in self.metadata},
+        }
 
 
 @dataclass
@@ -69,8 +89,9 @@ def _session(model: bytes) -> Any:
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def build_model(name: str, onnx: bytes, metadata_json: bytes | None, where: str, source: str = "dir",
-                version: str = "") -> Model:
+def build_model(
+    name: str, onnx: bytes, metadata_json: bytes | None, where: str, source: str = "dir", version: str = ""
+) -> Model:
     """A Model from ONNX bytes and its metadata JSON (else the copy embedded in the ONNX metadata_props)."""
     try:
         session = _session(onnx)
@@ -96,8 +117,11 @@ def _from_dir(folder: Path) -> Served:
         meta = integrity.verified_bytes(folder, beside, manifest) if (folder / beside).exists() else None
         onnx = integrity.verified_bytes(folder, f"{name}.onnx", manifest)
         models[name] = build_model(name, onnx, meta, str(folder / f"{name}.onnx"))
-    card = {kind: integrity.verified_bytes(folder, file, manifest)
-            for kind, file in CARD_FILES.items() if (folder / file).exists()}
+    card = {
+        kind: integrity.verified_bytes(folder, file, manifest)
+        for kind, file in CARD_FILES.items()
+        if (folder / file).exists()
+    }
     return Served(models, manifest, card)
 
 
@@ -111,11 +135,15 @@ def _from_mlflow(name: str, alias: str) -> Model:
         version = mlflow.MlflowClient().get_model_version_by_alias(registry, alias).version
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{registry}@{alias}"))
     except ImportError:
-        raise ModelError(f"{MODEL_SOURCE_ENV}=mlflow needs the mlflow package (the serve image has none: "
-                         "mount an export folder instead)") from None
+        raise ModelError(
+            f"{MODEL_SOURCE_ENV}=mlflow needs the mlflow package (the serve image has none: "
+            "mount an export folder instead)"
+        ) from None
     except Exception as exc:  # MLflow raises its own types for a missing model, alias or server
-        raise ModelError(f"models:/{registry}@{alias}: not loadable from the MLflow registry "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+        raise ModelError(
+            f"models:/{registry}@{alias}: not loadable from the MLflow registry "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+        ) from None
     (onnx_file,) = sorted(local.rglob("*.onnx"))[:1] or [local / "model.onnx"]
     meta_files = sorted(local.rglob(f"{name}.json"))
     meta = meta_files[0].read_bytes() if meta_files else None

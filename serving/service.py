@@ -56,6 +56,7 @@ async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
 
 async def multipart_file(request: Request, body: bytes) -> bytes:
     """The first file of a multipart/form-data body (already read and size-checked)."""
+
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
 
@@ -71,7 +72,9 @@ async def multipart_file(request: Request, body: bytes) -> bytes:
 
 # One worker by default (the target machine has 2 cores: one for HTTP, one for onnxruntime).
 @bentoml.service(
-    name="medgen", workers=int(os.environ.get("MEDGEN_SERVE_WORKERS", 1)), traffic={"timeout": 60},
+    name="medgen",
+    workers=int(os.environ.get("MEDGEN_SERVE_WORKERS", 1)),
+    traffic={"timeout": 60},
     logging={"access": {"enabled": False}},  # a log line per request costs time on a 2-core machine
 )
 @bentoml.asgi_app(app, path="/")
@@ -92,8 +95,11 @@ class MedGen:
             from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
             dispatcher = CorkDispatcher(
-                max_latency_in_ms=int(os.environ.get("MEDGEN_MAX_LATENCY_MS", 10000)), max_batch_size=batch,
-                fallback=self._overloaded, get_batch_size=lambda x: x.shape[0], batch_dim=(0, 0),
+                max_latency_in_ms=int(os.environ.get("MEDGEN_MAX_LATENCY_MS", 10000)),
+                max_batch_size=batch,
+                fallback=self._overloaded,
+                get_batch_size=lambda x: x.shape[0],
+                batch_dim=(0, 0),
             )
             self.classify_batched = dispatcher(self._classify_batches)
         else:
@@ -112,8 +118,9 @@ class MedGen:
         probs = runtime.classify_probs(self.classifier, runtime.to_model_input(np.concatenate(batches)))
         return np.split(probs, np.cumsum([len(b) for b in batches])[:-1])
 
-    async def _guarded(self, request: Request, handler: Callable[[Request, str], Awaitable[Response]],
-                       compute: bool = True) -> Response:
+    async def _guarded(
+        self, request: Request, handler: Callable[[Request, str], Awaitable[Response]], compute: bool = True
+    ) -> Response:
         """Key, rate and saturation checks before the body is read; BadInput -> its 4xx."""
         client = request.client.host if request.client else "unknown"
         caller, refusal = self.guard.check(request.headers.get("authorization"), client, compute)
@@ -141,22 +148,36 @@ class MedGen:
         body = await read_body(request.stream(), request.headers.get("content-length"), self.settings.max_body_bytes)
         with self.guard.slot(caller):  # the body has arrived: parsing and inference hold a slot
             probs = await self.classify_batched(await self._images(request, body))
-        return JSONResponse({"predictions": runtime.predictions(self.classifier, probs),
-                             "class_names": self.classifier.metadata["class_names"],
-                             "model_version": self.classifier.version})
+        return JSONResponse(
+            {
+                "predictions": runtime.predictions(self.classifier, probs),
+                "class_names": self.classifier.metadata["class_names"],
+                "model_version": self.classifier.version,
+            }
+        )
 
     async def _generate(self, request: Request, caller: str) -> Response:
         s = self.settings
-        body = parse_json(await read_body(request.stream(), request.headers.get("content-length"), GENERATE_BODY_BYTES),
-                          s.max_json_depth, s.max_json_elements)
+        body = parse_json(
+            await read_body(request.stream(), request.headers.get("content-length"), GENERATE_BODY_BYTES),
+            s.max_json_depth,
+            s.max_json_elements,
+        )
         label, n, seed, fmt = inputs.generate_args(body, int(self.generator.metadata["n_classes"]), s.max_batch)
         seed = secrets.randbits(63) if seed is None else seed
         with self.guard.slot(caller):
             images = await run_in_threadpool(runtime.generate, self.generator, label, n, seed)
         contract = self.generator.contract
-        out: dict[str, Any] = {"label": label, "class_name": self.generator.metadata["class_names"][label], "n": n,
-                               "seed": seed, "format": fmt, "channels": contract.channels, "size": contract.size,
-                               "model_version": self.generator.version}
+        out: dict[str, Any] = {
+            "label": label,
+            "class_name": self.generator.metadata["class_names"][label],
+            "n": n,
+            "seed": seed,
+            "format": fmt,
+            "channels": contract.channels,
+            "size": contract.size,
+            "model_version": self.generator.version,
+        }
         if fmt == "png":
             out["png_base64"] = await run_in_threadpool(runtime.png_grid, images)
         else:
@@ -165,17 +186,23 @@ class MedGen:
 
     async def _metadata(self, _: Request, __: str) -> Response:
         s, classifier = self.settings, self.classifier
-        return JSONResponse({
-            "models": {name: model.info() for name, model in self.served.models.items()},
-            "manifest": startup.manifest_view(self.served),
-            "input_spec": {
-                "classify": classifier.contract.describe(s.max_batch, s.max_image_pixels),
-                "generate": {"label": f"0..{self.generator.metadata['n_classes'] - 1}", "n": f"1..{s.max_batch}",
-                             "seed": "optional integer >= 0", "format": ["png", "array"],
-                             "returns": [self.generator.contract.channels, *[self.generator.contract.size] * 2]},
-            },
-            "limits": s.public(),
-        })
+        return JSONResponse(
+            {
+                "models": {name: model.info() for name, model in self.served.models.items()},
+                "manifest": startup.manifest_view(self.served),
+                "input_spec": {
+                    "classify": classifier.contract.describe(s.max_batch, s.max_image_pixels),
+                    "generate": {
+                        "label": f"0..{self.generator.metadata['n_classes'] - 1}",
+                        "n": f"1..{s.max_batch}",
+                        "seed": "optional integer >= 0",
+                        "format": ["png", "array"],
+                        "returns": [self.generator.contract.channels, *[self.generator.contract.size] * 2],
+                    },
+                },
+                "limits": s.public(),
+            }
+        )
 
     async def _model_card(self, request: Request, _: str) -> Response:
         card = self.served.card

@@ -82,7 +82,8 @@ class Settings:
     def public(self) -> dict[str, object]:
         """The limits as /metadata shows them (no keys)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in DEFAULTS} | {
-            "auth": "bearer" if self.api_keys else "none"}
+            "auth": "bearer" if self.api_keys else "none"
+        }
 
 
 def _number(env: Mapping[str, str], key: str) -> int | float:
@@ -114,8 +115,10 @@ def _keys(env: Mapping[str, str]) -> tuple[str, ...]:
             raise SettingsError(f"MEDGEN_API_KEYS_FILE={path}: holds no key (one key a line)")
     for number, key in enumerate(keys, 1):  # the message names the key by position, never by value
         if len(key) < KEY_MIN_CHARS or any(c.isspace() or not c.isprintable() for c in key):
-            raise SettingsError(f"API key #{number} (id {key_id(key)}): needs >= {KEY_MIN_CHARS} printable characters "
-                                "without spaces (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+            raise SettingsError(
+                f"API key #{number} (id {key_id(key)}): needs >= {KEY_MIN_CHARS} printable characters "
+                "without spaces (python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
     return tuple(dict.fromkeys(keys))
 
 

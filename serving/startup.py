@@ -51,18 +51,27 @@ def check_bind(settings: Settings, host: str | None) -> str | None:
         return None
     where = host or "an unknown address"
     if not settings.allow_anonymous:
-        raise SettingsError(f"binding {where} without API keys: set MEDGEN_API_KEYS or MEDGEN_API_KEYS_FILE, or allow "
-                            "anonymous callers explicitly (medgen serve --allow-anonymous, MEDGEN_ALLOW_ANONYMOUS=1)")
-    return (f"medgen: warning: serving WITHOUT API keys on {where} (anonymous allowed): anyone who can reach this "
-            "port can call every endpoint")
+        raise SettingsError(
+            f"binding {where} without API keys: set MEDGEN_API_KEYS or MEDGEN_API_KEYS_FILE, or allow "
+            "anonymous callers explicitly (medgen serve --allow-anonymous, MEDGEN_ALLOW_ANONYMOUS=1)"
+        )
+    return (
+        f"medgen: warning: serving WITHOUT API keys on {where} (anonymous allowed): anyone who can reach this "
+        "port can call every endpoint"
+    )
 
 
 def describe(served: runtime.Served) -> str:
     manifest = served.manifest
-    models = ", ".join(f"{m.name} {m.contract.channels}x{m.contract.size}x{m.contract.size} sha256 {m.sha256[:12]}"
-                       for m in served.models.values())
-    proof = (f"verified against manifest.json (commit {str(manifest.get('code_commit', '?'))[:12]})" if manifest
-             else "from the MLflow registry (sha256 checked against each metadata JSON)")
+    models = ", ".join(
+        f"{m.name} {m.contract.channels}x{m.contract.size}x{m.contract.size} sha256 {m.sha256[:12]}"
+        for m in served.models.values()
+    )
+    proof = (
+        f"verified against manifest.json (commit {str(manifest.get('code_commit', '?'))[:12]})"
+        if manifest
+        else "from the MLflow registry (sha256 checked against each metadata JSON)"
+    )
     return f"medgen: serving {models}; {proof}"
 
 

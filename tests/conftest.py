@@ -12,7 +12,13 @@ import pytest
 from medgen.config import SOURCE_ENV, Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-_ENV_TO_CLEAR = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MEDGEN_OPTUNA_STORAGE", "MEDGEN_PARENT_RUN_ID", "MEDGEN_PROFILE")
+_ENV_TO_CLEAR = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_RUN_ID",
+    "MEDGEN_OPTUNA_STORAGE",
+    "MEDGEN_PARENT_RUN_ID",
+    "MEDGEN_PROFILE",
+)
 
 
 def real_npz() -> Path | None:
@@ -60,7 +66,9 @@ def smoke_cfg(workdir: Path, breastmnist_npz: Path):
     """Factory: the smoke profile pointed at the real BreastMNIST, plus any `section.key=value`."""
 
     def make(*overrides: str) -> Config:
-        return load_config(workdir / "params.yaml", profile="smoke", overrides=[f"data.source={breastmnist_npz}", *overrides])
+        return load_config(
+            workdir / "params.yaml", profile="smoke", overrides=[f"data.source={breastmnist_npz}", *overrides]
+        )
 
     return make
 

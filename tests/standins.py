@@ -32,25 +32,52 @@ def _recorded(profile: str | None) -> dict:
     return {"profile": profile} if profile else {}
 
 
-def save_classifier(path: str | Path, seed: int = 0, width: int = 16, images: torch.Tensor | None = None,
-                    channels: int = 1, size: int = 28, profile: str | None = None, metrics: dict | None = None) -> Path:
+def save_classifier(
+    path: str | Path,
+    seed: int = 0,
+    width: int = 16,
+    images: torch.Tensor | None = None,
+    channels: int = 1,
+    size: int = 28,
+    profile: str | None = None,
+    metrics: dict | None = None,
+) -> Path:
     torch.manual_seed(seed)
     kwargs = {"n_classes": 2, "width": width, "channels": channels, "image_size": size}
     model = ReferenceClassifier(**kwargs)
     _warm_batchnorm(model, images if images is not None else torch.rand(32, channels, size, size) * 2 - 1)
-    config = {"n_classes": 2, "class_names": CLASS_NAMES, "input_size": size, "input_shape": [channels, size, size],
-              "run_id": "", **_recorded(profile)}
+    config = {
+        "n_classes": 2,
+        "class_names": CLASS_NAMES,
+        "input_size": size,
+        "input_shape": [channels, size, size],
+        "run_id": "",
+        **_recorded(profile),
+    }
     return save_model(path, model, kwargs, config=config, metrics=metrics or {})
 
 
-def save_generator(path: str | Path, seed: int = 0, latent_dim: int = 16, width: int = 16, channels: int = 1,
-                   size: int = 28, profile: str | None = None, metrics: dict | None = None) -> Path:
+def save_generator(
+    path: str | Path,
+    seed: int = 0,
+    latent_dim: int = 16,
+    width: int = 16,
+    channels: int = 1,
+    size: int = 28,
+    profile: str | None = None,
+    metrics: dict | None = None,
+) -> Path:
     torch.manual_seed(seed)
     kwargs = {"latent_dim": latent_dim, "n_classes": 2, "width": width, "channels": channels, "image_size": size}
     model = ReferenceGenerator(**kwargs)
     _warm_batchnorm(model, torch.randn(32, latent_dim), torch.arange(32) % 2)
-    config = {"latent_dim": latent_dim, "n_classes": 2, "class_names": CLASS_NAMES,
-              "image_shape": [channels, size, size], **_recorded(profile)}
+    config = {
+        "latent_dim": latent_dim,
+        "n_classes": 2,
+        "class_names": CLASS_NAMES,
+        "image_shape": [channels, size, size],
+        **_recorded(profile),
+    }
     return save_model(path, model, kwargs, config=config, metrics=metrics or {})
 
 

@@ -23,8 +23,9 @@ IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"  # to
 
 
 # ---------------------------------------------------------------- model construction
-def build_model(cfg: ClassifyConfig, n_classes: int,
-                image_shape: tuple[int, int, int]) -> tuple[nn.Module, dict[str, Any]]:
+def build_model(
+    cfg: ClassifyConfig, n_classes: int, image_shape: tuple[int, int, int]
+) -> tuple[nn.Module, dict[str, Any]]:
     """The configured classifier for images (C, S, S) and its constructor kwargs (for save_model).
 
     The kwargs record the concrete stem (`classify.stem: auto` resolved for S) and the input channels.
@@ -32,34 +33,51 @@ def build_model(cfg: ClassifyConfig, n_classes: int,
     if cfg.pretrained == "encoder":
         return _encoder_model(cfg, n_classes, image_shape)
     channels, size, _ = image_shape
-    kwargs = {"n_classes": n_classes, "stem": resolve_stem(cfg.stem, size), "dropout": cfg.dropout, "init": cfg.init,
-              "in_channels": channels}
+    kwargs = {
+        "n_classes": n_classes,
+        "stem": resolve_stem(cfg.stem, size),
+        "dropout": cfg.dropout,
+        "init": cfg.init,
+        "in_channels": channels,
+    }
     model = ResNetClassifier(**kwargs)
     if cfg.pretrained == "imagenet":
         _load_imagenet(model)
     return model, kwargs
 
 
-def _encoder_model(cfg: ClassifyConfig, n_classes: int,
-                   image_shape: tuple[int, int, int]) -> tuple[nn.Module, dict[str, Any]]:
+def _encoder_model(
+    cfg: ClassifyConfig, n_classes: int, image_shape: tuple[int, int, int]
+) -> tuple[nn.Module, dict[str, Any]]:
     """Encoder weights from the represent stage's checkpoint, plus a fresh dropout + linear head."""
     path = Path(cfg.encoder_checkpoint)
     if not path.exists():
-        raise MedgenError(f"{path}: encoder checkpoint not found (run the represent stage, or set classify.pretrained=none)")
+        raise MedgenError(
+            f"{path}: encoder checkpoint not found (run the represent stage, or set classify.pretrained=none)"
+        )
     encoder, checkpoint = load_model(path)
     features = getattr(encoder, "out_features", None)
     recorded = (checkpoint.get("config") or {}).get("out_features", features)
     if not isinstance(features, int) or features != recorded:
-        raise MedgenError(f"{path}: encoder must expose int out_features matching its config (got {features!r}, {recorded!r})")
+        raise MedgenError(
+            f"{path}: encoder must expose int out_features matching its config (got {features!r}, {recorded!r})"
+        )
     spec = checkpoint["model"]
     # encoders take `channels` (default 1); size-bound ones (dense layers) also record `image_size`
     built_for = (int(spec["kwargs"].get("channels", 1)), int(spec["kwargs"].get("image_size", image_shape[1])))
     if built_for != tuple(image_shape[:2]):
         size = f" {spec['kwargs']['image_size']} px" if "image_size" in spec["kwargs"] else ""
-        raise MedgenError(f"{path}: encoder was trained on {built_for[0]}-channel{size} images, the data is "
-                          f"{image_shape[0]}-channel {image_shape[1]} px: rerun the represent stage")
-    kwargs = {"encoder_class": spec["class"], "encoder_kwargs": spec["kwargs"], "n_classes": n_classes,
-              "dropout": cfg.dropout, "init": cfg.init}
+        raise MedgenError(
+            f"{path}: encoder was trained on {built_for[0]}-channel{size} images, the data is "
+            f"{image_shape[0]}-channel {image_shape[1]} px: rerun the represent stage"
+        )
+    kwargs = {
+        "encoder_class": spec["class"],
+        "encoder_kwargs": spec["kwargs"],
+        "n_classes": n_classes,
+        "dropout": cfg.dropout,
+        "init": cfg.init,
+    }
     model = EncoderClassifier(**kwargs)
     model.backbone.load_state_dict(encoder.state_dict())
     return model, kwargs
@@ -88,8 +106,15 @@ def _load_imagenet(model: ResNetClassifier) -> None:
 
 # ---------------------------------------------------------------- data helpers
 def augmentation(cfg: ClassifyConfig, strength: float) -> ClassicAugmentation:
-    base = ClassicAugmentation(cfg.aug_flip, cfg.aug_rotation, cfg.aug_translate, cfg.aug_shear,
-                               cfg.aug_zoom, cfg.aug_brightness, cfg.aug_contrast)
+    base = ClassicAugmentation(
+        cfg.aug_flip,
+        cfg.aug_rotation,
+        cfg.aug_translate,
+        cfg.aug_shear,
+        cfg.aug_zoom,
+        cfg.aug_brightness,
+        cfg.aug_contrast,
+    )
     return base.scaled(strength)
 
 
@@ -136,10 +161,25 @@ class ClassifierSteps(Steps):
     loop's shuffle, so one generator fixes both. During the first `freeze` epochs only the head trains.
     """
 
-    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer, scheduler,
-                 loss_fn: nn.Module, augment: ClassicAugmentation | None, generator: torch.Generator | None,
-                 freeze: int = 0) -> None:
-        self.model, self.images, self.labels, self.optimizer, self.scheduler = model, images, labels, optimizer, scheduler
+    def __init__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        optimizer,
+        scheduler,
+        loss_fn: nn.Module,
+        augment: ClassicAugmentation | None,
+        generator: torch.Generator | None,
+        freeze: int = 0,
+    ) -> None:
+        self.model, self.images, self.labels, self.optimizer, self.scheduler = (
+            model,
+            images,
+            labels,
+            optimizer,
+            scheduler,
+        )
         self.loss_fn, self.augment, self.generator, self.freeze = loss_fn, augment, generator, freeze
 
     def start_epoch(self, epoch: int) -> None:
@@ -196,8 +236,15 @@ def _validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> d
 
 
 def fit_classifier(
-    cfg: ClassifyConfig, train: data.Split, val: data.Split, n_classes: int, seed: int, device: torch.device | str,
-    hparams: dict[str, float] | None = None, classic_augmentation: bool | None = None, epochs: int | None = None,
+    cfg: ClassifyConfig,
+    train: data.Split,
+    val: data.Split,
+    n_classes: int,
+    seed: int,
+    device: torch.device | str,
+    hparams: dict[str, float] | None = None,
+    classic_augmentation: bool | None = None,
+    epochs: int | None = None,
     trial: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a fresh classifier on `train` (uint8 images, so real and synthetic Splits concatenate), early-stopped
@@ -221,12 +268,24 @@ def fit_classifier(
     freeze = cfg.freeze_epochs if cfg.pretrained != "none" else 0
     steps = ClassifierSteps(model, x_train, y_train, optimizer, scheduler, loss_fn, augment, generator, freeze)
     # one-class validation: AUC undefined, scored -1 so any defined AUC later counts as better
-    loop = Loop(epochs, cfg.batch_size, f"fit seed {seed}", generator=generator, monitor="val_auc", worst=-1.0,
-                patience=cfg.patience, min_epochs=freeze, trial=trial, show=("val_auc",))
+    loop = Loop(
+        epochs,
+        cfg.batch_size,
+        f"fit seed {seed}",
+        generator=generator,
+        monitor="val_auc",
+        worst=-1.0,
+        patience=cfg.patience,
+        min_epochs=freeze,
+        trial=trial,
+        show=("val_auc",),
+    )
     fitted = fit(steps, len(y_train), loop, validate=lambda epoch: _validate(model, x_val, y_val), keep=model)
     _set_frozen(model, False)
-    history = {"rows": fitted.rows, "best_epoch": fitted.best_epoch, "best_val_auc": float(fitted.best),
-               "init_kwargs": init_kwargs}
+    history = {
+        "rows": fitted.rows,
+        "best_epoch": fitted.best_epoch,
+        "best_val_auc": float(fitted.best),
+        "init_kwargs": init_kwargs,
+    }
     return model.eval(), history
-
-

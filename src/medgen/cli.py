@@ -21,9 +21,16 @@ from medgen.errors import Interrupted, MedgenError
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
-    common.add_argument("--profile", default=None, help="profile from params.yaml (default: its `profile`, or $MEDGEN_PROFILE)")
     common.add_argument(
-        "-S", "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--profile", default=None, help="profile from params.yaml (default: its `profile`, or $MEDGEN_PROFILE)"
+    )
+    common.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override a parameter (repeatable; same syntax as `dvc exp run -S`)",
     )
     return common
@@ -38,20 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
     stage = sub.add_parser("stage", parents=[common], help="run one pipeline stage")
     stage.add_argument("name", help=f"one of: {', '.join(stages.STAGES)}")
     pipe = sub.add_parser("pipeline", parents=[common], help="run stages in order under one parent MLflow run")
-    pipe.add_argument("--only", nargs="+", default=None, metavar="STAGE", help="run just these stages (in pipeline order)")
+    pipe.add_argument(
+        "--only", nargs="+", default=None, metavar="STAGE", help="run just these stages (in pipeline order)"
+    )
     sub.add_parser("config", parents=[common], help="print the resolved configuration as JSON")
     sub.add_parser("stages", help="list the pipeline stages in order")
     serve = sub.add_parser("serve", parents=[common], help="start the BentoML service over the exported ONNX models")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a container)")
     serve.add_argument("--port", type=int, default=3000)
-    serve.add_argument("--source", choices=("dir", "mlflow"), default="dir",
-                       help="dir: export.out_dir; mlflow: models:/medgen-{classifier,generator}@<export.alias>")
-    serve.add_argument("--allow-anonymous", action="store_true",
-                       help="serve without API keys on a non-loopback address (keys: MEDGEN_API_KEYS[_FILE])")
+    serve.add_argument(
+        "--source",
+        choices=("dir", "mlflow"),
+        default="dir",
+        help="dir: export.out_dir; mlflow: models:/medgen-{classifier,generator}@<export.alias>",
+    )
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="serve without API keys on a non-loopback address (keys: MEDGEN_API_KEYS[_FILE])",
+    )
     promote = sub.add_parser("promote", parents=[common], help="point the champion alias at a version by hand")
     promote.add_argument("version", help="registered model version (e.g. 3)")
-    promote.add_argument("--model", default="medgen-classifier",
-                         help="medgen-classifier (default), medgen-classifier-augmented or medgen-generator")
+    promote.add_argument(
+        "--model",
+        default="medgen-classifier",
+        help="medgen-classifier (default), medgen-classifier-augmented or medgen-generator",
+    )
     return parser
 
 
@@ -96,13 +115,31 @@ def serve(cfg: Config, host: str, port: int, source: str, allow_anonymous: bool 
         raise MedgenError("run `medgen serve` from the repository root (where serving/service.py is)")
     from medgen import tracking
 
-    env = {**os.environ, "MEDGEN_MODEL_DIR": str(Path(cfg.export.out_dir).resolve()), "MEDGEN_MODEL_SOURCE": source,
-           "MEDGEN_MODEL_ALIAS": cfg.export.alias, "MLFLOW_TRACKING_URI": tracking.tracking_uri(cfg.tracking),
-           **cfg.serve.environment()}
+    env = {
+        **os.environ,
+        "MEDGEN_MODEL_DIR": str(Path(cfg.export.out_dir).resolve()),
+        "MEDGEN_MODEL_SOURCE": source,
+        "MEDGEN_MODEL_ALIAS": cfg.export.alias,
+        "MLFLOW_TRACKING_URI": tracking.tracking_uri(cfg.tracking),
+        **cfg.serve.environment(),
+    }
     if allow_anonymous:
         env["MEDGEN_ALLOW_ANONYMOUS"] = "1"
-    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MedGen", "--host", host, "--port", str(port),
-           "--working-dir", str(Path.cwd()), "--timeout-graceful-shutdown", "5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:MedGen",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--working-dir",
+        str(Path.cwd()),
+        "--timeout-graceful-shutdown",
+        "5",
+    ]
     return subprocess.run(cmd, env=env).returncode
 
 

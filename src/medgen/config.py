@@ -51,9 +51,12 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.flag) and self.flag.isidentifier(), "data.flag", f"must be a plain name, got {self.flag!r}")
-        _require(MIN_SIZE <= self.size <= MAX_SIZE and self.size % 4 == 0, "data.size",
-                 f"must be a side in {MIN_SIZE}..{MAX_SIZE} divisible by 4 (MedMNIST: 28, 64, 128, 224; "
-                 f"CIFAR-10: 32), got {self.size}")
+        _require(
+            MIN_SIZE <= self.size <= MAX_SIZE and self.size % 4 == 0,
+            "data.size",
+            f"must be a side in {MIN_SIZE}..{MAX_SIZE} divisible by 4 (MedMNIST: 28, 64, 128, 224; "
+            f"CIFAR-10: 32), got {self.size}",
+        )
         _require(self.n_classes == 0 or self.n_classes >= 2, "data.n_classes", "must be 0 (auto) or >= 2")
 
     @property
@@ -89,8 +92,11 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         _require(self.optuna_heartbeat_s >= 1, "tracking.optuna_heartbeat_s", "must be >= 1 (seconds)")
-        _require(self.optuna_grace_s > self.optuna_heartbeat_s, "tracking.optuna_grace_s",
-                 f"must be longer than tracking.optuna_heartbeat_s={self.optuna_heartbeat_s}")
+        _require(
+            self.optuna_grace_s > self.optuna_heartbeat_s,
+            "tracking.optuna_grace_s",
+            f"must be longer than tracking.optuna_heartbeat_s={self.optuna_heartbeat_s}",
+        )
 
 
 @dataclass(frozen=True)
@@ -152,13 +158,18 @@ class RepresentConfig:
         s = "represent"
         _require(len(self.methods) > 0, f"{s}.methods", f"is empty: choose from {', '.join(REPRESENT_METHODS)}")
         for m in self.methods:
-            _require(m in REPRESENT_METHODS, f"{s}.methods", f"unknown method {m!r} (known: {', '.join(REPRESENT_METHODS)})")
+            _require(
+                m in REPRESENT_METHODS, f"{s}.methods", f"unknown method {m!r} (known: {', '.join(REPRESENT_METHODS)})"
+            )
         _require(len(set(self.methods)) == len(self.methods), f"{s}.methods", "lists a method twice")
         _require(self.latent_dim_min >= 1, f"{s}.latent_dim_min", "must be >= 1")
         _require(self.k_min >= 1, f"{s}.k_min", "must be >= 1")
         _require(self.lr_min > 0, f"{s}.lr_min", "must be > 0 (lr is searched on a log scale)")
-        for name, low, high in (("latent_dim", self.latent_dim_min, self.latent_dim_max),
-                                ("k", self.k_min, self.k_max), ("lr", self.lr_min, self.lr_max)):
+        for name, low, high in (
+            ("latent_dim", self.latent_dim_min, self.latent_dim_max),
+            ("k", self.k_min, self.k_max),
+            ("lr", self.lr_min, self.lr_max),
+        ):
             _require(low <= high, f"{s}.{name}_min", f"search space is empty: {name}_min={low} > {name}_max={high}")
         _require(self.sampler in ("tpe", "random"), f"{s}.sampler", f"must be tpe or random, got {self.sampler!r}")
         _require(self.trials_classic >= 1 and self.trials_neural >= 1, f"{s}.trials_*", "must be >= 1")
@@ -170,7 +181,9 @@ class RepresentConfig:
         _require(self.beta > 0, f"{s}.beta", "must be > 0")
         _require(self.objective in ("balanced_acc", "auc"), f"{s}.objective", "must be balanced_acc or auc")
         _require(0 < self.prune_percentile < 100, f"{s}.prune_percentile", "must be in (0, 100)")
-        _require(self.explore_method in ("vae_dense", "vae_conv"), f"{s}.explore_method", "must be vae_dense or vae_conv")
+        _require(
+            self.explore_method in ("vae_dense", "vae_conv"), f"{s}.explore_method", "must be vae_dense or vae_conv"
+        )
         _require(self.grid_n >= 2 and self.grid_scale > 0, f"{s}.grid_n", "grid_n must be >= 2 and grid_scale > 0")
         _require(self.threads >= 1, f"{s}.threads", "must be >= 1")
         _require(1 <= self.n_recon <= 64, f"{s}.n_recon", "must be in 1..64")
@@ -202,9 +215,14 @@ class ExportConfig:
         _require(bool(self.out_dir), "export.out_dir", "must be a path")
         _require(11 <= self.opset <= 21, "export.opset", f"must be in 11..21, got {self.opset}")
         _require(0 < self.parity_tolerance <= 1e-2, "export.parity_tolerance", "must be in (0, 1e-2]")
-        _require(len(self.parity_batches) > 0 and all(1 <= b <= 512 for b in self.parity_batches),
-                 "export.parity_batches", "must be a non-empty list of sizes in 1..512")
+        _require(
+            len(self.parity_batches) > 0 and all(1 <= b <= 512 for b in self.parity_batches),
+            "export.parity_batches",
+            "must be a non-empty list of sizes in 1..512",
+        )
         _require(self.alias.isidentifier(), "export.alias", f"must be a plain name, got {self.alias!r}")
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Limits of the inference service; `medgen serve` passes them as MEDGEN_* variables (serving/settings.py
@@ -221,8 +239,15 @@ class ServeConfig:
     max_inflight: int = 8  # compute requests in progress per worker; more -> 503 + Retry-After at once
 
     def __post_init__(self) -> None:
-        for key, low in (("max_body_bytes", 1024), ("max_json_depth", 5), ("max_json_elements", 1024),
-                         ("max_image_pixels", 784), ("max_batch", 1), ("rate_burst", 1), ("max_inflight", 1)):
+        for key, low in (
+            ("max_body_bytes", 1024),
+            ("max_json_depth", 5),
+            ("max_json_elements", 1024),
+            ("max_image_pixels", 784),
+            ("max_batch", 1),
+            ("rate_burst", 1),
+            ("max_inflight", 1),
+        ):
             _require(getattr(self, key) >= low, f"serve.{key}", f"must be >= {low}, got {getattr(self, key)}")
         _require(self.rate_per_s >= 0, "serve.rate_per_s", "must be >= 0 (0 = no rate limit)")
 
@@ -283,11 +308,25 @@ class ClassifyConfig:
     plots_dir: str = "plots/classify"
 
     def __post_init__(self) -> None:
-        _require(self.stem in CLASSIFIER_STEMS, "classify.stem", f"must be one of {', '.join(CLASSIFIER_STEMS)}, got {self.stem!r}")
-        _require(self.init in CLASSIFIER_INITS, "classify.init", f"must be one of {', '.join(CLASSIFIER_INITS)}, got {self.init!r}")
-        _require(self.pretrained in ("none", "imagenet", "encoder"), "classify.pretrained", "must be none, imagenet or encoder")
+        _require(
+            self.stem in CLASSIFIER_STEMS,
+            "classify.stem",
+            f"must be one of {', '.join(CLASSIFIER_STEMS)}, got {self.stem!r}",
+        )
+        _require(
+            self.init in CLASSIFIER_INITS,
+            "classify.init",
+            f"must be one of {', '.join(CLASSIFIER_INITS)}, got {self.init!r}",
+        )
+        _require(
+            self.pretrained in ("none", "imagenet", "encoder"),
+            "classify.pretrained",
+            "must be none, imagenet or encoder",
+        )
         _require(0.0 <= self.dropout < 1.0, "classify.dropout", "must be in [0, 1)")
-        _require(self.epochs >= 1 and self.search_epochs >= 1, "classify.epochs", "epochs and search_epochs must be >= 1")
+        _require(
+            self.epochs >= 1 and self.search_epochs >= 1, "classify.epochs", "epochs and search_epochs must be >= 1"
+        )
         _require(self.patience >= 1, "classify.patience", "must be >= 1")
         _require(0 <= self.freeze_epochs < self.epochs, "classify.freeze_epochs", "must be in 0..epochs-1")
         _require(0.0 < self.unfreeze_lr_scale <= 1.0, "classify.unfreeze_lr_scale", "must be in (0, 1]")
@@ -297,12 +336,24 @@ class ClassifyConfig:
         _require(self.aug_strength >= 0, "classify.aug_strength", "must be >= 0")
         for key in ("aug_rotation", "aug_translate", "aug_shear", "aug_zoom", "aug_brightness", "aug_contrast"):
             _require(getattr(self, key) >= 0, f"classify.{key}", "must be >= 0 (0 switches it off)")
-        _require(self.aug_zoom < 1 and self.aug_contrast < 1, "classify.aug_zoom", "aug_zoom and aug_contrast must be < 1")
+        _require(
+            self.aug_zoom < 1 and self.aug_contrast < 1, "classify.aug_zoom", "aug_zoom and aug_contrast must be < 1"
+        )
         for key in ("lr_range", "weight_decay_range", "strength_range"):
             low_high = getattr(self, key)
-            _require(len(low_high) == 2 and 0 <= low_high[0] <= low_high[1], f"classify.{key}", "must be [low, high] with 0 <= low <= high")
-        _require(self.lr_range[0] > 0 and self.weight_decay_range[0] > 0, "classify.lr_range", "log-scale ranges need low > 0")
-        _require(self.n_trials >= 0, "classify.n_trials", "must be >= 0 (0 = no search, use lr/weight_decay/aug_strength)")
+            _require(
+                len(low_high) == 2 and 0 <= low_high[0] <= low_high[1],
+                f"classify.{key}",
+                "must be [low, high] with 0 <= low <= high",
+            )
+        _require(
+            self.lr_range[0] > 0 and self.weight_decay_range[0] > 0,
+            "classify.lr_range",
+            "log-scale ranges need low > 0",
+        )
+        _require(
+            self.n_trials >= 0, "classify.n_trials", "must be >= 0 (0 = no search, use lr/weight_decay/aug_strength)"
+        )
         _require(self.seeds >= 1, "classify.seeds", "must be >= 1")
         _require(self.threads >= 0, "classify.threads", "must be >= 0 (0 = torch's default)")
 
@@ -359,14 +410,38 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         k = "generate."
-        _require(self.variant in GAN_VARIANTS, k + "variant", f"must be one of {', '.join(GAN_VARIANTS)}, got {self.variant!r}")
+        _require(
+            self.variant in GAN_VARIANTS,
+            k + "variant",
+            f"must be one of {', '.join(GAN_VARIANTS)}, got {self.variant!r}",
+        )
         bad = [v for v in self.variants if v not in GAN_VARIANTS]
-        _require(bool(self.variants) and not bad, k + "variants", f"must be a non-empty subset of {', '.join(GAN_VARIANTS)}, got {list(self.variants)}")
-        for name in ("latent_dim", "g_channels", "d_channels", "embed_dim", "batch_size", "epochs", "search_epochs",
-                     "eval_every", "checkpoint_every", "n_critic", "feature_epochs", "feature_dim"):
+        _require(
+            bool(self.variants) and not bad,
+            k + "variants",
+            f"must be a non-empty subset of {', '.join(GAN_VARIANTS)}, got {list(self.variants)}",
+        )
+        for name in (
+            "latent_dim",
+            "g_channels",
+            "d_channels",
+            "embed_dim",
+            "batch_size",
+            "epochs",
+            "search_epochs",
+            "eval_every",
+            "checkpoint_every",
+            "n_critic",
+            "feature_epochs",
+            "feature_dim",
+        ):
             _require(getattr(self, name) >= 1, k + name, f"must be >= 1, got {getattr(self, name)}")
         _require(self.threads >= 1, k + "threads", f"must be >= 1, got {self.threads}")
-        _require(self.samples_per_class >= 1, k + "samples_per_class", f"must be >= 1 (samples per class), got {self.samples_per_class}")
+        _require(
+            self.samples_per_class >= 1,
+            k + "samples_per_class",
+            f"must be >= 1 (samples per class), got {self.samples_per_class}",
+        )
         _require(self.n_trials >= 0, k + "n_trials", "must be >= 0 (0 = no search, use lr_g/lr_d/beta1/variant)")
         _require(self.eval_samples >= 0, k + "eval_samples", "must be >= 0 (0 = size of the val split)")
         for name in ("lr_g", "lr_d", "lr_min", "lr_max"):
@@ -383,8 +458,11 @@ class GenerateConfig:
         _require(not unknown, k + "diffaug", f"unknown policy {unknown} (known: {', '.join(DIFFAUG_POLICIES)})")
         negative = [c for c in self.labels if c < 0]
         _require(not negative, k + "labels", f"class labels must be >= 0, got {list(self.labels)}")
-        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), k + "device",
-                 f"must be auto, cpu or cuda[:i], got {self.device!r}")
+        _require(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            k + "device",
+            f"must be auto, cpu or cuda[:i], got {self.device!r}",
+        )
 
 
 AUGMENT_ARMS = ("baseline", "classic", "synthetic", "classic+synthetic")
@@ -407,7 +485,11 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         unknown = [a for a in self.arms if a not in AUGMENT_ARMS]
         _require(not unknown, "augment.arms", f"unknown arm(s) {unknown} (known: {', '.join(AUGMENT_ARMS)})")
-        _require(len(self.arms) >= 2 and self.arms[0] == "baseline", "augment.arms", "must start with baseline and name one more arm")
+        _require(
+            len(self.arms) >= 2 and self.arms[0] == "baseline",
+            "augment.arms",
+            "must start with baseline and name one more arm",
+        )
         _require(len(set(self.arms)) == len(self.arms), "augment.arms", "arms must be distinct")
         _require(any("synthetic" in a for a in self.arms), "augment.arms", "name at least one synthetic arm")
         _require(self.seeds >= 2, "augment.seeds", "must be >= 2 (the comparison is paired over seeds)")
@@ -547,16 +629,18 @@ def read_params(path: str | Path) -> dict[str, Any]:
     return tree
 
 
-def build_config(
-    tree: dict[str, Any], profile: str | None = None, overrides: typing.Sequence[str] = ()
-) -> Config:
+def build_config(tree: dict[str, Any], profile: str | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Defaults <- params tree <- profile overrides <- command-line overrides, then validate."""
     tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
     profiles = tree.pop("profiles", {}) or {}
     _require(isinstance(profiles, dict), "profiles", "must be a mapping of profile name -> overrides")
     active = profile or os.environ.get(PROFILE_ENV) or tree.get("profile", "full")
     _require(isinstance(active, str), "profile", f"expected a name, got {active!r}")
-    _require(active == "full" or active in profiles, "profile", f"unknown profile {active!r} (known: full, {', '.join(profiles)})")
+    _require(
+        active == "full" or active in profiles,
+        "profile",
+        f"unknown profile {active!r} (known: full, {', '.join(profiles)})",
+    )
     for dotted, value in (profiles.get(active) or {}).items():
         _apply(tree, dotted, value)
     for text in overrides:
@@ -564,7 +648,9 @@ def build_config(
     tree["profile"] = active
     sections = _section_types()
     for key in tree:
-        _require(key in sections or key in _TOP_LEVEL, key, f"unknown key (known: {', '.join([*_TOP_LEVEL, *sections])})")
+        _require(
+            key in sections or key in _TOP_LEVEL, key, f"unknown key (known: {', '.join([*_TOP_LEVEL, *sections])})"
+        )
     seed = _coerce("seed", tree.get("seed", Config.seed), int)
     _require(seed >= 0, "seed", "must be >= 0")
     built = {name: _build_section(name, cls, tree.get(name) or {}) for name, cls in sections.items()}

@@ -87,11 +87,14 @@ def flag_info(cfg: DataConfig) -> FlagInfo:
     known = native.FLAGS.get(cfg.flag)
     if known is not None:
         if cfg.size != known.size:
-            raise ConfigError(f"data.size: {cfg.flag} images are {known.size}x{known.size}, got {cfg.size}; "
-                              f"set data.size={known.size}")
+            raise ConfigError(
+                f"data.size: {cfg.flag} images are {known.size}x{known.size}, got {cfg.size}; "
+                f"set data.size={known.size}"
+            )
         _check_n_classes(cfg, len(known.class_names))
-        return FlagInfo(len(known.class_names), known.class_names, known.channels,
-                        known.n_samples() if cfg.check_counts else None)
+        return FlagInfo(
+            len(known.class_names), known.class_names, known.channels, known.n_samples() if cfg.check_counts else None
+        )
     info = INFO.get(cfg.flag)
     if info is None:
         if cfg.n_classes == 0:
@@ -105,8 +108,9 @@ def flag_info(cfg: DataConfig) -> FlagInfo:
         raise ConfigError(f"data.size: MedMNIST ships {cfg.flag} at {sizes} px, got {cfg.size}")
     names = tuple(info["label"][str(i)] for i in range(len(info["label"])))
     _check_n_classes(cfg, len(names))
-    return FlagInfo(cfg.n_classes or len(names), names, info["n_channels"],
-                    dict(info["n_samples"]) if cfg.check_counts else None)
+    return FlagInfo(
+        cfg.n_classes or len(names), names, info["n_channels"], dict(info["n_samples"]) if cfg.check_counts else None
+    )
 
 
 def _check_n_classes(cfg: DataConfig, known: int) -> None:
@@ -165,8 +169,14 @@ def _metadata(arrays: dict[str, np.ndarray], where: str) -> dict[str, Any]:
     return parsed
 
 
-def validate_arrays(arrays: dict[str, np.ndarray], info: FlagInfo, size: int, flag: str, where: str,
-                    metadata: dict[str, Any] | None = None) -> Dataset:
+def validate_arrays(
+    arrays: dict[str, np.ndarray],
+    info: FlagInfo,
+    size: int,
+    flag: str,
+    where: str,
+    metadata: dict[str, Any] | None = None,
+) -> Dataset:
     """Check keys, dtypes, shapes, label range and split sizes; return labels flattened to (N,).
 
     `metadata` (else the arrays' own `metadata` entry) travels with the dataset into the prepared file.
@@ -268,8 +278,9 @@ def _from_source(cfg: DataConfig, source: Path, raw: Path) -> tuple[Path, str]:
     if source.is_dir():
         named = source / medmnist_file_name(cfg.flag, cfg.size)
         if not named.is_file():
-            raise DataError(f"local source folder {source} has no {named.name} "
-                            f"(MedMNIST's name for {cfg.flag} at {cfg.size} px)")
+            raise DataError(
+                f"local source folder {source} has no {named.name} (MedMNIST's name for {cfg.flag} at {cfg.size} px)"
+            )
         source = named
     elif not source.is_file():
         raise DataError(f"local source {str(source)!r} (data.source or ${SOURCE_ENV}) is not a file or folder")
@@ -278,8 +289,9 @@ def _from_source(cfg: DataConfig, source: Path, raw: Path) -> tuple[Path, str]:
         # e.g. breastmnist_64.npz beside breastmnist.npz
         sibling = source.parent / medmnist_file_name(cfg.flag, cfg.size)
         if not sibling.is_file():
-            raise DataError(f"{source} holds {held[1]} px images and there is no {sibling.name} beside it "
-                            f"for data.size={cfg.size}")
+            raise DataError(
+                f"{source} holds {held[1]} px images and there is no {sibling.name} beside it for data.size={cfg.size}"
+            )
         source = sibling
     load_npz(source, cfg)  # validate before anything lands in raw_dir
     atomic_copy(source, raw)

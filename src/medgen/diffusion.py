@@ -31,8 +31,9 @@ def noise_scheduler(model: ClassConditionalUNet):
     """diffusers' DDPMScheduler with the model's schedule: the forward process of training."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=model.train_timesteps, beta_schedule=model.beta_schedule,
-                         prediction_type=model.prediction)
+    return DDPMScheduler(
+        num_train_timesteps=model.train_timesteps, beta_schedule=model.beta_schedule, prediction_type=model.prediction
+    )
 
 
 def ddim_scheduler(model: ClassConditionalUNet, steps: int):
@@ -42,15 +43,20 @@ def ddim_scheduler(model: ClassConditionalUNet, steps: int):
     if not 1 <= steps <= model.train_timesteps:
         raise ValueError(f"sampler steps must be in 1..{model.train_timesteps}, got {steps}")
     scheduler = DDIMScheduler(
-        num_train_timesteps=model.train_timesteps, beta_schedule=model.beta_schedule, prediction_type=model.prediction,
-        clip_sample=True, set_alpha_to_one=True, timestep_spacing=TIMESTEP_SPACING,
+        num_train_timesteps=model.train_timesteps,
+        beta_schedule=model.beta_schedule,
+        prediction_type=model.prediction,
+        clip_sample=True,
+        set_alpha_to_one=True,
+        timestep_spacing=TIMESTEP_SPACING,
     )
     scheduler.set_timesteps(steps)
     return scheduler
 
 
-def diffusion_loss(model: ClassConditionalUNet, scheduler, x0: torch.Tensor, labels: torch.Tensor,
-                   label_dropout: float) -> torch.Tensor:
+def diffusion_loss(
+    model: ClassConditionalUNet, scheduler, x0: torch.Tensor, labels: torch.Tensor, label_dropout: float
+) -> torch.Tensor:
     """MSE of the denoiser's prediction on one batch x0 (N, C, H, W) in [-1, 1], labels (N,) int64.
 
     t ~ U{0..T-1}, eps ~ N(0, I) and the label drop come from torch's global RNG (seeded by set_seed).
@@ -65,8 +71,9 @@ def diffusion_loss(model: ClassConditionalUNet, scheduler, x0: torch.Tensor, lab
     return F.mse_loss(model(x_t, t, y), target)
 
 
-def guided_prediction(model: ClassConditionalUNet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
-                      guidance: float) -> torch.Tensor:
+def guided_prediction(
+    model: ClassConditionalUNet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance: float
+) -> torch.Tensor:
     """Classifier-free guided prediction at one step: x (N, C, H, W), t scalar, labels (N,) -> (N, C, H, W)."""
     n = len(x)
     if guidance == 1.0:
@@ -77,8 +84,14 @@ def guided_prediction(model: ClassConditionalUNet, x: torch.Tensor, t: torch.Ten
 
 
 @torch.no_grad()
-def ddim_sample(model: ClassConditionalUNet, labels: torch.Tensor, noise: torch.Tensor, steps: int = DEFAULT_STEPS,
-                guidance: float = DEFAULT_GUIDANCE, trace: list | None = None) -> torch.Tensor:
+def ddim_sample(
+    model: ClassConditionalUNet,
+    labels: torch.Tensor,
+    noise: torch.Tensor,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+    trace: list | None = None,
+) -> torch.Tensor:
     """DDIM from `noise` (N, C, H, W) for `labels` (N,) -> images (N, C, H, W) in [-1, 1].
 
     Deterministic (eta = 0): the same noise gives the same images. When `trace` is a list, each step's
@@ -122,8 +135,15 @@ class DiffusionSampler:
 class DiffusionTrainer:
     """A denoiser being trained: AdamW, an EMA copy (what is sampled and saved), the DDPM forward process."""
 
-    def __init__(self, model: ClassConditionalUNet, lr: float = 2e-4, ema_decay: float = 0.999,
-                 label_dropout: float = 0.1, hflip: bool = False, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: ClassConditionalUNet,
+        lr: float = 2e-4,
+        ema_decay: float = 0.999,
+        label_dropout: float = 0.1,
+        hflip: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
         self.model, self.ema_decay, self.label_dropout, self.hflip = model, ema_decay, label_dropout, hflip
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)

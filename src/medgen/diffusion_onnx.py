@@ -20,19 +20,32 @@ from medgen.models.diffusion import ClassConditionalUNet
 INPUTS, OUTPUTS = ("x_t", "t", "labels"), ("prediction",)
 
 
-def denoiser_metadata(model: ClassConditionalUNet, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE) -> dict[str, Any]:
+def denoiser_metadata(
+    model: ClassConditionalUNet, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE
+) -> dict[str, Any]:
     """What serving/ddim.py needs besides the graph: sizes, schedule, prediction type, sampler defaults."""
     return {
-        "kind": "denoiser", "n_classes": model.n_classes, "null_label": model.null_label, "channels": model.channels,
-        "image_size": model.image_size, "prediction": model.prediction, "train_timesteps": model.train_timesteps,
-        "beta_schedule": model.beta_schedule, "timestep_spacing": TIMESTEP_SPACING, "clip_sample": True, "eta": 0.0,
-        "default_steps": steps, "default_guidance": guidance,
+        "kind": "denoiser",
+        "n_classes": model.n_classes,
+        "null_label": model.null_label,
+        "channels": model.channels,
+        "image_size": model.image_size,
+        "prediction": model.prediction,
+        "train_timesteps": model.train_timesteps,
+        "beta_schedule": model.beta_schedule,
+        "timestep_spacing": TIMESTEP_SPACING,
+        "clip_sample": True,
+        "eta": 0.0,
+        "default_steps": steps,
+        "default_guidance": guidance,
         "inputs": {"x_t": "float32 (N, C, H, W)", "t": "int64 (N,)", "labels": "int64 (N,), n_classes = null"},
         "outputs": {"prediction": f"float32 (N, C, H, W): {model.prediction}"},
     }
 
 
-def example_inputs(model: ClassConditionalUNet, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def example_inputs(
+    model: ClassConditionalUNet, n: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x_t ~ N(0, I), timesteps spread over the schedule and labels cycling over classes + null, batch n."""
     rng = torch.Generator().manual_seed(seed)
     x = torch.randn(n, model.channels, model.image_size, model.image_size, generator=rng)
@@ -40,7 +53,9 @@ def example_inputs(model: ClassConditionalUNet, n: int, seed: int = 0) -> tuple[
     return x, t, torch.arange(n) % (model.n_classes + 1)
 
 
-def export_denoiser(model: ClassConditionalUNet, path: str | Path, opset: int = 17, metadata: dict[str, Any] | None = None) -> Path:
+def export_denoiser(
+    model: ClassConditionalUNet, path: str | Path, opset: int = 17, metadata: dict[str, Any] | None = None
+) -> Path:
     """Trace the denoiser (eval mode) to ONNX with a dynamic batch axis; onnx.checker runs on the result."""
     import warnings
 
@@ -58,8 +73,9 @@ def network_parity(session: Any, model: ClassConditionalUNet, sizes: tuple[int, 
     return onnx_export.max_abs_diff(session, model, batches)
 
 
-def sampler_parity(numpy_step, model: ClassConditionalUNet, labels: np.ndarray, noise: np.ndarray, steps: int,
-                   guidance: float) -> dict[str, float]:
+def sampler_parity(
+    numpy_step, model: ClassConditionalUNet, labels: np.ndarray, noise: np.ndarray, steps: int, guidance: float
+) -> dict[str, float]:
     """A numpy DDIM step (serving/ddim.py `make_step`, over onnxruntime) against medgen.diffusion.ddim_sample.
 
     The caller builds `numpy_step` (medgen never imports serving/). Per step, the numpy step gets the

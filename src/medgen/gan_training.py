@@ -46,23 +46,42 @@ class GanHyper:
 GREY_28 = (1, 28, 28)  # default image shape (C, S, S): BreastMNIST's
 
 
-def generator_kwargs(cfg: GenerateConfig, n_classes: int,
-                     image_shape: tuple[int, int, int] = GREY_28) -> dict[str, Any]:
+def generator_kwargs(
+    cfg: GenerateConfig, n_classes: int, image_shape: tuple[int, int, int] = GREY_28
+) -> dict[str, Any]:
     """Constructor kwargs of the Generator for images (C, S, S) (plain data: stored in the checkpoint by save_model)."""
     channels, size, _ = image_shape
-    return {"latent_dim": cfg.latent_dim, "n_classes": n_classes, "channels": cfg.g_channels,
-            "embed_dim": cfg.embed_dim, "image_size": size, "image_channels": channels}
+    return {
+        "latent_dim": cfg.latent_dim,
+        "n_classes": n_classes,
+        "channels": cfg.g_channels,
+        "embed_dim": cfg.embed_dim,
+        "image_size": size,
+        "image_channels": channels,
+    }
 
 
 class GanTrainer:
     """One conditional GAN being trained on images (C, S, S): G, D, the EMA generator and their optimisers."""
 
-    def __init__(self, cfg: GenerateConfig, hyper: GanHyper, n_classes: int, device: torch.device,
-                 image_shape: tuple[int, int, int] = GREY_28):
+    def __init__(
+        self,
+        cfg: GenerateConfig,
+        hyper: GanHyper,
+        n_classes: int,
+        device: torch.device,
+        image_shape: tuple[int, int, int] = GREY_28,
+    ):
         self.cfg, self.hyper, self.n_classes, self.device = cfg, hyper, n_classes, device
         self.g = Generator(**generator_kwargs(cfg, n_classes, image_shape)).to(device)
-        self.d = Discriminator(hyper.variant, n_classes, cfg.d_channels, cfg.spectral_norm,
-                               image_size=image_shape[1], image_channels=image_shape[0]).to(device)
+        self.d = Discriminator(
+            hyper.variant,
+            n_classes,
+            cfg.d_channels,
+            cfg.spectral_norm,
+            image_size=image_shape[1],
+            image_channels=image_shape[0],
+        ).to(device)
         self.ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         betas = (hyper.beta1, 0.999)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=hyper.lr_g, betas=betas)
@@ -96,7 +115,9 @@ class GanTrainer:
             loss = fake_logit.mean() - real_logit.mean() + self.cfg.gp_weight * self._gradient_penalty(real, fake, y)
         else:
             real_t, fake_t = self._targets(len(y))
-            loss = F.binary_cross_entropy_with_logits(real_logit, real_t) + F.binary_cross_entropy_with_logits(fake_logit, fake_t)
+            loss = F.binary_cross_entropy_with_logits(real_logit, real_t) + F.binary_cross_entropy_with_logits(
+                fake_logit, fake_t
+            )
             if real_cls is not None:  # acgan: D also learns to name the class of reals and fakes
                 loss = loss + F.cross_entropy(real_cls, y) + F.cross_entropy(fake_cls, y)
         self.opt_d.zero_grad(set_to_none=True)
@@ -170,8 +191,10 @@ class GanSteps(Steps):
 
     def end_epoch(self, epoch: int, steps: list[dict[str, float]]) -> dict[str, float]:
         losses_g = [s["loss_g"] for s in steps if "loss_g" in s]
-        losses = {"loss_d": float(np.mean([s["loss_d"] for s in steps])),
-                  "loss_g": float(np.mean(losses_g)) if losses_g else math.nan}
+        losses = {
+            "loss_d": float(np.mean([s["loss_d"] for s in steps])),
+            "loss_g": float(np.mean(losses_g)) if losses_g else math.nan,
+        }
         if self.prune_diverged and not math.isfinite(losses["loss_d"]):
             import optuna
 
@@ -201,13 +224,15 @@ class FeatureNetSteps(Steps):
         return {"loss": steps[-1]["loss"]}  # the last batch's loss: what the progress line shows
 
 
-def fit_feature_net(images: torch.Tensor, labels: torch.Tensor, n_classes: int, cfg: GenerateConfig,
-                    device: torch.device) -> FeatureNet:
+def fit_feature_net(
+    images: torch.Tensor, labels: torch.Tensor, n_classes: int, cfg: GenerateConfig, device: torch.device
+) -> FeatureNet:
     """Train the metric feature net on real images (N, C, S, S) with joint (class, rotation) targets."""
     net = FeatureNet(n_classes, feature_dim=cfg.feature_dim, in_channels=images.shape[1]).to(device)
     images, labels = images.to(device), labels.to(device)
-    loop = Loop(cfg.feature_epochs, 64, "metric feature net", device=device, min_batch=1, log_mlflow=False,
-                show=("loss",))
+    loop = Loop(
+        cfg.feature_epochs, 64, "metric feature net", device=device, min_batch=1, log_mlflow=False, show=("loss",)
+    )
     fit(FeatureNetSteps(net, images, labels), len(images), loop)
     return net.eval()
 

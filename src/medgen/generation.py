@@ -37,9 +37,12 @@ def prepare_real(cfg: Config, dataset: data.Dataset, device: torch.device) -> Re
     shape = {"n_classes": dataset.n_classes, "image_shape": list(dataset.image_shape)}
     save_checkpoint(cfg.generate.feature_checkpoint, net, config=asdict(cfg.generate) | shape, metrics={})
     heldout = data.Split(
-        np.concatenate([dataset.val.images, dataset.test.images]), np.concatenate([dataset.val.labels, dataset.test.labels])
+        np.concatenate([dataset.val.images, dataset.test.images]),
+        np.concatenate([dataset.val.labels, dataset.test.labels]),
     )
-    return Real(dataset, x, y, net, extract_features(net, x), heldout, extract_features(net, data.to_tensors(heldout)[0]))
+    return Real(
+        dataset, x, y, net, extract_features(net, x), heldout, extract_features(net, data.to_tensors(heldout)[0])
+    )
 
 
 def val_fd(generator: torch.nn.Module, real: Real, n: int, seed: int) -> float:
@@ -69,5 +72,3 @@ def evaluate(cfg: Config, generator: torch.nn.Module, real: Real) -> dict[str, A
         feats(like_train),
         seed=cfg.seed,
     )
-
-

@@ -123,5 +123,15 @@ def read_json(path: str | Path) -> Any:
     return json.loads(readable(path).read_text())
 
 
-__all__ = ["OutputError", "atomic_write_bytes", "copy_file", "output_files", "read_json", "readable",
-           "remove_output", "write_file", "write_json", "write_text"]
+__all__ = [
+    "OutputError",
+    "atomic_write_bytes",
+    "copy_file",
+    "output_files",
+    "read_json",
+    "readable",
+    "remove_output",
+    "write_file",
+    "write_json",
+    "write_text",
+]

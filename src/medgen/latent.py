@@ -44,7 +44,11 @@ def scores(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
         auc = float(roc_auc_score(y_true, proba[:, 1]))
     else:
         auc = float(roc_auc_score(y_true, proba, multi_class="ovr"))
-    return {"acc": float((pred == y_true).mean()), "balanced_acc": float(balanced_accuracy_score(y_true, pred)), "auc": auc}
+    return {
+        "acc": float((pred == y_true).mean()),
+        "balanced_acc": float(balanced_accuracy_score(y_true, pred)),
+        "auc": auc,
+    }
 
 
 def knn_scores(z_fit, y_fit, z_eval, y_eval, k: int, n_classes: int) -> dict[str, float]:
@@ -66,8 +70,9 @@ def cv_score(z: np.ndarray, y: np.ndarray, fold_list, k: int, n_classes: int, me
 TRANSFORM_CHUNK = 4096  # rows per transform call: Isomap holds a (rows, n_fitted) geodesic matrix per call
 
 
-def fit_embedding(method: str, x_fit: np.ndarray, n_components: int, seed: int, isomap_subset: int = 0,
-                  isomap_neighbors: int = 10) -> Callable[[np.ndarray], np.ndarray]:
+def fit_embedding(
+    method: str, x_fit: np.ndarray, n_components: int, seed: int, isomap_subset: int = 0, isomap_neighbors: int = 10
+) -> Callable[[np.ndarray], np.ndarray]:
     """Fit PCA or Isomap with n_components on x_fit (N, D); return transform: (M, D) -> (M, n_components).
 
     Both embeddings are nested: the first d components of an n_components fit equal a d-component fit
@@ -136,15 +141,30 @@ class AutoencoderSteps(Steps):
         return sums
 
 
-def fit_autoencoder(model: torch.nn.Module, x: torch.Tensor, epochs: int, lr: float, batch_size: int, seed: int,
-                    validate: Callable[[int], dict[str, float]] | None = None, monitor: str | None = None,
-                    trial: Any = None) -> Fitted:
+def fit_autoencoder(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    validate: Callable[[int], dict[str, float]] | None = None,
+    monitor: str | None = None,
+    trial: Any = None,
+) -> Fitted:
     """Adam on model.loss over shuffled mini-batches of x (N, C, S, S) for `epochs` epochs (medgen.training.fit).
 
     Rows hold the epoch's mean loss parts and, with `validate(epoch)`, its figures; `monitor` is reported to
     Optuna's `trial` (which may prune) and logged to MLflow with the rest. The shuffle is seeded by `seed`,
     so a refit with the same parameters repeats the trial.
     """
-    loop = Loop(epochs, batch_size, f"fit {type(model).__name__}", generator=torch.Generator().manual_seed(seed),
-                monitor=monitor, trial=trial, log_mlflow=validate is not None)
+    loop = Loop(
+        epochs,
+        batch_size,
+        f"fit {type(model).__name__}",
+        generator=torch.Generator().manual_seed(seed),
+        monitor=monitor,
+        trial=trial,
+        log_mlflow=validate is not None,
+    )
     return fit(AutoencoderSteps(model, x, lr), len(x), loop, validate=validate)

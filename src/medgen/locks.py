@@ -80,8 +80,10 @@ class StageLock:
         if not self.acquire():
             who = holder(self.path)
             first = describe(who) if who else "another process"
-            raise LockedError(f"stage {self.stage} is already running in this checkout ({first}; lock {self.path}); "
-                              "wait for it to finish or stop it")
+            raise LockedError(
+                f"stage {self.stage} is already running in this checkout ({first}; lock {self.path}); "
+                "wait for it to finish or stop it"
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:

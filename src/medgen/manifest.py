@@ -44,12 +44,17 @@ def code_state() -> tuple[str, bool]:
     outside git."""
     try:
         # git from PATH with fixed arguments: nothing from a user reaches the command line
-        head = subprocess.run(["git", "log", "-1", "--format=%H", "--", *CODE_PATHS],
-                              capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "log", "-1", "--format=%H", "--", *CODE_PATHS], capture_output=True, text=True, timeout=10
+        )
         if head.returncode != 0 or not head.stdout.strip():
             return "unknown", False
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
-                                capture_output=True, text=True, timeout=30)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return head.stdout.strip(), bool(status.stdout.strip())
     except (OSError, subprocess.TimeoutExpired):
         return "unknown", False
@@ -79,8 +84,11 @@ def registered_models(files: list[Path]) -> dict[str, Any]:
 def build(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
     """The manifest of the files now in `out_dir` (hidden and temporary files excluded)."""
     # output_files: inside a running stage the new files are still staged (medgen.outputs)
-    files = [p for p in output_files(out_dir, "*") if p.name != MANIFEST_NAME
-             and not p.name.startswith(".") and not p.name.endswith(".part")]
+    files = [
+        p
+        for p in output_files(out_dir, "*")
+        if p.name != MANIFEST_NAME and not p.name.startswith(".") and not p.name.endswith(".part")
+    ]
     commit, dirty = code_state()
     return {
         "format": FORMAT,

@@ -55,15 +55,23 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, f
 def report(labels: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]) -> dict[str, Any]:
     """sklearn's classification report as a dict (per class precision/recall/f1/support + averages)."""
     return skm.classification_report(
-        labels, probs.argmax(axis=1), labels=list(range(len(class_names))), target_names=list(class_names),
-        output_dict=True, zero_division=0,
+        labels,
+        probs.argmax(axis=1),
+        labels=list(range(len(class_names))),
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
     )
 
 
 def report_text(labels: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]) -> str:
     return skm.classification_report(
-        labels, probs.argmax(axis=1), labels=list(range(len(class_names))), target_names=list(class_names),
-        digits=4, zero_division=0,
+        labels,
+        probs.argmax(axis=1),
+        labels=list(range(len(class_names))),
+        target_names=list(class_names),
+        digits=4,
+        zero_division=0,
     )
 
 
@@ -130,7 +138,9 @@ def c2st_accuracy(real: np.ndarray, synthetic: np.ndarray, seed: int = 0, folds:
     n = min(len(real), len(synthetic))
     if n < folds:
         raise ValueError(f"c2st needs at least {folds} samples per side, got {n}")
-    x = np.concatenate([real[rng.choice(len(real), n, replace=False)], synthetic[rng.choice(len(synthetic), n, replace=False)]])
+    x = np.concatenate(
+        [real[rng.choice(len(real), n, replace=False)], synthetic[rng.choice(len(synthetic), n, replace=False)]]
+    )
     y = np.repeat([0, 1], n)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -180,7 +190,9 @@ def generation_quality(
 # --- generation: ratios to the real-vs-real yardstick, fidelity/diversity, memorisation -----------------
 
 
-def kid_stats(a: np.ndarray, b: np.ndarray, n_subsets: int = 50, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
+def kid_stats(
+    a: np.ndarray, b: np.ndarray, n_subsets: int = 50, subset_size: int = 100, seed: int = 0
+) -> tuple[float, float]:
     """KID as `kid` (same subsets for the same seed) plus the standard error of its mean over subsets."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     _check_features(a, b)
@@ -244,7 +256,9 @@ def flat_pixels(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, dtype=np.float64).reshape(len(images), -1) / 255.0
 
 
-def memorization(train: np.ndarray, heldout: np.ndarray, synthetic: np.ndarray, quantile: float = 0.05) -> dict[str, float]:
+def memorization(
+    train: np.ndarray, heldout: np.ndarray, synthetic: np.ndarray, quantile: float = 0.05
+) -> dict[str, float]:
     """Share of synthetic samples closer to their nearest training sample than real unseen images are.
 
     train (N, D), heldout (M, D) and synthetic (S, D) in one space (medgen uses pixels, `flat_pixels`).
@@ -298,7 +312,14 @@ def generation_report(
     (ref, ref_y), (held, held_y), (syn, syn_y), (c2s, c2s_y) = train, heldout, synthetic, c2st_synthetic
     report = generation_quality(train, heldout, synthetic, c2s, seed=seed)
     px_train, px_held, px_syn = (flat_pixels(p) for p in pixels)
-    groups = {"all": (np.ones(len(ref_y), bool), np.ones(len(held_y), bool), np.ones(len(syn_y), bool), np.ones(len(c2s_y), bool))}
+    groups = {
+        "all": (
+            np.ones(len(ref_y), bool),
+            np.ones(len(held_y), bool),
+            np.ones(len(syn_y), bool),
+            np.ones(len(c2s_y), bool),
+        )
+    }
     groups |= {str(int(c)): (ref_y == c, held_y == c, syn_y == c, c2s_y == c) for c in np.unique(ref_y)}
     for name, (r, h, s, c) in groups.items():
         target = report if name == "all" else report["per_class"].get(name)

@@ -95,10 +95,19 @@ def _unpickle(path: Path) -> dict[str, Any]:
         if "refused global" in str(exc):
             raise DataError(f"{path}: not a CIFAR-10 batch ({exc})") from None
         raise DataError(f"{path}: not a readable CIFAR-10 batch (truncated or corrupt: {exc})") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError,
-            UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CIFAR-10 batch "
-                        f"(truncated or corrupt: {type(exc).__name__}: {exc})") from None
+    except (
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        UnicodeDecodeError,
+    ) as exc:
+        raise DataError(
+            f"{path}: not a readable CIFAR-10 batch (truncated or corrupt: {type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: not a CIFAR-10 batch (a {type(obj).__name__}, expected a dict)")
     return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
@@ -135,8 +144,10 @@ def read_cifar10(folder: Path) -> dict[str, np.ndarray]:
     where = _cifar_folder(folder)
     missing = [n for n in (*CIFAR_TRAIN, "test_batch") if not (where / n).is_file()]
     if missing:
-        raise DataError(f"{where}: missing CIFAR-10 file(s) {', '.join(missing)} (expected the python version's "
-                        f"{CIFAR_DIR}/ folder)")
+        raise DataError(
+            f"{where}: missing CIFAR-10 file(s) {', '.join(missing)} (expected the python version's "
+            f"{CIFAR_DIR}/ folder)"
+        )
     meta = where / "batches.meta"
     if meta.is_file():  # optional, but when present it must name CIFAR-10's classes (not CIFAR-100's)
         names = _unpickle(meta).get("label_names")
@@ -145,16 +156,33 @@ def read_cifar10(folder: Path) -> dict[str, np.ndarray]:
             raise DataError(f"{meta}: label_names {names} are not CIFAR-10's {list(CIFAR_NAMES)}")
     parts = [_cifar_batch(where / n) for n in CIFAR_TRAIN]
     test_images, test_labels = _cifar_batch(where / "test_batch")
-    return {"train_images": np.concatenate([p[0] for p in parts]),
-            "train_labels": np.concatenate([p[1] for p in parts]),
-            "test_images": test_images, "test_labels": test_labels}
+    return {
+        "train_images": np.concatenate([p[0] for p in parts]),
+        "train_labels": np.concatenate([p[1] for p in parts]),
+        "test_images": test_images,
+        "test_labels": test_labels,
+    }
 
 
 # ------------------------------------------------------------------------------------- Fashion-MNIST
-FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                 "Ankle boot")
-FASHION_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-                 "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+FASHION_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
 FASHION_SIDE = 28
 _IDX_UBYTE = 0x08
 
@@ -177,16 +205,20 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     """An idx ubyte file (.gz, or uncompressed without the suffix) with `ndim` dimensions -> uint8 array."""
     raw = _read_gz(path) if path.suffix == ".gz" else path.read_bytes()
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != _IDX_UBYTE or raw[3] != ndim:
-        raise DataError(f"{path}: not an idx ubyte file with {ndim} dimension(s) (magic {raw[:4].hex() or 'missing'}, "
-                        f"expected 0000080{ndim})")
+        raise DataError(
+            f"{path}: not an idx ubyte file with {ndim} dimension(s) (magic {raw[:4].hex() or 'missing'}, "
+            f"expected 0000080{ndim})"
+        )
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path}: idx header cut short ({len(raw)} bytes; truncated)")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(dims))
     if len(raw) - header != expected:
-        raise DataError(f"{path}: idx payload has {len(raw) - header} bytes, its header {dims} promises {expected} "
-                        "(truncated or corrupt)")
+        raise DataError(
+            f"{path}: idx payload has {len(raw) - header} bytes, its header {dims} promises {expected} "
+            "(truncated or corrupt)"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
@@ -194,8 +226,10 @@ def _fashion_file(where: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
         if (where / name).is_file():
             return where / name
-    raise DataError(f"{where}: missing Fashion-MNIST file {stem}.gz (expected the four idx files, or "
-                    "torchvision's FashionMNIST/raw/ folder)")
+    raise DataError(
+        f"{where}: missing Fashion-MNIST file {stem}.gz (expected the four idx files, or "
+        "torchvision's FashionMNIST/raw/ folder)"
+    )
 
 
 def read_fashionmnist(folder: Path) -> dict[str, np.ndarray]:
@@ -240,15 +274,21 @@ def carve_val(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int
         chosen.append(rng.choice(index, size=take, replace=False))
     val = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
     keep = np.setdiff1d(np.arange(len(labels)), val)
-    summary = {"method": "stratified per class, round(fraction * class count), numpy default_rng(seed).choice",
-               "seed": seed, "fraction": fraction, "n_train": int(len(keep)), "n_val": int(len(val))}
+    summary = {
+        "method": "stratified per class, round(fraction * class count), numpy default_rng(seed).choice",
+        "seed": seed,
+        "fraction": fraction,
+        "n_train": int(len(keep)),
+        "n_val": int(len(val)),
+    }
     return images[keep], labels[keep], images[val], labels[val], summary
 
 
 FLAGS: dict[str, NativeFlag] = {
     "cifar10": NativeFlag("cifar10", CIFAR_NAMES, 3, CIFAR_SIDE, 50_000, 10_000, 5_000, "CIFAR10", read_cifar10),
-    "fashionmnist": NativeFlag("fashionmnist", FASHION_NAMES, 1, FASHION_SIDE, 60_000, 10_000, 5_000, "FashionMNIST",
-                               read_fashionmnist),
+    "fashionmnist": NativeFlag(
+        "fashionmnist", FASHION_NAMES, 1, FASHION_SIDE, 60_000, 10_000, 5_000, "FashionMNIST", read_fashionmnist
+    ),
 }
 
 
@@ -256,8 +296,17 @@ def convert(flag: NativeFlag, folder: Path) -> tuple[dict[str, np.ndarray], dict
     """Native files in `folder` -> MedMNIST-layout arrays (train/val/test) and the metadata to record."""
     native = flag.reader(folder)
     train_x, train_y, val_x, val_y, carve = carve_val(native["train_images"], native["train_labels"], flag.val_fraction)
-    arrays = {"train_images": train_x, "train_labels": train_y, "val_images": val_x, "val_labels": val_y,
-              "test_images": native["test_images"], "test_labels": native["test_labels"]}
-    metadata = {"source_format": f"{flag.name} native files", "val_carved_from_train": carve,
-                "native_counts": {"train": int(len(native["train_labels"])), "test": int(len(native["test_labels"]))}}
+    arrays = {
+        "train_images": train_x,
+        "train_labels": train_y,
+        "val_images": val_x,
+        "val_labels": val_y,
+        "test_images": native["test_images"],
+        "test_labels": native["test_labels"],
+    }
+    metadata = {
+        "source_format": f"{flag.name} native files",
+        "val_carved_from_train": carve,
+        "native_counts": {"train": int(len(native["train_labels"])), "test": int(len(native["test_labels"]))},
+    }
     return arrays, metadata

@@ -32,7 +32,7 @@ def normalisation(channels: int) -> dict[str, Any]:
     return {
         "range": [-1.0, 1.0],
         "from_uint8": f"x = pixel / 127.5 - 1  (pixel: {name} uint8 0..255, as medgen.data.to_tensors; "
-                      f"layout {layout})",
+        f"layout {layout})",
         "to_uint8": "pixel = round((clip(x, -1, 1) + 1) * 127.5)  (as medgen.data.to_uint8)",
         "resize": f"{name} (PIL '{mode}'), bicubic resize to input_size x input_size, as MedMNIST built its images",
     }
@@ -66,8 +66,13 @@ def source_run_id(checkpoint: dict[str, Any]) -> str:
 
 
 def export_onnx(
-    model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: str | Path,
-    input_names: Sequence[str], output_names: Sequence[str], opset: int, metadata: dict[str, Any],
+    model: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: str | Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    opset: int,
+    metadata: dict[str, Any],
 ) -> Path:
     """Trace `model` (in eval mode) to `path` with a dynamic batch axis on every input and output,
     embed `metadata` as ONNX metadata_props[medgen], and run onnx.checker on the result."""
@@ -79,8 +84,15 @@ def export_onnx(
     with tempfile.TemporaryDirectory(prefix="medgen-onnx-") as scratch, torch.no_grad():
         tmp = Path(scratch) / path.name  # the trace never lands in an output folder
         torch.onnx.export(
-            model, example, str(tmp), dynamo=False, input_names=list(input_names),
-            output_names=list(output_names), dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
+            model,
+            example,
+            str(tmp),
+            dynamo=False,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
         )
         proto = onnx.load(str(tmp))
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(metadata, sort_keys=True)})
@@ -127,7 +139,10 @@ def generator_batches(latent_dim: int, n_classes: int, sizes: Sequence[int], see
     """Standard-normal latents and labels cycling over the classes, one dict of feeds per size."""
     rng = np.random.default_rng(seed)
     return [
-        {"z": rng.standard_normal((n, latent_dim)).astype(np.float32), "labels": (np.arange(n) % n_classes).astype(np.int64)}
+        {
+            "z": rng.standard_normal((n, latent_dim)).astype(np.float32),
+            "labels": (np.arange(n) % n_classes).astype(np.int64),
+        }
         for n in sizes
     ]
 

@@ -163,8 +163,9 @@ class Transaction:
             if path == out.path or (out.folder and out.path in path.parents):
                 return out
         known = ", ".join(str(o.path) for o in self.declared)
-        raise OutputError(f"stage {self.stage} wrote {path}, which it does not declare as an output "
-                          f"(declared: {known})")
+        raise OutputError(
+            f"stage {self.stage} wrote {path}, which it does not declare as an output (declared: {known})"
+        )
 
     def _staging_dir(self, folder: Path, for_path: Path) -> Path:
         if folder in self.dirs:
@@ -214,12 +215,18 @@ class Transaction:
 
     # ---------------------------------------------------------------- end
     def _save_journal(self, state: str) -> None:
-        _write_json_durably(self.journal, {
-            "stage": self.stage, "id": self.id, "owner": self.owner, "state": state,
-            "dirs": [str(d) for d in self.dirs.values()],
-            "moves": [[str(s), str(f)] for f, s in self.staged.items()],
-            "removes": [str(p) for p in sorted(self.removed)],
-        })
+        _write_json_durably(
+            self.journal,
+            {
+                "stage": self.stage,
+                "id": self.id,
+                "owner": self.owner,
+                "state": state,
+                "dirs": [str(d) for d in self.dirs.values()],
+                "moves": [[str(s), str(f)] for f, s in self.staged.items()],
+                "removes": [str(p) for p in sorted(self.removed)],
+            },
+        )
 
     def commit(self) -> int:
         """Swap every staged file in and apply deletions; returns the number of files changed."""
@@ -283,8 +290,9 @@ def open_transaction(stage: str, declared: Sequence[Output], state_dir: str | Pa
     try:
         changed = tx.commit()
     except OSError as exc:  # the journal stays: the next run of the stage completes the swap
-        raise OutputError(f"stage {stage}: swapping its outputs in failed ({exc}); "
-                          f"the next run of {stage} completes the swap") from None
+        raise OutputError(
+            f"stage {stage}: swapping its outputs in failed ({exc}); the next run of {stage} completes the swap"
+        ) from None
     log.info("%s: %d output file(s) replaced as one set", stage, changed)
 
 
@@ -310,8 +318,9 @@ def recover(state_dir: str | Path, stage: str) -> str | None:
     else:
         for staging in journal.get("dirs", []):
             shutil.rmtree(staging, ignore_errors=True)
-        done = (f"stage {stage}: discarded the staged outputs of a run that did not finish ({who}); "
-                "previous outputs kept")
+        done = (
+            f"stage {stage}: discarded the staged outputs of a run that did not finish ({who}); previous outputs kept"
+        )
     journal_path.unlink(missing_ok=True)
     return done
 

@@ -57,7 +57,9 @@ def comparison_table(entries: dict, objective: str):
     columns = ("latent_dim", "k", f"cv_{objective}", "val_acc", "test_acc", "test_balanced_acc", "test_auc")
     methods = list(entries)
     cells = [[_cell(entries[m].get(c)) for c in columns] for m in methods]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 4.5 + 0.3 * len(methods)), height_ratios=(0.3 * len(methods), 3))
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(11, 4.5 + 0.3 * len(methods)), height_ratios=(0.3 * len(methods), 3)
+    )
     top.axis("off")
     table = top.table(cellText=cells, rowLabels=methods, colLabels=columns, loc="center")
     table.auto_set_font_size(False)
@@ -68,8 +70,10 @@ def comparison_table(entries: dict, objective: str):
     intervals = [entries[m].get("test_balanced_acc_ci95") for m in methods]
     yerr = None
     if all(intervals):  # 95% bootstrap interval over test images (medgen.stats)
-        yerr = [[max(v - lo, 0.0) for v, (lo, _) in zip(values, intervals)],
-                [max(hi - v, 0.0) for v, (_, hi) in zip(values, intervals)]]
+        yerr = [
+            [max(v - lo, 0.0) for v, (lo, _) in zip(values, intervals)],
+            [max(hi - v, 0.0) for v, (_, hi) in zip(values, intervals)],
+        ]
     colours = ["#888888" if m in ("pca", "isomap") else "#3b75af" for m in methods]
     bottom.bar(methods, values, yerr=yerr, capsize=4, color=colours)
     bottom.axhline(0.5, color="red", linestyle="--", linewidth=1, label="chance / majority class (0.5)")
@@ -152,7 +156,9 @@ def training_curves(histories: dict[int, list[dict]]):
         epochs = [r["epoch"] for r in rows]
         for ax, metric in zip(axes, ("loss", "acc")):
             (line,) = ax.plot(epochs, [r[f"train_{metric}"] for r in rows], label=f"train (seed {seed})")
-            ax.plot(epochs, [r[f"val_{metric}"] for r in rows], "--", color=line.get_color(), label=f"val (seed {seed})")
+            ax.plot(
+                epochs, [r[f"val_{metric}"] for r in rows], "--", color=line.get_color(), label=f"val (seed {seed})"
+            )
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
@@ -257,8 +263,9 @@ def arms_figure(per_arm: dict[str, dict[str, list[float]]], intervals: dict[str,
 # --- generate: memorisation -------------------------------------------------------------------------
 
 
-def nearest_pairs_montage(synthetic: np.ndarray, train: np.ndarray, pairs: list[tuple[int, int, float]],
-                          columns: int = 8) -> Image.Image:
+def nearest_pairs_montage(
+    synthetic: np.ndarray, train: np.ndarray, pairs: list[tuple[int, int, float]], columns: int = 8
+) -> Image.Image:
     """The closest sample/training pairs (`metrics.closest_pairs`) as a grid: each synthetic image with its
     nearest training image directly below it, closest pair first. uint8 images (N, H, W[, C])."""
     rows = []

@@ -27,7 +27,11 @@ BYTES_PER_ACTIVATION = 8  # float32 output kept for backward + its gradient
 def check(stage: str, cfg: Config) -> None:
     """Raise ConfigError (one line naming the key) when `stage` cannot run with `cfg` here."""
     checks: dict[str, Callable[[Config], None]] = {
-        "represent": _represent, "classify": _classify, "generate": _generate, "augment": _augment, "export": _export,
+        "represent": _represent,
+        "classify": _classify,
+        "generate": _generate,
+        "augment": _augment,
+        "export": _export,
     }
     if stage in checks:
         checks[stage](cfg)
@@ -105,17 +109,31 @@ def _represent(cfg: Config) -> None:
     pool = np.concatenate([dataset.train.labels, dataset.val.labels])
     smallest = int(np.bincount(pool, minlength=dataset.n_classes).min())
     if rc.cv_folds > smallest:
-        raise ConfigError(f"represent.cv_folds: {rc.cv_folds} stratified folds need {rc.cv_folds} images of every "
-                          f"class in train+val; the smallest class has {smallest}")
+        raise ConfigError(
+            f"represent.cv_folds: {rc.cv_folds} stratified folds need {rc.cv_folds} images of every "
+            f"class in train+val; the smallest class has {smallest}"
+        )
     channels, side = _images(cfg, dataset)
     need("represent.grid_n", 3 * rc.grid_n**2 * channels * side**2 * 4, f"a {rc.grid_n}x{rc.grid_n} latent grid")
     for method in rc.neural_methods:
+
         def build(method=method):
-            return autoencoders.build(method, rc.latent_dim_max, image_size=side, channels=channels,
-                                      dropout=rc.dropout, width=rc.width, beta=rc.beta)
+            return autoencoders.build(
+                method,
+                rc.latent_dim_max,
+                image_size=side,
+                channels=channels,
+                dropout=rc.dropout,
+                width=rc.width,
+                beta=rc.beta,
+            )
+
         nbytes = model_bytes(build, lambda n: (torch.zeros(n, channels, side, side),), min(rc.batch_size, len(pool)))
-        need("represent.width/latent_dim_max", nbytes,
-             f"{method} at latent_dim_max={rc.latent_dim_max}, width={rc.width}")
+        need(
+            "represent.width/latent_dim_max",
+            nbytes,
+            f"{method} at latent_dim_max={rc.latent_dim_max}, width={rc.width}",
+        )
 
 
 def _classify(cfg: Config) -> None:
@@ -151,19 +169,34 @@ def _generate(cfg: Config) -> None:
     dataset = data.load_prepared(cfg.data)
     channels, side = _images(cfg, dataset)
     n_labels = len(g.labels) or dataset.n_classes
-    need("generate.samples_per_class", 2 * g.samples_per_class * n_labels * channels * side**2 + 4 * 500 * side**2,
-         f"{g.samples_per_class} samples x {n_labels} classes")
+    need(
+        "generate.samples_per_class",
+        2 * g.samples_per_class * n_labels * channels * side**2 + 4 * 500 * side**2,
+        f"{g.samples_per_class} samples x {n_labels} classes",
+    )
     n_eval = g.eval_samples or len(dataset.val)
     need("generate.eval_samples", 3 * 4 * n_eval * channels * side**2, "the val-FD sample set")
     batch = min(g.batch_size, len(dataset.train))
     labels = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
-    gen = model_bytes(lambda: Generator(**generator_kwargs(g, dataset.n_classes)),
-                      lambda n: (torch.zeros(n, g.latent_dim), labels(n)), batch)
-    dis = max(model_bytes(lambda v=v: Discriminator(v, dataset.n_classes, g.d_channels, g.spectral_norm),
-                          lambda n: (torch.zeros(n, 1, side, side), labels(n)), 2 * batch) for v in g.variants)
-    need("generate.g_channels/d_channels", 2 * gen + dis,
-         f"G (latent_dim={g.latent_dim}, g_channels={g.g_channels}) + EMA copy + D (d_channels={g.d_channels}) "
-         f"at batch {batch}")
+    gen = model_bytes(
+        lambda: Generator(**generator_kwargs(g, dataset.n_classes)),
+        lambda n: (torch.zeros(n, g.latent_dim), labels(n)),
+        batch,
+    )
+    dis = max(
+        model_bytes(
+            lambda v=v: Discriminator(v, dataset.n_classes, g.d_channels, g.spectral_norm),
+            lambda n: (torch.zeros(n, 1, side, side), labels(n)),
+            2 * batch,
+        )
+        for v in g.variants
+    )
+    need(
+        "generate.g_channels/d_channels",
+        2 * gen + dis,
+        f"G (latent_dim={g.latent_dim}, g_channels={g.g_channels}) + EMA copy + D (d_channels={g.d_channels}) "
+        f"at batch {batch}",
+    )
 
 
 def _augment(cfg: Config) -> None:

@@ -51,8 +51,16 @@ class Progress:
         if _use_bars():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=start, desc=label, unit=unit or "it", leave=len(_active) == 0,
-                             position=len(_active), dynamic_ncols=True, file=sys.stderr)
+            self._bar = tqdm(
+                total=total,
+                initial=start,
+                desc=label,
+                unit=unit or "it",
+                leave=len(_active) == 0,
+                position=len(_active),
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
         with _lock:
             _active.append(self)
         _ensure_ticker()

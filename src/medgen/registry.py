@@ -43,16 +43,26 @@ class Standing:
 
     def tags(self) -> dict[str, str]:
         value = "" if self.value is None else repr(self.value)
-        return {f"{_TAG}profile": self.profile, f"{_TAG}flag": self.flag, f"{_TAG}selection_metric": self.metric,
-                f"{_TAG}selection_mode": self.mode, f"{_TAG}selection_value": value}
+        return {
+            f"{_TAG}profile": self.profile,
+            f"{_TAG}flag": self.flag,
+            f"{_TAG}selection_metric": self.metric,
+            f"{_TAG}selection_mode": self.mode,
+            f"{_TAG}selection_value": value,
+        }
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> Standing | None:
         """The standing recorded on a version; None for versions registered before these tags existed."""
         try:
             raw = tags[f"{_TAG}selection_value"]
-            return cls(tags[f"{_TAG}profile"], tags[f"{_TAG}flag"], tags[f"{_TAG}selection_metric"],
-                       tags[f"{_TAG}selection_mode"], float(raw) if raw else None)
+            return cls(
+                tags[f"{_TAG}profile"],
+                tags[f"{_TAG}flag"],
+                tags[f"{_TAG}selection_metric"],
+                tags[f"{_TAG}selection_mode"],
+                float(raw) if raw else None,
+            )
         except (KeyError, ValueError):
             return None
 
@@ -78,8 +88,10 @@ def standing(kind: str, checkpoint: dict[str, Any], cfg: Config) -> Standing:
 def decide(new: Standing, run_profile: str, champion: tuple[str, Standing | None] | None) -> tuple[bool, str]:
     """(becomes champion?, why). `champion` is (version, its standing) or None when there is none."""
     if run_profile != DEFAULT_PROFILE or new.profile != DEFAULT_PROFILE:
-        return False, (f"trained/exported on profile {new.profile!r}/{run_profile!r}, not the default "
-                       f"{DEFAULT_PROFILE!r}: a smoke or test model never replaces the champion")
+        return False, (
+            f"trained/exported on profile {new.profile!r}/{run_profile!r}, not the default "
+            f"{DEFAULT_PROFILE!r}: a smoke or test model never replaces the champion"
+        )
     if new.value is None:
         return False, f"the checkpoint records no {new.metric} to compare"
     if champion is None:
@@ -121,8 +133,14 @@ def settle(cfg: Config, name: str, version: str, new: Standing) -> dict[str, Any
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, status, version)
     holder = version if promoted else (champion[0] if champion else None)
-    log.log(logging.INFO if promoted else logging.WARNING, "%s v%s: %s (%s)", name, version,
-            f"now {alias}" if promoted else f"{CANDIDATE}, {alias} stays {'v' + holder if holder else 'unset'}", reason)
+    log.log(
+        logging.INFO if promoted else logging.WARNING,
+        "%s v%s: %s (%s)",
+        name,
+        version,
+        f"now {alias}" if promoted else f"{CANDIDATE}, {alias} stays {'v' + holder if holder else 'unset'}",
+        reason,
+    )
     return {"status": status, "reason": reason, "champion": holder}
 
 
@@ -139,8 +157,10 @@ def promote(cfg: Config, name: str, version: str) -> tuple[str | None, str]:
         client.get_model_version(name, str(version))
     except MlflowException:
         known = _versions(client, name)
-        raise MedgenError(f"{name} has no version {version} (registered: {known or 'none'}; "
-                          f"store {tracking.tracking_uri(cfg.tracking)})") from None
+        raise MedgenError(
+            f"{name} has no version {version} (registered: {known or 'none'}; "
+            f"store {tracking.tracking_uri(cfg.tracking)})"
+        ) from None
     previous = current(client, name, alias)
     client.set_registered_model_alias(name, alias, str(version))
     client.set_model_version_tag(name, str(version), f"{_TAG}status", alias)

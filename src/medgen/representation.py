@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 CLASSIC = ("pca", "isomap")
 SCORES = ("acc", "balanced_acc", "auc")
 
+
 @dataclass(frozen=True)
 class Arrays:
     """Splits as the study needs them. x: (N, C, S, S) in [-1, 1]; flat: (N, C*S*S); y: (N,).
@@ -56,22 +57,30 @@ def validate(rc: RepresentConfig, arrays: Arrays) -> None:
     """Search spaces the data cannot support fail here, before any training."""
     n_in, fit_min = arrays.n_inputs, min(len(a) for a, _ in arrays.folds)
     if rc.latent_dim_max > n_in:
-        raise ConfigError(f"represent.latent_dim_max: {rc.latent_dim_max} is larger than the input ({n_in} values per image)")
+        raise ConfigError(
+            f"represent.latent_dim_max: {rc.latent_dim_max} is larger than the input ({n_in} values per image)"
+        )
     if rc.k_max > min(fit_min, len(arrays.y["train"])):
-        raise ConfigError(f"represent.k_max: {rc.k_max} exceeds the {fit_min} images a KNN is fitted on in each CV fold")
+        raise ConfigError(
+            f"represent.k_max: {rc.k_max} exceeds the {fit_min} images a KNN is fitted on in each CV fold"
+        )
     if "pca" in rc.methods and rc.latent_dim_max > fit_min:
         raise ConfigError(f"represent.latent_dim_max: PCA can give at most {fit_min} components on a CV fold")
     if "isomap" in rc.methods:
         subset = min(rc.isomap_subset, fit_min)
         if rc.latent_dim_max >= subset or rc.isomap_neighbors >= subset:
-            raise ConfigError(f"represent.isomap_subset: {subset} images cannot give latent_dim_max={rc.latent_dim_max} "
-                              f"Isomap components with {rc.isomap_neighbors} neighbours; raise isomap_subset")
+            raise ConfigError(
+                f"represent.isomap_subset: {subset} images cannot give latent_dim_max={rc.latent_dim_max} "
+                f"Isomap components with {rc.isomap_neighbors} neighbours; raise isomap_subset"
+            )
 
 
 def cv_metrics(neighbours: list[np.ndarray], arrays: Arrays, k: int) -> dict[str, float]:
     """Mean CV scores of a k-NN from per-fold neighbour labels (one neighbour search serves every k)."""
-    per_fold = [latent.scores(arrays.y["pool"][b], latent.knn_proba(labels, k, arrays.n_classes))
-                for labels, (_, b) in zip(neighbours, arrays.folds)]
+    per_fold = [
+        latent.scores(arrays.y["pool"][b], latent.knn_proba(labels, k, arrays.n_classes))
+        for labels, (_, b) in zip(neighbours, arrays.folds)
+    ]
     return {f"cv_{m}": float(np.nanmean([s[m] for s in per_fold])) for m in SCORES}
 
 
@@ -81,13 +90,22 @@ def fold_neighbours(z: np.ndarray, arrays: Arrays, k_max: int) -> list[np.ndarra
     return [latent.neighbour_labels(z[a], y[a], z[b], k_max) for a, b in arrays.folds]
 
 
-def make_model(cfg: Config, method: str, latent_dim: int, arrays: Arrays, device: torch.device) -> autoencoders.Autoencoder:
+def make_model(
+    cfg: Config, method: str, latent_dim: int, arrays: Arrays, device: torch.device
+) -> autoencoders.Autoencoder:
     # Seeded here so a refit with the best trial's parameters repeats that trial exactly.
     torch.manual_seed(cfg.seed)
     rc = cfg.represent
     image = arrays.x["train"]
-    model = autoencoders.build(method, latent_dim, image_size=image.shape[-1], channels=image.shape[1],
-                               dropout=rc.dropout, width=rc.width, beta=rc.beta)
+    model = autoencoders.build(
+        method,
+        latent_dim,
+        image_size=image.shape[-1],
+        channels=image.shape[1],
+        dropout=rc.dropout,
+        width=rc.width,
+        beta=rc.beta,
+    )
     return model.to(device)
 
 
@@ -105,8 +123,9 @@ def refit(cfg: Config, method: str, params: dict[str, Any], arrays: Arrays, devi
     """The best trial's representation fitted on train; returns (latents per split, model or None)."""
     rc = cfg.represent
     if method in CLASSIC:
-        transform = latent.fit_embedding(method, arrays.flat["train"], params["latent_dim"], cfg.seed,
-                                         rc.isomap_subset, rc.isomap_neighbors)
+        transform = latent.fit_embedding(
+            method, arrays.flat["train"], params["latent_dim"], cfg.seed, rc.isomap_subset, rc.isomap_neighbors
+        )
         return {s: transform(arrays.flat[s]) for s in data.SPLITS}, None
     model = make_model(cfg, method, params["latent_dim"], arrays, device)
     latent.fit_autoencoder(model, arrays.x["train"], rc.epochs, params["lr"], rc.batch_size, cfg.seed)
@@ -125,13 +144,18 @@ def add_uncertainty(entries: dict[str, dict], test_probs: dict[str, np.ndarray],
         entries[method].update({f"test_{m}_ci95": found[f"test_{m}_ci95"] for m in SCORES})
     if "pca" not in test_probs:
         return
-    family = {m: {f"test_{key}": stats.compare(labels, [p], [test_probs["pca"]], key, weights) for key in COMPARED}
-              for m, p in test_probs.items() if m != "pca"}
+    family = {
+        m: {f"test_{key}": stats.compare(labels, [p], [test_probs["pca"]], key, weights) for key in COMPARED}
+        for m, p in test_probs.items()
+        if m != "pca"
+    }
     for method, found in stats.decide(family).items():
         entries[method]["vs_pca"] = found
 
 
-def explore(cfg: Config, arrays: Arrays, device: torch.device, out_dir: Path) -> tuple[list[Path], autoencoders.Autoencoder]:
+def explore(
+    cfg: Config, arrays: Arrays, device: torch.device, out_dir: Path
+) -> tuple[list[Path], autoencoders.Autoencoder]:
     """A VAE with a 2-D latent: decoded grid montage, class scatter of train means, posterior histograms."""
     rc = cfg.represent
     model = make_model(cfg, rc.explore_method, 2, arrays, device)
@@ -145,7 +169,9 @@ def explore(cfg: Config, arrays: Arrays, device: torch.device, out_dir: Path) ->
         decoded = data.to_uint8(model.decode(grid.to(device)))
     return [
         plots.save_png(plots.montage(decoded, columns=rc.grid_n, scale=2), out_dir / "latent_grid.png"),
-        plots.save_figure(plots.latent_scatter(mu, arrays.y["train"], arrays.class_names), out_dir / "latent_scatter.png"),
+        plots.save_figure(
+            plots.latent_scatter(mu, arrays.y["train"], arrays.class_names), out_dir / "latent_scatter.png"
+        ),
         plots.save_figure(plots.posterior_histograms(mu, logvar), out_dir / "posterior_hist.png"),
     ], model
 
@@ -175,8 +201,12 @@ def save_encoder(cfg: Config, entries: dict[str, dict], models: dict[str, Any]) 
     key = f"cv_{cfg.represent.objective}"
     best = max(conv, key=lambda m: entries[m][key])
     encoder = models[best].encoder.cpu().eval()
-    config = {**{k: entries[best][k] for k in ("latent_dim", "k", "lr")}, "method": best,
-              "out_features": int(encoder.out_features), "input_range": [-1.0, 1.0]}
+    config = {
+        **{k: entries[best][k] for k in ("latent_dim", "k", "lr")},
+        "method": best,
+        "out_features": int(encoder.out_features),
+        "input_range": [-1.0, 1.0],
+    }
     save_model(cfg.represent.encoder_checkpoint, encoder, encoder.init_kwargs, config=config, metrics=entries[best])
     return best
 
@@ -187,5 +217,8 @@ def summary(entries: dict[str, dict]) -> dict[str, float]:
     if not learned or "pca" not in entries:
         return {}
     best = max(learned, key=lambda m: entries[m]["test_balanced_acc"])
-    return {"best_learned_test_balanced_acc": entries[best]["test_balanced_acc"],
-            "best_learned_minus_pca_test_balanced_acc": entries[best]["test_balanced_acc"] - entries["pca"]["test_balanced_acc"]}
+    return {
+        "best_learned_test_balanced_acc": entries[best]["test_balanced_acc"],
+        "best_learned_minus_pca_test_balanced_acc": entries[best]["test_balanced_acc"]
+        - entries["pca"]["test_balanced_acc"],
+    }

@@ -48,8 +48,22 @@ WORKER_ENV = "MEDGEN_WORKER_ID"
 OWNER_ATTR = "owner"  # user attr: "<host>:<pid>:<process start time>" of the process running the trial
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that size a run or name its files but do not change what a trial computes; never in the study hash.
-RUN_SIZE_KEYS = frozenset({"n_trials", "trials_classic", "trials_neural", "seeds", "metrics", "details", "plots_dir",
-                           "checkpoint", "feature_checkpoint", "encoder_checkpoint", "samples_dir", "device"})
+RUN_SIZE_KEYS = frozenset(
+    {
+        "n_trials",
+        "trials_classic",
+        "trials_neural",
+        "seeds",
+        "metrics",
+        "details",
+        "plots_dir",
+        "checkpoint",
+        "feature_checkpoint",
+        "encoder_checkpoint",
+        "samples_dir",
+        "device",
+    }
+)
 Objective = Callable[[optuna.Trial], float]
 SAMPLERS = ("tpe", "random")  # random: every trial a seeded uniform draw (TPE never leaves its startup phase)
 RANDOM_SEARCH = 2**31 - 1
@@ -269,7 +283,9 @@ def optimize(study: optuna.Study, objective: Objective, n_trials: int, parent_ru
         return value
 
     done = finished_trials(study)
-    log.info("study %s: %d of %d trials finished, running %d", study.study_name, done, n_trials, max(0, n_trials - done))
+    log.info(
+        "study %s: %d of %d trials finished, running %d", study.study_name, done, n_trials, max(0, n_trials - done)
+    )
     progress = Progress(n_trials, f"search {study.study_name}", start=done)
     waited: list[int] = []
     while finished_trials(study) < n_trials:
@@ -280,8 +296,7 @@ def optimize(study: optuna.Study, objective: Objective, n_trials: int, parent_ru
         done = finished_trials(study)
         last = study.trials[-1]
         best = best_value(study)
-        progress.update(done, trial=last.number, state=last.state.name,
-                        value=last.value, best=best)
+        progress.update(done, trial=last.number, state=last.state.name, value=last.value, best=best)
     progress.close()
     return study
 
@@ -314,7 +329,11 @@ def best_value(study: optuna.Study) -> float | None:
 def counts(study: optuna.Study) -> dict[str, int]:
     """Finished trials by state (FAIL trials of killed runs are not part of the result)."""
     states = [t.state for t in study.get_trials(deepcopy=False, states=FINISHED)]
-    return {"trials": len(states), "complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED)}
+    return {
+        "trials": len(states),
+        "complete": states.count(TrialState.COMPLETE),
+        "pruned": states.count(TrialState.PRUNED),
+    }
 
 
 def best_params(study: optuna.Study) -> dict[str, Any]:

@@ -19,12 +19,26 @@ import numpy as np
 from medgen import native
 
 # Ten colour (or colourised grey) pictures bundled with scikit-image (no download): class i = picture i.
-SKIMAGE_PICTURES = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina",
-                    "rocket", "stereo_motorcycle", "brick", "grass")
+SKIMAGE_PICTURES = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "rocket",
+    "stereo_motorcycle",
+    "brick",
+    "grass",
+)
 
 
-def write_cifar10(folder: str | Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                  label_names: tuple[str, ...] = native.CIFAR_NAMES) -> Path:
+def write_cifar10(
+    folder: str | Path,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    label_names: tuple[str, ...] = native.CIFAR_NAMES,
+) -> Path:
     """images uint8 (N, 32, 32, 3), labels (N,) -> folder/cifar-10-batches-py/ (5 train batches, test, meta)."""
     out = Path(folder) / native.CIFAR_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -39,13 +53,18 @@ def write_cifar10(folder: str | Path, train: tuple[np.ndarray, np.ndarray], test
 
 def _write_batch(path: Path, images: np.ndarray, labels: np.ndarray, label: str) -> None:
     rows = np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1))  # (N, 3072): R, G, B planes
-    batch = {"batch_label": label, "labels": [int(v) for v in labels], "data": rows,
-             "filenames": [f"standin_{i:05d}.png" for i in range(len(images))]}
+    batch = {
+        "batch_label": label,
+        "labels": [int(v) for v in labels],
+        "data": rows,
+        "filenames": [f"standin_{i:05d}.png" for i in range(len(images))],
+    }
     path.write_bytes(pickle.dumps(batch, protocol=2))  # protocol 2, as the original Python 2 files
 
 
-def write_fashionmnist(folder: str | Path, train: tuple[np.ndarray, np.ndarray],
-                       test: tuple[np.ndarray, np.ndarray]) -> Path:
+def write_fashionmnist(
+    folder: str | Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]
+) -> Path:
     """images uint8 (N, 28, 28), labels (N,) -> the four gzipped idx files in `folder`."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)

@@ -39,8 +39,23 @@ BOOT_SEED = 20250610  # fixed once, before any run; every stage uses the same re
 CORRECTION = "holm"
 METRICS = ("acc", "auc", "balanced_acc", "f1", "precision", "recall", "minority_recall")
 
-__all__ = ["ALPHA", "N_BOOT", "BOOT_SEED", "METRICS", "draw", "weighted_scores", "seeds_and_images", "describe",
-           "ensemble", "compare", "holm", "decide", "delong", "rule", "mean_std"]
+__all__ = [
+    "ALPHA",
+    "N_BOOT",
+    "BOOT_SEED",
+    "METRICS",
+    "draw",
+    "weighted_scores",
+    "seeds_and_images",
+    "describe",
+    "ensemble",
+    "compare",
+    "holm",
+    "decide",
+    "delong",
+    "rule",
+    "mean_std",
+]
 
 
 def draw(labels: np.ndarray, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> np.ndarray:
@@ -108,14 +123,25 @@ def weighted_scores(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) 
     recall, precision = _ratio(tp, support), _ratio(tp, predicted)
     f1 = _ratio(2 * tp, support + predicted)
     present = np.unique(labels)
-    out = {"acc": tp.sum(axis=1) / w.sum(axis=1), "balanced_acc": recall[:, present].mean(axis=1),
-           "minority_recall": recall[:, minority_class(labels)]}
+    out = {
+        "acc": tp.sum(axis=1) / w.sum(axis=1),
+        "balanced_acc": recall[:, present].mean(axis=1),
+        "minority_recall": recall[:, minority_class(labels)],
+    }
     if n_classes == 2:
-        out.update(precision=precision[:, 1], recall=recall[:, 1], f1=f1[:, 1],
-                   auc=_weighted_auc(probs[:, 1], labels == 1, weights))
+        out.update(
+            precision=precision[:, 1],
+            recall=recall[:, 1],
+            f1=f1[:, 1],
+            auc=_weighted_auc(probs[:, 1], labels == 1, weights),
+        )
     else:
-        out.update(precision=precision.mean(axis=1), recall=recall.mean(axis=1), f1=f1.mean(axis=1),
-                   auc=np.mean([_weighted_auc(probs[:, c], labels == c, weights) for c in range(n_classes)], axis=0))
+        out.update(
+            precision=precision.mean(axis=1),
+            recall=recall.mean(axis=1),
+            f1=f1.mean(axis=1),
+            auc=np.mean([_weighted_auc(probs[:, c], labels == c, weights) for c in range(n_classes)], axis=0),
+        )
     return out
 
 
@@ -153,19 +179,30 @@ def seeds_and_images(values: np.ndarray, boot: np.ndarray) -> dict[str, Any]:
         return {"mean": mean, "std": std, "se": nan, "df": nan, "ci95": [nan, nan], "p": nan}
     if n_seeds == 1:
         se = float(np.std(boot[:, 0], ddof=1))
-        return {"mean": mean, "std": 0.0, "se": se, "df": float("inf"), "ci95": _percentile(boot[:, 0]),
-                "p": _bootstrap_p(boot[:, 0])}
+        return {
+            "mean": mean,
+            "std": 0.0,
+            "se": se,
+            "df": float("inf"),
+            "ci95": _percentile(boot[:, 0]),
+            "p": _bootstrap_p(boot[:, 0]),
+        }
     covariance = np.cov(boot, rowvar=False)
     shared = max(float(covariance[~np.eye(n_seeds, dtype=bool)].mean()), 0.0)  # c: test luck all seeds share
     across = std**2 / n_seeds
     se = float(np.sqrt(across + shared))
     df = float("inf") if across == 0 else (across + shared) ** 2 / (across**2 / (n_seeds - 1))
     if se == 0:
-        return {"mean": mean, "std": std, "se": 0.0, "df": df, "ci95": [mean, mean],
-                "p": 1.0 if mean == 0 else 0.0}
+        return {"mean": mean, "std": std, "se": 0.0, "df": df, "ci95": [mean, mean], "p": 1.0 if mean == 0 else 0.0}
     half = float(st.t.ppf(1 - ALPHA / 2, df)) * se
-    return {"mean": mean, "std": std, "se": se, "df": df, "ci95": [mean - half, mean + half],
-            "p": float(2 * st.t.sf(abs(mean) / se, df))}
+    return {
+        "mean": mean,
+        "std": std,
+        "se": se,
+        "df": df,
+        "ci95": [mean - half, mean + half],
+        "p": float(2 * st.t.sf(abs(mean) / se, df)),
+    }
 
 
 def _check(labels: np.ndarray, probs_by_seed: Sequence[np.ndarray], weights: np.ndarray) -> None:
@@ -177,8 +214,13 @@ def _check(labels: np.ndarray, probs_by_seed: Sequence[np.ndarray], weights: np.
 
 
 # ---------------------------------------------------------------- what the metrics files report
-def describe(labels: np.ndarray, probs_by_seed: Sequence[np.ndarray], metrics: Sequence[str] = METRICS,
-             weights: np.ndarray | None = None, prefix: str = "test_") -> dict[str, Any]:
+def describe(
+    labels: np.ndarray,
+    probs_by_seed: Sequence[np.ndarray],
+    metrics: Sequence[str] = METRICS,
+    weights: np.ndarray | None = None,
+    prefix: str = "test_",
+) -> dict[str, Any]:
     """Per metric: `<prefix><m>_mean` and `_std` over seeds (sample std) and `_ci95`, the rule's 95% interval
     of that mean (module docstring). probs_by_seed: one (N, C) array per seed, same test images."""
     labels = np.asarray(labels)
@@ -194,9 +236,12 @@ def describe(labels: np.ndarray, probs_by_seed: Sequence[np.ndarray], metrics: S
     return out
 
 
-def ensemble(labels: np.ndarray, probs_by_seed: Sequence[np.ndarray],
-             metrics: Sequence[str] = ("acc", "auc", "balanced_acc"),
-             weights: np.ndarray | None = None) -> dict[str, Any]:
+def ensemble(
+    labels: np.ndarray,
+    probs_by_seed: Sequence[np.ndarray],
+    metrics: Sequence[str] = ("acc", "auc", "balanced_acc"),
+    weights: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Metrics of the seed-averaged probabilities (an ensemble of the seeds) with the 2.5-97.5 percentile
     interval of the stratified image bootstrap: `<m>` and `<m>_ci95`."""
     labels = np.asarray(labels)
@@ -207,14 +252,18 @@ def ensemble(labels: np.ndarray, probs_by_seed: Sequence[np.ndarray],
     return {k: v for m in metrics for k, v in ((m, float(full[m][0])), (f"{m}_ci95", _percentile(boot[m])))}
 
 
-def compare(labels: np.ndarray, probs_a: Sequence[np.ndarray], probs_b: Sequence[np.ndarray], metric: str,
-            weights: np.ndarray | None = None) -> dict[str, Any]:
+def compare(
+    labels: np.ndarray,
+    probs_a: Sequence[np.ndarray],
+    probs_b: Sequence[np.ndarray],
+    metric: str,
+    weights: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Paired comparison a - b of one metric over the same seeds and test images (module docstring):
     {"diff", "ci95", "p_value"} plus "delong_p_value" for a binary AUC."""
     labels = np.asarray(labels)
     if len(probs_a) != len(probs_b):
-        raise ValueError(f"paired comparison needs the same seeds on both sides, "
-                         f"got {len(probs_a)} and {len(probs_b)}")
+        raise ValueError(f"paired comparison needs the same seeds on both sides, got {len(probs_a)} and {len(probs_b)}")
     weights = draw(labels) if weights is None else weights
     _check(labels, probs_a, weights)
     _check(labels, probs_b, weights)
@@ -254,8 +303,14 @@ def decide(family: Mapping[str, Mapping[str, dict[str, Any]]]) -> dict[str, dict
 
 def rule(family_size: int) -> dict[str, Any]:
     """The decision rule as recorded in a metrics file beside the comparisons it decided."""
-    return {"alpha": ALPHA, "correction": CORRECTION, "comparisons": family_size, "n_boot": N_BOOT,
-            "bootstrap_seed": BOOT_SEED, "variance": "seeds (s2/S) + test images (stratified bootstrap), paired"}
+    return {
+        "alpha": ALPHA,
+        "correction": CORRECTION,
+        "comparisons": family_size,
+        "n_boot": N_BOOT,
+        "bootstrap_seed": BOOT_SEED,
+        "variance": "seeds (s2/S) + test images (stratified bootstrap), paired",
+    }
 
 
 # ---------------------------------------------------------------- DeLong

@@ -64,8 +64,10 @@ def check_sqlite(path: Path, what: str) -> None:
     except sqlite3.DatabaseError as exc:
         verdict = str(exc)
     if verdict != "ok":
-        raise StoreError(f"{path}: the {what} is not a readable SQLite database ({verdict}); "
-                         "move it away to start a fresh store, or restore a backup")
+        raise StoreError(
+            f"{path}: the {what} is not a readable SQLite database ({verdict}); "
+            "move it away to start a fresh store, or restore a backup"
+        )
 
 
 def one_line(exc: BaseException) -> str:
@@ -140,8 +142,10 @@ def ping(uri: str) -> None:
         reason = f"{type(exc).__name__} within {PING_TIMEOUT_S:.0f} s"
         raise StoreUnavailable(f"MLflow tracking server {redact(uri)} unreachable ({reason}); {hint}") from None
     if answer.status_code not in (200, 401, 403):
-        raise StoreUnavailable(f"MLflow tracking server {redact(uri)} unreachable (HTTP {answer.status_code} on "
-                               f"/health: not an MLflow server, or it is failing); {hint}")
+        raise StoreUnavailable(
+            f"MLflow tracking server {redact(uri)} unreachable (HTTP {answer.status_code} on "
+            f"/health: not an MLflow server, or it is failing); {hint}"
+        )
 
 
 def mlflow_ready(uri: str) -> None:
@@ -176,16 +180,21 @@ def close_dead_runs() -> list[str]:
     import mlflow
 
     client = mlflow.MlflowClient()
-    running = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'",
-                                 output_format="list")
+    running = mlflow.search_runs(
+        search_all_experiments=True, filter_string="attributes.status = 'RUNNING'", output_format="list"
+    )
     dead = [r for r in running if owner_alive(r.data.tags.get(OWNER_TAG, "")) is False]
     for run in dead:
         client.set_tag(run.info.run_id, "medgen.closed_by", "next run: owner process was dead")
         client.set_terminated(run.info.run_id, status="KILLED")
     if dead:
         names = ", ".join(f"{r.info.run_name} ({describe(r.data.tags[OWNER_TAG])})" for r in dead[:5])
-        log.warning("marked %d MLflow run(s) left RUNNING by a killed process as KILLED: %s%s",
-                    len(dead), names, " ..." if len(dead) > 5 else "")
+        log.warning(
+            "marked %d MLflow run(s) left RUNNING by a killed process as KILLED: %s%s",
+            len(dead),
+            names,
+            " ..." if len(dead) > 5 else "",
+        )
     return [r.info.run_id for r in dead]
 
 

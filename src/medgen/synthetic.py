@@ -118,8 +118,10 @@ def load_samples(path: str | Path) -> Split:
     images, labels = arrays["images"], arrays["labels"]
     grey_or_rgb = images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)
     if images.dtype != np.uint8 or not grey_or_rgb or len(images) != len(labels):
-        raise DataError(f"{path}: images must be uint8 (N, S, S) or (N, S, S, 3) with one label each, "
-                        f"got {images.dtype} {images.shape}")
+        raise DataError(
+            f"{path}: images must be uint8 (N, S, S) or (N, S, S, 3) with one label each, "
+            f"got {images.dtype} {images.shape}"
+        )
     return Split(images, labels.astype(np.int64))
 
 

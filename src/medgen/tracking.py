@@ -106,10 +106,16 @@ def stage_run(cfg: Config, stage: str, params_sections: tuple[str, ...] = ()) ->
     # flow or another process). MLflow allows a parent in another experiment; the UI links them.
     active = mlflow.active_run()
     parent = None if active else (cfg.tracking.parent_run_id or os.environ.get(PARENT_ENV) or None)
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=stage, tags={**base_tags(cfg, stage), **owner_tags()},
-        nested=active is not None, parent_run_id=parent,
-    ) as run, killed_on_interrupt():
+    with (
+        mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=stage,
+            tags={**base_tags(cfg, stage), **owner_tags()},
+            nested=active is not None,
+            parent_run_id=parent,
+        ) as run,
+        killed_on_interrupt(),
+    ):
         mlflow.log_params(flat_params(cfg, "data", *params_sections))
         yield run
 
@@ -124,9 +130,12 @@ def child_run(parent_run_id: str, name: str, params: dict[str, Any]) -> Iterator
     experiment_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
     active = mlflow.active_run()
     nested = active is not None and active.info.run_id == parent_run_id
-    with mlflow.start_run(
-        run_name=name, experiment_id=experiment_id, nested=nested, parent_run_id=parent_run_id, tags=owner_tags()
-    ) as run, killed_on_interrupt():
+    with (
+        mlflow.start_run(
+            run_name=name, experiment_id=experiment_id, nested=nested, parent_run_id=parent_run_id, tags=owner_tags()
+        ) as run,
+        killed_on_interrupt(),
+    ):
         if params:
             mlflow.log_params(params)
         yield run
@@ -179,8 +188,11 @@ def register_onnx(onnx_path: Path, name: str, extra_files: list[Path] = ()) -> s
     from medgen.io import readable
 
     info = mlflow.onnx.log_model(
-        onnx.load(str(readable(onnx_path))), name=Path(onnx_path).stem, registered_model_name=name,
-        save_as_external_data=False, extra_files=[str(readable(p)) for p in extra_files],
+        onnx.load(str(readable(onnx_path))),
+        name=Path(onnx_path).stem,
+        registered_model_name=name,
+        save_as_external_data=False,
+        extra_files=[str(readable(p)) for p in extra_files],
     )
     return str(info.registered_model_version)
 

@@ -86,8 +86,15 @@ class Steps:
         return {key: float(np.mean([s[key] for s in steps])) for key in (steps[0] if steps else {})}
 
 
-def run_epoch(steps: Steps, n: int, batch_size: int, epoch: int = 0, generator: torch.Generator | None = None,
-              device: torch.device | str = "cpu", min_batch: int = 2) -> dict[str, float]:
+def run_epoch(
+    steps: Steps,
+    n: int,
+    batch_size: int,
+    epoch: int = 0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    min_batch: int = 2,
+) -> dict[str, float]:
     """One shuffled pass over n rows: a permutation from `generator` (None: torch's global RNG) drawn on
     `device`, cut into batches of `batch_size`; a trailing batch below `min_batch` rows is skipped (batch norm
     cannot train on one sample) but still counts in the batch numbers `steps.step` sees."""
@@ -133,8 +140,14 @@ class Fitted:
     best_epoch: int
 
 
-def fit(steps: Steps, n: int, loop: Loop, validate: Callable[[int], dict[str, float]] | None = None,
-        keep: torch.nn.Module | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Fitted:
+def fit(
+    steps: Steps,
+    n: int,
+    loop: Loop,
+    validate: Callable[[int], dict[str, float]] | None = None,
+    keep: torch.nn.Module | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> Fitted:
     """Train for loop.epochs epochs over n rows, validating with `validate(epoch)` on evaluation epochs.
 
     With `keep`, that module's weights at the best monitored epoch are restored at the end (early stopping by
@@ -146,8 +159,10 @@ def fit(steps: Steps, n: int, loop: Loop, validate: Callable[[int], dict[str, fl
     last = loop.first_epoch + loop.epochs - 1
     with Progress(loop.epochs, loop.label, unit="epochs") as progress:
         for epoch in range(loop.first_epoch, last + 1):
-            row = {"epoch": epoch, **run_epoch(steps, n, loop.batch_size, epoch, loop.generator, loop.device,
-                                               loop.min_batch)}
+            row = {
+                "epoch": epoch,
+                **run_epoch(steps, n, loop.batch_size, epoch, loop.generator, loop.device, loop.min_batch),
+            }
             if validate is not None and (epoch % loop.eval_every == 0 or epoch == last):
                 row.update(validate(epoch))
             rows.append(row)
@@ -183,7 +198,9 @@ def _report(row: dict[str, float], loop: Loop) -> None:
             raise optuna.TrialPruned(f"epoch {row['epoch']}: {loop.monitor}={row[loop.monitor]:.4g}")
 
 
-def save_checkpoint(path: str | Path, module: torch.nn.Module, config: dict[str, Any], metrics: dict[str, Any], **extra: Any) -> Path:
+def save_checkpoint(
+    path: str | Path, module: torch.nn.Module, config: dict[str, Any], metrics: dict[str, Any], **extra: Any
+) -> Path:
     """{"state_dict", "config", "metrics", ...}: enough to rebuild and judge the model without the run."""
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     checkpoint = {"state_dict": state, "config": config, "metrics": metrics, **extra}
@@ -206,16 +223,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         # torch reports a truncated zip as RuntimeError('PytorchStreamReader failed ... directory. This is ...')
         text = str(exc).strip()
         reason = text.splitlines()[0].split(". ")[0][:200] if text else type(exc).__name__
-        raise MedgenError(f"{path}: not a readable checkpoint (truncated or corrupt: {reason}); "
-                          "re-run the stage that writes it") from None
+        raise MedgenError(
+            f"{path}: not a readable checkpoint (truncated or corrupt: {reason}); re-run the stage that writes it"
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise MedgenError(f"{path}: not a medgen checkpoint (no state_dict)")
     return checkpoint
 
 
 def save_model(
-    path: str | Path, model: torch.nn.Module, init_kwargs: dict[str, Any], config: dict[str, Any],
-    metrics: dict[str, Any], **extra: Any,
+    path: str | Path,
+    model: torch.nn.Module,
+    init_kwargs: dict[str, Any],
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    **extra: Any,
 ) -> Path:
     """A checkpoint that rebuilds its own module: class path + constructor kwargs + weights.
 

@@ -31,13 +31,20 @@ class ClassicAugmentation:
         """Every magnitude times `strength` (flip stays as is): the one knob the search tunes."""
         zoom = min(self.zoom * strength, 0.9)  # a scale must stay positive
         return ClassicAugmentation(
-            self.flip, self.rotation * strength, self.translate * strength, self.shear * strength,
-            zoom, self.brightness * strength, min(self.contrast * strength, 0.9),
+            self.flip,
+            self.rotation * strength,
+            self.translate * strength,
+            self.shear * strength,
+            zoom,
+            self.brightness * strength,
+            min(self.contrast * strength, 0.9),
         )
 
     @property
     def active(self) -> bool:
-        return self.flip or any(v > 0 for v in (self.rotation, self.translate, self.shear, self.zoom, self.brightness, self.contrast))
+        return self.flip or any(
+            v > 0 for v in (self.rotation, self.translate, self.shear, self.zoom, self.brightness, self.contrast)
+        )
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(N, C, H, W) in [-1, 1] -> augmented (N, C, H, W) in [-1, 1]."""
@@ -60,7 +67,9 @@ class ClassicAugmentation:
         shift = torch.stack([uniform(self.translate), uniform(self.translate)], dim=1) * 2  # [-1,1] spans 2
         cos, sin = torch.cos(angle), torch.sin(angle)
         rotate = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # (N,2,2)
-        shear_m = torch.stack([torch.stack([torch.ones(n), shear], 1), torch.stack([torch.zeros(n), torch.ones(n)], 1)], 1)
+        shear_m = torch.stack(
+            [torch.stack([torch.ones(n), shear], 1), torch.stack([torch.zeros(n), torch.ones(n)], 1)], 1
+        )
         linear = rotate @ shear_m @ torch.diag_embed(torch.stack([flip, torch.ones(n)], 1)) / scale[:, None, None]
         return torch.cat([linear, shift[:, :, None]], dim=2)
 
@@ -72,7 +81,9 @@ def _geometric(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _photometric(images: torch.Tensor, n: int, brightness: float, contrast: float, generator: torch.Generator) -> torch.Tensor:
+def _photometric(
+    images: torch.Tensor, n: int, brightness: float, contrast: float, generator: torch.Generator
+) -> torch.Tensor:
     if brightness <= 0 and contrast <= 0:
         return images
     shape = (n, 1, 1, 1)

@@ -22,8 +22,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MEDGEN = [sys.executable, "-m", "medgen.cli"]
 # The small settings every fault test runs stages with (a stage's code paths, in seconds).
-FAST = ["-S", "generate.samples_per_class=20", "-S", "generate.feature_epochs=1", "-S", "generate.search_epochs=1",
-        "-S", "generate.epochs=1", "-S", "represent.methods=[pca,ae_conv]"]
+FAST = [
+    "-S",
+    "generate.samples_per_class=20",
+    "-S",
+    "generate.feature_epochs=1",
+    "-S",
+    "generate.search_epochs=1",
+    "-S",
+    "generate.epochs=1",
+    "-S",
+    "represent.methods=[pca,ae_conv]",
+]
 
 
 @dataclass
@@ -42,8 +52,14 @@ class Result:
 
 def env_for(workdir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MEDGEN_"))}
-    env.update({"MEDGEN_PROFILE": "smoke", "PYTHONPATH": os.pathsep.join(sys.path), "MEDGEN_PROGRESS": "log",
-                "PYTHONWARNINGS": "ignore"})
+    env.update(
+        {
+            "MEDGEN_PROFILE": "smoke",
+            "PYTHONPATH": os.pathsep.join(sys.path),
+            "MEDGEN_PROGRESS": "log",
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
     source = os.environ.get("MEDGEN_DATA_SOURCE") or str(ROOT.parent / "shared" / "data" / "breastmnist.npz")
     env["MEDGEN_DATA_SOURCE"] = source
     env.update(extra)
@@ -53,8 +69,9 @@ def env_for(workdir: Path, **extra: str) -> dict[str, str]:
 def medgen(workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> Result:
     """Run `python -m medgen.cli <args>` in workdir and wait for it."""
     started = time.monotonic()
-    done = subprocess.run([*MEDGEN, *args], cwd=workdir, env=env or env_for(workdir), capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [*MEDGEN, *args], cwd=workdir, env=env or env_for(workdir), capture_output=True, text=True, timeout=timeout
+    )
     return Result(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 
 

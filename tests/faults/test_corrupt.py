@@ -19,10 +19,10 @@ def corrupt_zlib_member(src: Path, dst: Path) -> Path:
     raw = bytearray(src.read_bytes())
     with zipfile.ZipFile(src) as archive:
         info = next(i for i in archive.infolist() if i.compress_type == zipfile.ZIP_DEFLATED)
-    name_len = int.from_bytes(raw[info.header_offset + 26: info.header_offset + 28], "little")
-    extra_len = int.from_bytes(raw[info.header_offset + 28: info.header_offset + 30], "little")
+    name_len = int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little")
     start = info.header_offset + 30 + name_len + extra_len
-    raw[start: start + 64] = bytes(64)  # zero the start of the deflate stream
+    raw[start : start + 64] = bytes(64)  # zero the start of the deflate stream
     dst.write_bytes(bytes(raw))
     return dst
 
@@ -70,16 +70,21 @@ def test_corrupt_tracking_database(fault_dir, prepared, damage, capsys):
     db.write_bytes(data[: len(data) // 3] if damage == "truncated" else b"not a database\n" * 300)
     before = snapshot(fault_dir / "data", fault_dir / "metrics", fault_dir / "plots")
     result = medgen(fault_dir, "stage", "prepare")  # a fresh process: this one has the store open already
-    assert_one_line_error(result, "mlflow.db: the MLflow tracking store is not a readable SQLite database",
-                          "move it away to start a fresh store", "stage prepare stopped")
+    assert_one_line_error(
+        result,
+        "mlflow.db: the MLflow tracking store is not a readable SQLite database",
+        "move it away to start a fresh store",
+        "stage prepare stopped",
+    )
     assert snapshot(fault_dir / "data", fault_dir / "metrics", fault_dir / "plots") == before
 
 
 def test_corrupt_study_database(fault_dir, prepared, capsys):
     (fault_dir / "mlruns/optuna.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 5000)
     result = medgen_here(capsys, "stage", "classify", "--profile", "smoke")
-    assert_one_line_error(result, "optuna.db: the Optuna storage is not a readable SQLite database",
-                          "stage classify stopped")
+    assert_one_line_error(
+        result, "optuna.db: the Optuna storage is not a readable SQLite database", "stage classify stopped"
+    )
     assert not (fault_dir / "models").exists()
 
 
@@ -88,8 +93,13 @@ def _truncated_checkpoint(path: Path) -> Path:
     from medgen.models.classifier import ResNetClassifier
     from medgen.training import save_model
 
-    full = save_model(path.with_suffix(".full"), ResNetClassifier(2, stem="pool"), {"n_classes": 2, "stem": "pool"},
-                      config={"hparams": {"lr": 1e-3}}, metrics={})
+    full = save_model(
+        path.with_suffix(".full"),
+        ResNetClassifier(2, stem="pool"),
+        {"n_classes": 2, "stem": "pool"},
+        config={"hparams": {"lr": 1e-3}},
+        metrics={},
+    )
     data = full.read_bytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data[: int(len(data) * 0.4)])
@@ -119,8 +129,13 @@ def test_truncated_synthetic_samples_given_to_augment(fault_dir, prepared, capsy
     from medgen.training import save_model
 
     hparams = {"lr": 1e-3, "weight_decay": 1e-4, "aug_strength": 1.0}
-    save_model(fault_dir / "models/classify/best.pt", ResNetClassifier(2, stem="pool"),
-               {"n_classes": 2, "stem": "pool"}, config={"hparams": hparams}, metrics={})
+    save_model(
+        fault_dir / "models/classify/best.pt",
+        ResNetClassifier(2, stem="pool"),
+        {"n_classes": 2, "stem": "pool"},
+        config={"hparams": hparams},
+        metrics={},
+    )
     samples = fault_dir / "data/synthetic/breastmnist/samples.npz"
     samples.parent.mkdir(parents=True)
     np.savez_compressed(samples, images=np.zeros((40, 28, 28), np.uint8), labels=np.arange(40) % 2)

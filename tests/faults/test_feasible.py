@@ -17,11 +17,17 @@ from .conftest import assert_one_line_error, medgen_here
 CASES = [
     ("represent", "represent.cv_folds=200", "represent.cv_folds: 200 stratified folds need 200 images of every class"),
     ("represent", "represent.grid_n=100000", "represent.grid_n: a 100000x100000 latent grid needs ~"),
-    ("represent", "represent.width=100000",
-     "represent.width/latent_dim_max: ae_conv at latent_dim_max=16, width=100000 needs ~"),
+    (
+        "represent",
+        "represent.width=100000",
+        "represent.width/latent_dim_max: ae_conv at latent_dim_max=16, width=100000 needs ~",
+    ),
     ("classify", "classify.device=cuda", "classify.device: device='cuda' but no CUDA device is available"),
-    ("generate", "generate.samples_per_class=2000000000",
-     "generate.samples_per_class: 2000000000 samples x 2 classes needs ~"),
+    (
+        "generate",
+        "generate.samples_per_class=2000000000",
+        "generate.samples_per_class: 2000000000 samples x 2 classes needs ~",
+    ),
     ("generate", "generate.g_channels=100000", "generate.g_channels/d_channels: G (latent_dim=100, g_channels=100000)"),
     ("generate", "generate.latent_dim=100000000", "generate.g_channels/d_channels: G (latent_dim=100000000"),
     ("generate", "generate.device=cuda:3", "generate.device: device='cuda:3' but no CUDA device is available"),

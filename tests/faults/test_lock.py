@@ -29,8 +29,9 @@ HOLDER = textwrap.dedent("""
 def _hold(lock: Path, stage: str) -> subprocess.Popen:
     """A child process holding the stage lock (as a running stage does) until it is killed."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock), stage], env=env, stdout=subprocess.PIPE,
-                             text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(lock), stage], env=env, stdout=subprocess.PIPE, text=True
+    )
     assert child.stdout.readline().strip() == "held"
     return child
 
@@ -39,8 +40,13 @@ def test_second_run_of_a_stage_is_refused_naming_the_first(fault_dir):
     holder = _hold(fault_dir / ".medgen/locks/prepare.lock", "prepare")
     try:
         result = medgen(fault_dir, "stage", "prepare")
-        assert_one_line_error(result, "stage prepare is already running in this checkout",
-                                     f"pid {holder.pid} on ", "started ", "wait for it to finish or stop it")
+        assert_one_line_error(
+            result,
+            "stage prepare is already running in this checkout",
+            f"pid {holder.pid} on ",
+            "started ",
+            "wait for it to finish or stop it",
+        )
         assert not (fault_dir / "data").exists()  # refused before anything was written
     finally:
         holder.kill()
@@ -75,8 +81,17 @@ def test_two_prepare_runs_started_together_in_one_checkout(fault_dir):
     """Both start on a fresh store at the same moment: each either completes or is refused in one line."""
     env = env_for(fault_dir)
     (fault_dir / "mlruns" / "mlflow.db").unlink()  # fresh store: the schema is created by the race winner
-    children = [subprocess.Popen([sys.executable, "-m", "medgen.cli", "stage", "prepare"], cwd=fault_dir, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "medgen.cli", "stage", "prepare"],
+            cwd=fault_dir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = [(c.wait(timeout=300), c.stderr.read()) for c in children]
     for rc, err in results:
         assert "Traceback" not in err, err[-2000:]

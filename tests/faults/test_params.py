@@ -13,16 +13,19 @@ def _run(capsys, *argv: str) -> tuple[int, list[str]]:
     return rc, [line for line in captured.err.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize(("content", "fragment"), [
-    (b"", "params.yaml: is empty; expected a mapping of sections"),
-    (b"# only a comment\n", "params.yaml: is empty"),
-    (b"seed: 42\ndata:\n  flag: breastmnist\n  size: \xff28\n", "params.yaml: not UTF-8 text (line 4, byte 43)"),
-    (b"- prepare\n- represent\n", "params.yaml: top level must be a mapping, got list"),
-    (b"just a string\n", "params.yaml: top level must be a mapping, got str"),
-    (b"seed: 1\nseed: 2\n", "params.yaml: duplicate key 'seed' (line 2)"),
-    (b"classify:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n", "params.yaml: duplicate key 'lr' (line 4)"),
-    (b"seed: [1, 2\n", "params.yaml: not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"", "params.yaml: is empty; expected a mapping of sections"),
+        (b"# only a comment\n", "params.yaml: is empty"),
+        (b"seed: 42\ndata:\n  flag: breastmnist\n  size: \xff28\n", "params.yaml: not UTF-8 text (line 4, byte 43)"),
+        (b"- prepare\n- represent\n", "params.yaml: top level must be a mapping, got list"),
+        (b"just a string\n", "params.yaml: top level must be a mapping, got str"),
+        (b"seed: 1\nseed: 2\n", "params.yaml: duplicate key 'seed' (line 2)"),
+        (b"classify:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n", "params.yaml: duplicate key 'lr' (line 4)"),
+        (b"seed: [1, 2\n", "params.yaml: not valid YAML"),
+    ],
+)
 def test_bad_params_file_is_one_line(workdir, capsys, content, fragment):
     (workdir / "params.yaml").write_bytes(content)
     rc, lines = _run(capsys, "stage", "prepare")

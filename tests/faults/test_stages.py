@@ -67,8 +67,13 @@ def previous_set(workdir: Path, *stages: str) -> dict[str, str]:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(f"previous {stage} run: {target.name}\n".encode())
     if "classify" in stages:
-        save_model(workdir / "models/classify/best.pt", ResNetClassifier(2, stem="pool"),
-                   {"n_classes": 2, "stem": "pool"}, config={"hparams": {"lr": 1e-3}}, metrics={})
+        save_model(
+            workdir / "models/classify/best.pt",
+            ResNetClassifier(2, stem="pool"),
+            {"n_classes": 2, "stem": "pool"},
+            config={"hparams": {"lr": 1e-3}},
+            metrics={},
+        )
     return snapshot(*[p for s in stages for p in outputs_of(workdir, s)])
 
 
@@ -76,8 +81,13 @@ def _running(store: Path) -> tuple[set[str], set[str]]:
     """Stages with a RUNNING Optuna trial, and MLflow trial runs RUNNING (named <flag>-<stage>-...)."""
     try:
         with sqlite3.connect(store / "optuna.db") as con:
-            studies = {r[0] for r in con.execute("SELECT s.study_name FROM trials t JOIN studies s "
-                                                 "ON t.study_id = s.study_id WHERE t.state = 'RUNNING'")}
+            studies = {
+                r[0]
+                for r in con.execute(
+                    "SELECT s.study_name FROM trials t JOIN studies s "
+                    "ON t.study_id = s.study_id WHERE t.state = 'RUNNING'"
+                )
+            }
         runs = {name for name, _ in running_runs(store / "mlflow.db")}
     except sqlite3.Error:  # schema being created right now
         return set(), set()
@@ -104,8 +114,15 @@ def _kill_each_mid_search(children: dict[str, subprocess.Popen], store: Path, ti
 
 
 def _start(workdir: Path, stage: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([*MEDGEN, "stage", stage, *FAST], cwd=workdir, env=env_for(workdir), text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+    return subprocess.Popen(
+        [*MEDGEN, "stage", stage, *FAST],
+        cwd=workdir,
+        env=env_for(workdir),
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        **popen,
+    )
 
 
 def test_kill_9_mid_search_then_rerun_side_by_side(checkout):
@@ -134,8 +151,11 @@ def test_kill_9_mid_search_then_rerun_side_by_side(checkout):
     assert running_trials(checkout / "mlruns/optuna.db") == []  # ... and trials
     assert leftovers(checkout) == []
     with sqlite3.connect(checkout / "mlruns/mlflow.db") as con:
-        statuses = dict(con.execute("SELECT status, count(*) FROM runs WHERE name IN ('represent', 'classify', "
-                                    "'generate') GROUP BY status").fetchall())
+        statuses = dict(
+            con.execute(
+                "SELECT status, count(*) FROM runs WHERE name IN ('represent', 'classify', 'generate') GROUP BY status"
+            ).fetchall()
+        )
     assert statuses == {"KILLED": 3, "FINISHED": 3}
     after = snapshot(*[p for s in SEARCHED for p in outputs_of(checkout, s)])
     for stage in SEARCHED:  # the re-runs replaced each previous set as a whole
@@ -143,8 +163,9 @@ def test_kill_9_mid_search_then_rerun_side_by_side(checkout):
         assert after[str(metrics)] != before[str(metrics)] and metrics.read_text().startswith("{")
 
 
-@pytest.mark.parametrize(("sig", "line", "rc"), [(signal.SIGINT, "medgen: interrupted", 130),
-                                                 (signal.SIGTERM, "medgen: terminated", 143)])
+@pytest.mark.parametrize(
+    ("sig", "line", "rc"), [(signal.SIGINT, "medgen: interrupted", 130), (signal.SIGTERM, "medgen: terminated", 143)]
+)
 def test_interrupt_mid_search_is_one_line_and_leaves_no_ghosts(checkout, sig, line, rc):
     before = previous_set(checkout, "classify")
     child = _start(checkout, "classify", preexec_fn=default_sigint)
@@ -168,8 +189,9 @@ def test_interrupt_mid_search_is_one_line_and_leaves_no_ghosts(checkout, sig, li
 def _read_only(folder: Path) -> list[str] | None:
     """A command prefix that runs a child with `folder` mounted read-only (a private mount namespace), or,
     where that is not allowed, None after making the folder immutable (chattr +i; undone by the caller)."""
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro '{folder}' '{folder}'"],
-                           capture_output=True)
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount --bind -o ro '{folder}' '{folder}'"], capture_output=True
+    )
     if probe.returncode == 0:
         return ["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(folder)]
     if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
@@ -183,17 +205,25 @@ def test_read_only_metrics_folder_is_refused_before_training(checkout):
     prefix = _read_only(checkout / "metrics")
     try:
         started = time.monotonic()
-        done = subprocess.run([*(prefix or []), *MEDGEN, "stage", "classify", *FAST], cwd=checkout,
-                              env=env_for(checkout), capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [*(prefix or []), *MEDGEN, "stage", "classify", *FAST],
+            cwd=checkout,
+            env=env_for(checkout),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         seconds = time.monotonic() - started
     finally:
         if prefix is None:
             subprocess.run(["chattr", "-i", str(checkout / "metrics")])
     reason = "Read-only file system" if prefix else "Operation not permitted"
     metrics = checkout / "metrics"
-    assert_one_line_error(Result(done.returncode, done.stdout, done.stderr, seconds),
-                          f"cannot write {metrics}/classify.json: {metrics} is not writable ({reason})",
-                          "stage classify stopped, its previous outputs are unchanged")
+    assert_one_line_error(
+        Result(done.returncode, done.stdout, done.stderr, seconds),
+        f"cannot write {metrics}/classify.json: {metrics} is not writable ({reason})",
+        "stage classify stopped, its previous outputs are unchanged",
+    )
     assert (checkout / "models/classify/best.pt").read_bytes() == best
     assert snapshot(*outputs_of(checkout, "classify")) == before and leftovers(checkout) == []
     assert _runs_named(checkout, "classify") == 0 and not (checkout / "mlruns/optuna.db").exists()  # before any work

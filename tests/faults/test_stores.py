@@ -33,9 +33,12 @@ def closed_port() -> int:
 def test_closed_tracking_port_fails_fast_with_one_line(fault_dir):
     uri = f"http://127.0.0.1:{closed_port()}"
     result = medgen(fault_dir, "stage", "prepare", env=env_for(fault_dir, MLFLOW_TRACKING_URI=uri))
-    assert_one_line_error(result, f"MLflow tracking server {uri} unreachable (ConnectionError within 5 s)",
-                          "point MLFLOW_TRACKING_URI / tracking.mlflow_uri at a reachable store",
-                          "stage prepare stopped")
+    assert_one_line_error(
+        result,
+        f"MLflow tracking server {uri} unreachable (ConnectionError within 5 s)",
+        "point MLFLOW_TRACKING_URI / tracking.mlflow_uri at a reachable store",
+        "stage prepare stopped",
+    )
     assert snapshot(fault_dir / "data", fault_dir / "metrics", fault_dir / "plots") == {}  # nothing written
 
 
@@ -90,8 +93,17 @@ def test_processes_racing_on_a_fresh_store_all_succeed(tmp_path, round_):
         env.pop(name, None)
     go = tmp_path / "go"
     ready = [tmp_path / f"ready-{i}" for i in range(3)]
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(go), str(r)], cwd=tmp_path, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in ready]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(go), str(r)],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for r in ready
+    ]
     deadline = time.monotonic() + 300
     while not all(r.exists() for r in ready) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -107,8 +119,12 @@ def test_processes_racing_on_a_fresh_store_all_succeed(tmp_path, round_):
 def test_ghost_sweep_closes_dead_owners_only(workdir, monkeypatch):
     cfg = load_config("params.yaml")
     tracking.configure(cfg.tracking)
-    dead = subprocess.run([sys.executable, "-c", "from medgen.owner import owner_id; print(owner_id())"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    dead = subprocess.run(
+        [sys.executable, "-c", "from medgen.owner import owner_id; print(owner_id())"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     dead_owner = dead.stdout.strip()  # that process has exited
     experiment = tracking.ensure_experiment(cfg, "sweep")
     client = mlflow.MlflowClient()

@@ -21,16 +21,23 @@ from .conftest import default_sigint, snapshot
 
 def _previous(tmp: Path) -> dict[str, str]:
     """A previous complete set: a model, a metrics file and a plots folder with two figures."""
-    for name, text in (("models/best.pt", "old model"), ("metrics/m.json", "old metrics"),
-                       ("plots/a.png", "old a"), ("plots/stale.png", "old stale")):
+    for name, text in (
+        ("models/best.pt", "old model"),
+        ("metrics/m.json", "old metrics"),
+        ("plots/a.png", "old a"),
+        ("plots/stale.png", "old stale"),
+    ):
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_text(text)
     return snapshot(tmp / "models", tmp / "metrics", tmp / "plots")
 
 
 def _declared(tmp: Path) -> list[outputs.Output]:
-    return [outputs.output_file(tmp / "models/best.pt"), outputs.output_file(tmp / "metrics/m.json"),
-            outputs.output_folder(tmp / "plots")]
+    return [
+        outputs.output_file(tmp / "models/best.pt"),
+        outputs.output_file(tmp / "metrics/m.json"),
+        outputs.output_folder(tmp / "plots"),
+    ]
 
 
 def test_commit_replaces_the_whole_set_and_reads_see_staged_files(tmp_path):
@@ -63,8 +70,10 @@ def test_a_failure_at_any_point_leaves_the_previous_set_untouched(tmp_path):
 
 
 def test_an_undeclared_write_is_refused(tmp_path):
-    with pytest.raises(MedgenError, match="does not declare"), \
-            outputs.open_transaction("demo", _declared(tmp_path), tmp_path / ".medgen"):
+    with (
+        pytest.raises(MedgenError, match="does not declare"),
+        outputs.open_transaction("demo", _declared(tmp_path), tmp_path / ".medgen"),
+    ):
         io.write_text(tmp_path / "elsewhere.txt", "x")
     assert not (tmp_path / "elsewhere.txt").exists()
 
@@ -72,8 +81,10 @@ def test_an_undeclared_write_is_refused(tmp_path):
 def test_a_file_in_place_of_an_output_folder_fails_before_the_stage_body(tmp_path):
     (tmp_path / "metrics").write_text("a file where the metrics folder should be")
     ran = []
-    with pytest.raises(outputs.OutputError, match=r"metrics is a file, not a folder"), \
-            outputs.open_transaction("demo", _declared(tmp_path), tmp_path / ".medgen"):
+    with (
+        pytest.raises(outputs.OutputError, match=r"metrics is a file, not a folder"),
+        outputs.open_transaction("demo", _declared(tmp_path), tmp_path / ".medgen"),
+    ):
         ran.append(1)
     assert ran == [] and list(tmp_path.rglob(".medgen-staging-*")) == []
 
@@ -88,8 +99,10 @@ def test_a_full_disk_mid_stage_is_one_line_and_keeps_the_previous_set(tmp_path, 
         return stage_file(self, path)
 
     monkeypatch.setattr(outputs.Transaction, "stage_file", full_at_metrics)
-    with pytest.raises(outputs.OutputError, match=r"cannot write .*m.json \(No space left on device\)$"), \
-            outputs.open_transaction("demo", _declared(tmp_path), tmp_path / ".medgen"):
+    with (
+        pytest.raises(outputs.OutputError, match=r"cannot write .*m.json \(No space left on device\)$"),
+        outputs.open_transaction("demo", _declared(tmp_path), tmp_path / ".medgen"),
+    ):
         io.atomic_write_bytes(tmp_path / "models/best.pt", b"new model")
         io.write_json(tmp_path / "metrics/m.json", {})
     assert snapshot(tmp_path / "models", tmp_path / "metrics", tmp_path / "plots") == before
@@ -102,8 +115,10 @@ def test_immutable_file_is_refused_up_front(tmp_path):
     if subprocess.run(["chattr", "+i", str(target)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i not supported on this filesystem / without CAP_LINUX_IMMUTABLE")
     try:
-        with pytest.raises(outputs.OutputError, match="immutable"), \
-                outputs.open_transaction("demo", [outputs.output_file(target)], tmp_path / ".medgen"):
+        with (
+            pytest.raises(outputs.OutputError, match="immutable"),
+            outputs.open_transaction("demo", [outputs.output_file(target)], tmp_path / ".medgen"),
+        ):
             pass
     finally:
         subprocess.run(["chattr", "-i", str(target)])
@@ -138,8 +153,14 @@ def _crash(tmp_path: Path, phase: str, sig: int, pause: float = 60) -> subproces
     for i in range(5):
         (tmp_path / "out" / f"f{i}.txt").write_text("old")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen([sys.executable, "-c", CRASHER, str(tmp_path), phase, str(pause)], env=env,
-                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASHER, str(tmp_path), phase, str(pause)],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
     marker = tmp_path / ("staged" if phase == "staged" else "renamed")
     deadline = time.monotonic() + 60
     while not marker.exists():

@@ -78,10 +78,13 @@ def check_outputs(cfg, shape: tuple[int, int, int], stem: str) -> None:
     assert all(v["max_abs_diff"] <= cfg.export.parity_tolerance for v in read_json(cfg.export.metrics).values())
 
 
-@pytest.mark.parametrize("name, size, channels, stem_override, stem", [
-    ("rgb28", 28, 3, None, "pool"),  # smoke's classify.stem (pool) unchanged
-    ("grey64", 64, 1, "auto", "standard"),  # the size rule: the standard stem from 64 px
-])
+@pytest.mark.parametrize(
+    "name, size, channels, stem_override, stem",
+    [
+        ("rgb28", 28, 3, None, "pool"),  # smoke's classify.stem (pool) unchanged
+        ("grey64", 64, 1, "auto", "standard"),  # the size rule: the standard stem from 64 px
+    ],
+)
 def test_smoke_pipeline_on_other_shapes(workdir, one_thread, name, size, channels, stem_override, stem):
     npz = write_npz(workdir / f"{name}.npz", size, channels)
     overrides = [f"data.flag={name}", "data.n_classes=2", f"data.size={size}", f"data.source={npz}"]
@@ -105,8 +108,22 @@ def cifar_run(tmp_path_factory, mlflow_template):
     shutil.copy(mlflow_template, root / "mlruns" / "mlflow.db")
     write_cifar10(root / "native", patterned(100, 32, 3, 10, seed=0), patterned(20, 32, 3, 10, seed=1))
     env = {k: v for k, v in os.environ.items() if k not in (*_ENV_TO_CLEAR, "MEDGEN_DATA_SOURCE")}
-    cmd = [sys.executable, "-m", "medgen.cli", "pipeline", "--profile", "smoke", "-S", "data.flag=cifar10",
-           "-S", "data.size=32", "-S", "data.check_counts=false", "-S", f"data.source={root / 'native'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medgen.cli",
+        "pipeline",
+        "--profile",
+        "smoke",
+        "-S",
+        "data.flag=cifar10",
+        "-S",
+        "data.size=32",
+        "-S",
+        "data.check_counts=false",
+        "-S",
+        f"data.source={root / 'native'}",
+    ]
     done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
     return root, cmd, done
 
@@ -114,7 +131,7 @@ def cifar_run(tmp_path_factory, mlflow_template):
 def test_cli_smoke_pipeline_on_native_cifar10(cifar_run):
     root, cmd, done = cifar_run
     assert done.returncode == 0, done.stderr[-3000:]
-    cfg = load_config(root / "params.yaml", profile="smoke", overrides=cmd[cmd.index("-S"):][1::2])
+    cfg = load_config(root / "params.yaml", profile="smoke", overrides=cmd[cmd.index("-S") :][1::2])
     cfg_paths = {k: root / v for k, v in (("export", cfg.export.out_dir), ("prepare", cfg.prepare.metrics))}
     prepared = read_json(cfg_paths["prepare"])
     assert prepared["n"] == {"train": 90, "val": 10, "test": 20} and prepared["class_names"]["0"] == "airplane"
@@ -131,8 +148,11 @@ def _serving_reads_the_contract() -> bool:
     return "input_shape" in code
 
 
-@pytest.mark.skipif(not _serving_reads_the_contract(), reason="the service does not read input_shape from the model "
-                    "metadata yet (#21 item 2, serving branch): runs once that is merged")
+@pytest.mark.skipif(
+    not _serving_reads_the_contract(),
+    reason="the service does not read input_shape from the model "
+    "metadata yet (#21 item 2, serving branch): runs once that is merged",
+)
 def test_bentoml_serve_classifies_an_rgb_32px_png(cifar_run):
     from PIL import Image
 
@@ -141,11 +161,26 @@ def test_bentoml_serve_classifies_an_rgb_32px_png(cifar_run):
     root, _, done = cifar_run
     assert done.returncode == 0, done.stderr[-3000:]
     port = free_port()
-    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MedGen", "--host", "127.0.0.1",
-           "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:MedGen",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with (root / "serve.log").open("w") as log:
-        process = subprocess.Popen(cmd, cwd=ROOT, env=serve_env(root / "models" / "export"), stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=serve_env(root / "models" / "export"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, process)
@@ -153,8 +188,9 @@ def test_bentoml_serve_classifies_an_rgb_32px_png(cifar_run):
 
             picture = io.BytesIO()
             Image.fromarray(patterned(1, 32, 3, 10, seed=5)[0][0], mode="RGB").save(picture, format="PNG")
-            response = httpx.post(f"{url}/classify", content=picture.getvalue(), headers={"content-type": "image/png"},
-                                  timeout=30)
+            response = httpx.post(
+                f"{url}/classify", content=picture.getvalue(), headers={"content-type": "image/png"}, timeout=30
+            )
             assert response.status_code == 200, response.text
             (prediction,) = response.json()["predictions"]
             probs = np.asarray(prediction["probabilities"])

@@ -22,8 +22,6 @@ METRICS = ("acc", "auc", "balanced_acc", "f1", "precision", "recall", "minority_
 KEYS = {"seeds", "ensemble", *(f"test_{m}_{s}" for m in METRICS for s in ("mean", "std", "ci95"))}
 
 
-
-
 @pytest.fixture
 def prepared(smoke_cfg):
     cfg = smoke_cfg()
@@ -125,14 +123,16 @@ def test_transfer_from_an_encoder_checkpoint_freezes_then_unfreezes(smoke_cfg, p
     x, y = data.to_tensors(tiny(prepared))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer, _ = classification._optimizer(model, cfg.classify, 1e-2, 0.0, 2)
-    steps = classification.ClassifierSteps(model, x, y, optimizer, None, torch.nn.CrossEntropyLoss(), None,
-                                           torch.Generator(), freeze=1)
+    steps = classification.ClassifierSteps(
+        model, x, y, optimizer, None, torch.nn.CrossEntropyLoss(), None, torch.Generator(), freeze=1
+    )
     run_epoch(steps, len(y), 16, epoch=0, generator=steps.generator)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
     assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
-    fitted, history = classification.fit_classifier(replace(cfg.classify, epochs=2, freeze_epochs=1), tiny(prepared),
-                                              prepared.val, 2, seed=0, device="cpu")
+    fitted, history = classification.fit_classifier(
+        replace(cfg.classify, epochs=2, freeze_epochs=1), tiny(prepared), prepared.val, 2, seed=0, device="cpu"
+    )
     assert len(history["rows"]) == 2
     assert all(p.requires_grad for p in fitted.parameters())  # unfrozen after the head-only epoch
     # an encoder built for other images is refused before training, naming both shapes

@@ -28,8 +28,12 @@ pytestmark = pytest.mark.integration
 CLUSTER = [sys.executable, str(ROOT / "scripts" / "cluster.py")]
 PG_BIN = Path(os.environ.get("MEDGEN_PG_BIN", "/usr/lib/postgresql/15/bin"))
 N_TRIALS = 8
-OVERRIDES = [f"classify.n_trials={N_TRIALS}", "classify.search_epochs=2",
-             "tracking.optuna_heartbeat_s=1", "tracking.optuna_grace_s=4"]
+OVERRIDES = [
+    f"classify.n_trials={N_TRIALS}",
+    "classify.search_epochs=2",
+    "tracking.optuna_heartbeat_s=1",
+    "tracking.optuna_grace_s=4",
+]
 
 
 def test_search_only_then_run_finishes_from_the_study(smoke_cfg, one_thread):
@@ -57,8 +61,13 @@ def cluster(breastmnist_npz):
     folder.chmod(0o755)  # as root, PostgreSQL runs as `postgres` and must reach its data folder
     env = {**os.environ, "MEDGEN_DATA_SOURCE": str(breastmnist_npz)}
     try:
-        up = subprocess.run([*CLUSTER, "up", "--dir", str(folder), "--workers", "2", "--detach"], env=env,
-                            capture_output=True, text=True, timeout=400)
+        up = subprocess.run(
+            [*CLUSTER, "up", "--dir", str(folder), "--workers", "2", "--detach"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:] + _logs(folder)
         lines = (folder / "env").read_text().splitlines()
         cluster_env = dict(re.match(r"export (\w+)='(.*)'", line).groups() for line in lines)
@@ -73,8 +82,13 @@ def _logs(folder: Path) -> str:
 
 
 def _prefect(env: dict, *args: str) -> str:
-    done = subprocess.run([str(Path(sys.executable).parent / "prefect"), *args], env={**env, "COLUMNS": "200"},
-                          capture_output=True, text=True, timeout=120)  # rich cuts names to the default 80 columns
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), *args],
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # rich cuts names to the default 80 columns
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return done.stdout
 
@@ -149,8 +163,12 @@ def test_fanout_on_two_workers_adds_up_and_retries_a_killed_workers_trial(cluste
     assert finisher.info.status == "FINISHED" and finisher.data.metrics["seeds"] == 2
     assert {a.path for a in client.list_artifacts(finisher.info.run_id)} >= {"plots", "metrics"}  # proxied upload
 
-    searches = _api(env, "POST", "/flow_runs/filter", {"deployments": {"name": {"any_": ["breastmnist"]}},
-                                                        "flows": {"name": {"any_": ["medgen-search"]}}})
+    searches = _api(
+        env,
+        "POST",
+        "/flow_runs/filter",
+        {"deployments": {"name": {"any_": ["breastmnist"]}}, "flows": {"name": {"any_": ["medgen-search"]}}},
+    )
     assert sorted(r["state"]["type"] for r in searches) == ["COMPLETED", "CRASHED"]  # the killed one crashed
     metrics = json.loads((folder / "work" / "metrics" / "classify.json").read_text())
     assert metrics["seeds"] == 2 and 0.0 <= metrics["test_auc_mean"] <= 1.0

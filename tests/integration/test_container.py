@@ -26,8 +26,13 @@ def test_container_check_passes(tmp_path, breastmnist_npz):
     models = export_standins(tmp_path / "models", breastmnist_npz)
     report_path = tmp_path / "container_check.json"
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "scripts/container_check.py", "--model-dir", str(models), "--out", str(report_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=2400)
+    out = subprocess.run(
+        [sys.executable, "scripts/container_check.py", "--model-dir", str(models), "--out", str(report_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
     print(out.stdout, f"container check took {time.monotonic() - t0:.0f} s")
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     report = json.loads(report_path.read_text())

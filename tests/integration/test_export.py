@@ -42,11 +42,16 @@ def test_export_end_to_end(smoke_cfg, workdir):
     for key, result in metrics.items():
         assert 0 <= result["max_abs_diff"] <= cfg.export.parity_tolerance, key
         assert set(result["max_abs_diff_by_batch"]) == {"1", "7", "64"}
-    assert json.loads(Path(cfg.export.metrics).read_text())["generator"]["max_abs_diff"] == metrics["generator"]["max_abs_diff"]
+    assert (
+        json.loads(Path(cfg.export.metrics).read_text())["generator"]["max_abs_diff"]
+        == metrics["generator"]["max_abs_diff"]
+    )
     out = Path(cfg.export.out_dir)
     meta = json.loads((out / "classifier.json").read_text())
     assert meta["class_names"] == ["malignant", "normal, benign"] and meta["input_size"] == 28
-    assert meta["normalisation"]["range"] == [-1.0, 1.0] and meta["sha256"] == onnx_export.file_sha256(out / "classifier.onnx")
+    assert meta["normalisation"]["range"] == [-1.0, 1.0] and meta["sha256"] == onnx_export.file_sha256(
+        out / "classifier.onnx"
+    )
     assert meta["inputs"][0]["shape"] == ["batch", 1, 28, 28]
     assert json.loads((out / "generator.json").read_text())["latent_dim"] == 16
 
@@ -63,17 +68,31 @@ def test_export_end_to_end(smoke_cfg, workdir):
     assert json.loads((out / "classifier.json").read_text())["registered"]["alias"] == "candidate"
 
     # The service loads a registry alias, still without torch or pickle.
-    env = {**__import__("os").environ, "MEDGEN_MODEL_SOURCE": "mlflow", "MLFLOW_TRACKING_URI": tracking.tracking_uri(cfg.tracking),
-           "MEDGEN_MODEL_ALIAS": "candidate", "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
-    done = subprocess.run([sys.executable, "-c", "import numpy as np\n" + NO_TORCH], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = {
+        **__import__("os").environ,
+        "MEDGEN_MODEL_SOURCE": "mlflow",
+        "MLFLOW_TRACKING_URI": tracking.tracking_uri(cfg.tracking),
+        "MEDGEN_MODEL_ALIAS": "candidate",
+        "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "import numpy as np\n" + NO_TORCH],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "mlflow:models:/medgen-classifier@candidate" in done.stdout
 
 
 def _aliases(client, name: str) -> dict[str, str]:
-    return {alias: str(client.get_model_version_by_alias(name, alias).version) for alias in ("champion", "candidate")
-            if registry.current(client, name, alias)}
+    return {
+        alias: str(client.get_model_version_by_alias(name, alias).version)
+        for alias in ("champion", "candidate")
+        if registry.current(client, name, alias)
+    }
 
 
 def _export(cfg, profile: str, val_auc: float, val_fd: float) -> None:
@@ -125,8 +144,12 @@ def test_mismatched_model_is_caught(tmp_path):
     """Parity compares what was exported with the reference model: a different model is a large diff."""
     torch.manual_seed(0)
     exported, other = ReferenceClassifier(), ReferenceClassifier()
-    path = onnx_export.export_onnx(exported, (torch.zeros(2, 1, 28, 28),), tmp_path / "c.onnx", ("images",), ("logits",), 17, {})
-    batches = onnx_export.classifier_batches(np.random.default_rng(0).uniform(-1, 1, (10, 1, 28, 28)).astype(np.float32), (1, 7))
+    path = onnx_export.export_onnx(
+        exported, (torch.zeros(2, 1, 28, 28),), tmp_path / "c.onnx", ("images",), ("logits",), 17, {}
+    )
+    batches = onnx_export.classifier_batches(
+        np.random.default_rng(0).uniform(-1, 1, (10, 1, 28, 28)).astype(np.float32), (1, 7)
+    )
     session = onnx_export.session(path)
     assert onnx_export.max_abs_diff(session, exported, batches)["max"] < 1e-5
     assert onnx_export.max_abs_diff(session, other, batches)["max"] > 1e-3

@@ -38,8 +38,11 @@ def dvc_declared_paths(cfg) -> dict[str, list[str]]:
 
 def run_flow(workdir, npz, *overrides, **kwargs):
     return pipeline.medgen_pipeline(
-        profile="smoke", overrides=[f"data.source={npz}", *overrides],
-        params=str(workdir / "params.yaml"), return_state=True, **kwargs,
+        profile="smoke",
+        overrides=[f"data.source={npz}", *overrides],
+        params=str(workdir / "params.yaml"),
+        return_state=True,
+        **kwargs,
     )
 
 

@@ -32,8 +32,7 @@ def _stage_runs(cfg):
 
 def _study(cfg, method):
     name = search.study_name(cfg.data.flag, "represent", method, represent.study_spec(cfg, method))
-    return optuna.load_study(study_name=name,
-                             storage=search.storage_url(cfg.tracking))
+    return optuna.load_study(study_name=name, storage=search.storage_url(cfg.tracking))
 
 
 def test_all_methods_end_to_end(smoke_cfg, workdir, caplog, monkeypatch):
@@ -90,8 +89,14 @@ def test_all_methods_end_to_end(smoke_cfg, workdir, caplog, monkeypatch):
 def test_rerun_reaches_the_same_study_and_prunes(smoke_cfg, workdir):
     # Pruner built to prune: 90th percentile after one start-up trial, no warm-up, so only a trial that
     # is the best so far at every epoch survives.
-    cfg = smoke_cfg("represent.methods=[pca, ae_dense]", "represent.trials_neural=4", "represent.epochs=3",
-                    "represent.prune_percentile=90", "represent.prune_startup_trials=1", "represent.prune_warmup_epochs=0")
+    cfg = smoke_cfg(
+        "represent.methods=[pca, ae_dense]",
+        "represent.trials_neural=4",
+        "represent.epochs=3",
+        "represent.prune_percentile=90",
+        "represent.prune_startup_trials=1",
+        "represent.prune_warmup_epochs=0",
+    )
     rc = cfg.represent
     prepare.run(cfg)
     first = represent.run(cfg)
@@ -109,7 +114,9 @@ def test_rerun_reaches_the_same_study_and_prunes(smoke_cfg, workdir):
     for method in ("pca", "ae_dense"):
         trials = _study(cfg, method).trials
         assert sorted(t.number for t in trials) == list(range(len(trials)))
-        assert not [t for t in trials if t.state not in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+        assert not [
+            t for t in trials if t.state not in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        ]
 
 
 def test_latent_dim_larger_than_the_input_fails_before_training(smoke_cfg, workdir):

@@ -19,20 +19,34 @@ SCRIPT = ROOT / "scripts" / "repro_check.py"
 def check(tmp_path: Path, npz: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MEDGEN_"))}
     env["MEDGEN_DATA_SOURCE"] = str(npz)
-    return subprocess.run([sys.executable, str(SCRIPT), "--workdir", str(tmp_path / "work"), *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--workdir", str(tmp_path / "work"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 PERTURB = (
-    'python -c "import json, time; p = \'metrics/prepare.json\'; d = json.load(open(p)); '
-    'd[\'written_at\'] = time.time(); json.dump(d, open(p, \'w\'))"'
+    "python -c \"import json, time; p = 'metrics/prepare.json'; d = json.load(open(p)); "
+    "d['written_at'] = time.time(); json.dump(d, open(p, 'w'))\""
 )
 
 
 def test_the_check_fails_when_a_stage_output_changes_between_runs(tmp_path, breastmnist_npz):
     pipeline = f'dvc repro prepare && if [ "$REPRO_CHECK_RUN" = again ]; then {PERTURB}; fi'
-    done = check(tmp_path, breastmnist_npz, "--pipeline", pipeline, "--kill-at", "prepared breastmnist",
-                 "--kill-count", "1", timeout=600)
+    done = check(
+        tmp_path,
+        breastmnist_npz,
+        "--pipeline",
+        pipeline,
+        "--kill-at",
+        "prepared breastmnist",
+        "--kill-count",
+        "1",
+        timeout=600,
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAILED: the again run differs" in done.stderr
     assert "differs: metrics/prepare.json (first at /written_at" in done.stderr

@@ -27,19 +27,28 @@ def test_two_worker_processes_share_one_study(workdir, monkeypatch):
     # Create the storage's schema and the study once, before the workers start: two processes
     # creating Optuna's tables in one fresh sqlite file at once race on the migration.
     search.open_study(cfg, "scale", {"test": "scale"}, suffix="workers")
-    env = {**os.environ, search.STORAGE_ENV: storage, "MLFLOW_TRACKING_URI": mlflow_uri,
-           "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {
+        **os.environ,
+        search.STORAGE_ENV: storage,
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
     workers = [
-        subprocess.Popen([sys.executable, str(WORKER), "params.yaml", parent_id, str(2 * N_PER_WORKER)],
-                         env={**env, search.WORKER_ENV: str(i)}, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(WORKER), "params.yaml", parent_id, str(2 * N_PER_WORKER)],
+            env={**env, search.WORKER_ENV: str(i)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     for worker in workers:
         _, err = worker.communicate(timeout=120)
         assert worker.returncode == 0, err[-2000:]
 
-    study = optuna.load_study(study_name=search.study_name("breastmnist", "scale", "workers", {"test": "scale"}),
-                              storage=storage)
+    study = optuna.load_study(
+        study_name=search.study_name("breastmnist", "scale", "workers", {"test": "scale"}), storage=storage
+    )
     trials = study.trials
     # n_trials is the study's target shared by both workers: it is reached, at most one trial over when
     # both check the count at the same instant; every trial of both workers is stored, none lost

@@ -28,9 +28,16 @@ def export_standins(folder: Path, npz: Path) -> Path:
     own export_one (parity-checked on real BreastMNIST test images), without MLflow."""
     from medgen.stages import export
 
-    cfg = load_config(ROOT / "params.yaml", profile="smoke", overrides=[
-        f"export.classifier_checkpoint={folder / 'classifier.pt'}", f"export.generator_checkpoint={folder / 'generator.pt'}",
-        f"export.augmented_checkpoint={folder / 'absent.pt'}", f"export.out_dir={folder / 'export'}"])
+    cfg = load_config(
+        ROOT / "params.yaml",
+        profile="smoke",
+        overrides=[
+            f"export.classifier_checkpoint={folder / 'classifier.pt'}",
+            f"export.generator_checkpoint={folder / 'generator.pt'}",
+            f"export.augmented_checkpoint={folder / 'absent.pt'}",
+            f"export.out_dir={folder / 'export'}",
+        ],
+    )
     real, _ = data.to_tensors(data.load_npz(npz, cfg.data).test)
     save_classifier(cfg.export.classifier_checkpoint, images=real[:64])
     save_generator(cfg.export.generator_checkpoint)
@@ -70,8 +77,19 @@ def serve_env(export_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def serve_cmd(port: int, host: str = "127.0.0.1") -> list[str]:
-    return [sys.executable, "-m", "bentoml", "serve", "serving.service:MedGen", "--host", host, "--port", str(port),
-            "--timeout-graceful-shutdown", "5"]
+    return [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:MedGen",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--timeout-graceful-shutdown",
+        "5",
+    ]
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
@@ -115,8 +133,14 @@ def running(export_dir: Path, folder: Path, **env: str) -> Iterator[Server]:
     """A real `bentoml serve serving.service:MedGen` on a free 127.0.0.1 port, stopped afterwards."""
     port, log = free_port(), folder / "serve.log"
     with log.open("w") as out:
-        process = subprocess.Popen(serve_cmd(port), cwd=ROOT, env=serve_env(export_dir, **env), stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            serve_cmd(port),
+            cwd=ROOT,
+            env=serve_env(export_dir, **env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         server = Server(f"http://127.0.0.1:{port}", log, process)
         try:
             wait_ready(server.url, process)
@@ -125,12 +149,20 @@ def running(export_dir: Path, folder: Path, **env: str) -> Iterator[Server]:
             stop(process)
 
 
-def start_expecting_exit(export_dir: Path, host: str = "127.0.0.1", timeout: float = 60,
-                         **env: str) -> tuple[int | None, str, float]:
+def start_expecting_exit(
+    export_dir: Path, host: str = "127.0.0.1", timeout: float = 60, **env: str
+) -> tuple[int | None, str, float]:
     """(exit code, output, seconds) of a server that should refuse to start; None if it was still running."""
     t0 = time.monotonic()
-    process = subprocess.Popen(serve_cmd(free_port(), host), cwd=ROOT, env=serve_env(export_dir, **env),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
+    process = subprocess.Popen(
+        serve_cmd(free_port(), host),
+        cwd=ROOT,
+        env=serve_env(export_dir, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
+    )
     try:
         output, _ = process.communicate(timeout=timeout)
         return process.returncode, output, time.monotonic() - t0

@@ -24,8 +24,9 @@ LATENT = 8
 class TinyClassifier(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                 nn.Linear(4, 2))  # (N, C, S, S) -> (N, 4, S, S) -> (N, 4) -> (N, 2)
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+        )  # (N, C, S, S) -> (N, 4, S, S) -> (N, 4) -> (N, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -59,7 +60,13 @@ def export_shaped(folder: Path, channels: int, size: int, record_shape: bool = T
     example = (torch.rand(2, channels, size, size) * 2 - 1,)
     _export(classifier, example, folder, "classifier", (("images",), ("logits",)), {**common, "kind": "classifier"})
     generator = TinyGenerator(channels, size).eval()
-    _export(generator, (torch.randn(2, LATENT), torch.zeros(2, dtype=torch.int64)), folder, "generator",
-            (("z", "labels"), ("images",)), {**common, "kind": "generator", "latent_dim": LATENT})
+    _export(
+        generator,
+        (torch.randn(2, LATENT), torch.zeros(2, dtype=torch.int64)),
+        folder,
+        "generator",
+        (("z", "labels"), ("images",)),
+        {**common, "kind": "generator", "latent_dim": LATENT},
+    )
     manifest.write(load_config(ROOT / "params.yaml"), folder)
     return folder

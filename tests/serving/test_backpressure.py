@@ -39,9 +39,12 @@ def test_burst_beyond_the_inflight_bound_gets_503_with_retry_after(one_slot):
 def test_a_slow_upload_does_not_hold_the_slot(one_slot):
     host, port = one_slot.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as slow:
-        slow.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100000\r\n\r\n{\"images\": [")  # and then nothing for a while
+        slow.sendall(
+            b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100000\r\n\r\n{"images": ['
+        )  # and then nothing for a while
         time.sleep(0.5)
-        quick = httpx.post(f"{one_slot}/classify", json={"images": np.zeros((1, 28, 28), dtype=int).tolist()},
-                           timeout=30)
+        quick = httpx.post(
+            f"{one_slot}/classify", json={"images": np.zeros((1, 28, 28), dtype=int).tolist()}, timeout=30
+        )
         assert quick.status_code == 200, quick.text

@@ -59,9 +59,11 @@ def test_uploads_are_converted_to_the_model_contract(shaped):
     the in-process contract converts them."""
     channels, size, url, local = shaped
     rng = np.random.default_rng(0)
-    uploads = [encode(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)),
-               encode(rng.integers(0, 256, (80, 100), dtype=np.uint8)),
-               encode(rng.integers(0, 256, (50, 50, 3), dtype=np.uint8), "JPEG")]
+    uploads = [
+        encode(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)),
+        encode(rng.integers(0, 256, (80, 100), dtype=np.uint8)),
+        encode(rng.integers(0, 256, (50, 50, 3), dtype=np.uint8), "JPEG"),
+    ]
     contract = local["classifier"].contract
     for payload in uploads:
         got = probs(post(url, "/classify", content=payload, headers={"content-type": "image/png"}))
@@ -87,8 +89,12 @@ def test_arrays_in_both_layouts_give_the_same_answer(shaped):
 def test_wrong_shapes_are_422_naming_the_expected_shape(shaped):
     channels, size, url, _ = shaped
     other = 28 if size != 28 else 32
-    wrong = [np.zeros((2, channels, other, other)), np.zeros((2, 4 - channels, size, size)),
-             np.zeros((2, size, size, 2)), np.zeros((2, 2, channels, size, size))]
+    wrong = [
+        np.zeros((2, channels, other, other)),
+        np.zeros((2, 4 - channels, size, size)),
+        np.zeros((2, size, size, 2)),
+        np.zeros((2, 2, channels, size, size)),
+    ]
     for array in wrong:
         response = post(url, "/classify", json={"images": array.astype(int).tolist()})
         assert response.status_code == 422, response.text
@@ -107,6 +113,10 @@ def test_generate_returns_the_trained_shape(shaped):
     with Image.open(io.BytesIO(base64.b64decode(grid["png_base64"]))) as image:
         assert image.mode == ("L" if channels == 1 else "RGB")
         assert image.size == (2 * (size + 2) + 2, 2 * (size + 2) + 2)  # 2x2 cells + 2 px gutters
-    again = post(url, "/classify", content=json.dumps({"images": images.tolist()}).encode(),
-                 headers={"content-type": "application/json"})
+    again = post(
+        url,
+        "/classify",
+        content=json.dumps({"images": images.tolist()}).encode(),
+        headers={"content-type": "application/json"},
+    )
     assert again.status_code == 200  # what /generate returns, /classify accepts as is

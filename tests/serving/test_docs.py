@@ -24,5 +24,7 @@ def test_every_setting_is_documented_with_its_default():
         row = next((line for line in page.splitlines() if line.startswith(f"| `{env_name(key)}`")), "")
         assert row, f"{env_name(key)} missing from docs/serving.md"
         shown = row.split("|")[2].strip().replace(",", "")
-        expected = {4 * 1024 * 1024: "4 MiB"}.get(default, f"{default:g}" if isinstance(default, float) else str(default))
+        expected = {4 * 1024 * 1024: "4 MiB"}.get(
+            default, f"{default:g}" if isinstance(default, float) else str(default)
+        )
         assert shown == expected, (key, shown, expected)

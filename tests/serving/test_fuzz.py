@@ -15,10 +15,17 @@ from schemathesis.generation.modes import GenerationMode
 EXAMPLES = 40  # per operation and mode with a body (bounded: the whole run takes ~20 s here)
 
 
-def fuzz(operation, mode: GenerationMode, base_url: str, session: requests.Session, counts: collections.Counter,
-         examples: int) -> None:
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+def fuzz(
+    operation,
+    mode: GenerationMode,
+    base_url: str,
+    session: requests.Session,
+    counts: collections.Counter,
+    examples: int,
+) -> None:
+    @settings(
+        max_examples=examples, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(operation.as_strategy(mode))
     def one(case) -> None:
         response = case.call(base_url=base_url, session=session, timeout=30)

@@ -62,7 +62,9 @@ def test_image_upload_equals_in_process(client, local, test_images, size, fmt, m
     payload = png(test_images[0][5], size, fmt, mode)
     raw = client.post("/classify", content=payload, headers={"content-type": f"image/{fmt.lower()}"})
     form = client.post("/classify", files={"image": ("x", payload, f"image/{fmt.lower()}")})
-    expected = runtime.classify_probs(local["classifier"], runtime.to_model_input(GREY28.decode_image(payload, 10**6)[None]))
+    expected = runtime.classify_probs(
+        local["classifier"], runtime.to_model_input(GREY28.decode_image(payload, 10**6)[None])
+    )
     np.testing.assert_allclose(probs_of(raw), expected, atol=1e-6, rtol=0)
     np.testing.assert_allclose(probs_of(form), expected, atol=1e-6, rtol=0)
     prediction = raw.json()["predictions"][0]
@@ -78,7 +80,9 @@ def npy(array: np.ndarray) -> bytes:
 def test_npy_batch_equals_json_batch(client, test_images):
     images = test_images[0][:16]
     binary = client.post("/classify", content=npy(images), headers={"content-type": "application/x-npy"})
-    np.testing.assert_allclose(probs_of(binary), probs_of(client.post("/classify", json={"images": images.tolist()})), atol=1e-6)
+    np.testing.assert_allclose(
+        probs_of(binary), probs_of(client.post("/classify", json={"images": images.tolist()})), atol=1e-6
+    )
 
 
 def test_28px_png_is_the_dataset_image(test_images):
@@ -93,7 +97,9 @@ def test_concurrent_requests_are_batched_correctly(client, local, test_images):
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(lambda im: client.post("/classify", json={"images": [im.tolist()]}), images))
     got = np.concatenate([probs_of(r) for r in responses])
-    np.testing.assert_allclose(got, runtime.classify_probs(local["classifier"], runtime.to_model_input(images[:, None])), atol=1e-6)
+    np.testing.assert_allclose(
+        got, runtime.classify_probs(local["classifier"], runtime.to_model_input(images[:, None])), atol=1e-6
+    )
 
 
 def _object_npy() -> bytes:
@@ -115,20 +121,33 @@ BAD_CLASSIFY = [
     ("digit strings", json.dumps({"images": [[["12"] * 28] * 28]}).encode(), "application/json", 422),
     ("booleans", json.dumps({"images": [[[True] * 28] * 28]}).encode(), "application/json", 422),
     ("fractional pixels", json.dumps({"images": [[[0.5] * 28] * 28]}).encode(), "application/json", 422),
-    ("nan", b'{"images": [' + json.dumps([[0] * 28] * 27 + [[0] * 27 + ["NaN"]]).replace('"NaN"', "NaN").encode() + b"]}",
-     "application/json", 422),
+    (
+        "nan",
+        b'{"images": [' + json.dumps([[0] * 28] * 27 + [[0] * 27 + ["NaN"]]).replace('"NaN"', "NaN").encode() + b"]}",
+        "application/json",
+        422,
+    ),
     ("out of range pixels", json.dumps({"images": [[[300] * 28] * 28]}).encode(), "application/json", 422),
     ("no images key", json.dumps({"pixels": []}).encode(), "application/json", 422),
     ("json list", json.dumps([1, 2, 3]).encode(), "application/json", 422),
-    ("too many images", json.dumps({"images": np.zeros((257, 28, 28), dtype=int).tolist()}).encode(), "application/json", 413),
+    (
+        "too many images",
+        json.dumps({"images": np.zeros((257, 28, 28), dtype=int).tolist()}).encode(),
+        "application/json",
+        413,
+    ),
     ("npy garbage", b"\x93NUMPY garbage", "application/x-npy", 400),
     ("npy float dtype", None, "application/x-npy", 422),
     ("npy pickled object", None, "application/x-npy", 400),
     ("deep json", b"[" * 5000 + b"]" * 5000, "application/json", 400),  # a RecursionError 500 before the scan
     ("deep json in images", b'{"images": ' + b"[" * 100 + b"0" + b"]" * 100 + b"}", "application/json", 400),
     ("too many values", b'{"images": [' + b",".join([b"0"] * 1_300_000) + b"]}", "application/json", 413),
-    ("multipart without file", b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--b--\r\n",
-     "multipart/form-data; boundary=b", 400),
+    (
+        "multipart without file",
+        b'--b\r\nContent-Disposition: form-data; name="a"\r\n\r\nx\r\n--b--\r\n',
+        "multipart/form-data; boundary=b",
+        400,
+    ),
 ]
 
 
@@ -169,10 +188,19 @@ def test_decompression_bomb_is_refused(client):
 
 
 BAD_GENERATE = [
-    ({"label": 2, "n": 4}, 422), ({"label": -1, "n": 4}, 422), ({"n": 4}, 422), ({"label": 0, "n": 0}, 422),
-    ({"label": 0, "n": 257}, 422), ({"label": 0, "n": 2.5}, 422), ({"label": True, "n": 4}, 422),
-    ({"label": 0, "n": 4, "seed": -3}, 422), ({"label": 0, "format": "gif"}, 422), ({"label": 0, "x": 1}, 422),
-    ([0, 4], 422), ("not json", 400), ("[" * 3000 + "]" * 3000, 400),
+    ({"label": 2, "n": 4}, 422),
+    ({"label": -1, "n": 4}, 422),
+    ({"n": 4}, 422),
+    ({"label": 0, "n": 0}, 422),
+    ({"label": 0, "n": 257}, 422),
+    ({"label": 0, "n": 2.5}, 422),
+    ({"label": True, "n": 4}, 422),
+    ({"label": 0, "n": 4, "seed": -3}, 422),
+    ({"label": 0, "format": "gif"}, 422),
+    ({"label": 0, "x": 1}, 422),
+    ([0, 4], 422),
+    ("not json", 400),
+    ("[" * 3000 + "]" * 3000, 400),
 ]
 
 

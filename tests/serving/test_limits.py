@@ -24,11 +24,17 @@ def values(obj) -> int:
     return 1 + sum(values(v) for v in inner)
 
 
-@pytest.mark.parametrize("text,depth,bound", [
-    (b"1", 0, 1), (b"[]", 1, 2), (b"[1, 2, 3]", 1, 4), (b'{"images": [[1, 2], [3, 4]]}', 3, 8),
-    (b'["[[[[", "]]", {"a": ",,,"}]', 2, 5),  # brackets and commas inside strings do not count
-    (b'["a\\"[[[", 1]', 1, 3),  # an escaped quote does not end the string
-])
+@pytest.mark.parametrize(
+    "text,depth,bound",
+    [
+        (b"1", 0, 1),
+        (b"[]", 1, 2),
+        (b"[1, 2, 3]", 1, 4),
+        (b'{"images": [[1, 2], [3, 4]]}', 3, 8),
+        (b'["[[[[", "]]", {"a": ",,,"}]', 2, 5),  # brackets and commas inside strings do not count
+        (b'["a\\"[[[", 1]', 1, 3),  # an escaped quote does not end the string
+    ],
+)
 def test_json_shape_counts_structure_outside_strings(text, depth, bound):
     assert json_shape(text) == (depth, bound)
     assert values(json.loads(text)) <= bound  # an upper bound on the values json.loads would build
@@ -67,14 +73,17 @@ def test_settings_defaults_match_the_config_section():
     assert from_env(config.environment()) == Settings()
 
 
-@pytest.mark.parametrize("env,match", [
-    ({"MEDGEN_MAX_JSON_DEPTH": "deep"}, "MEDGEN_MAX_JSON_DEPTH='deep': expected an integer"),
-    ({"MEDGEN_MAX_BATCH": "0"}, "MEDGEN_MAX_BATCH=0: must be in 1..4096"),
-    ({"MEDGEN_RATE_PER_S": "-1"}, "MEDGEN_RATE_PER_S=-1: must be in"),
-    ({"MEDGEN_API_KEYS": "short"}, "API key #1 .* needs >= 16"),  # pragma: allowlist secret
-    ({"MEDGEN_API_KEYS_FILE": "/nonexistent/keys"}, "cannot read it"),
-    ({"MEDGEN_ALLOW_ANONYMOUS": "maybe"}, "expected 1 or 0"),
-])
+@pytest.mark.parametrize(
+    "env,match",
+    [
+        ({"MEDGEN_MAX_JSON_DEPTH": "deep"}, "MEDGEN_MAX_JSON_DEPTH='deep': expected an integer"),
+        ({"MEDGEN_MAX_BATCH": "0"}, "MEDGEN_MAX_BATCH=0: must be in 1..4096"),
+        ({"MEDGEN_RATE_PER_S": "-1"}, "MEDGEN_RATE_PER_S=-1: must be in"),
+        ({"MEDGEN_API_KEYS": "short"}, "API key #1 .* needs >= 16"),  # pragma: allowlist secret
+        ({"MEDGEN_API_KEYS_FILE": "/nonexistent/keys"}, "cannot read it"),
+        ({"MEDGEN_ALLOW_ANONYMOUS": "maybe"}, "expected 1 or 0"),
+    ],
+)
 def test_bad_settings_name_the_variable(env, match):
     with pytest.raises(SettingsError, match=match) as refused:
         from_env(env)

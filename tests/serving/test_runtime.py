@@ -60,15 +60,20 @@ def real_export_dir() -> Path | None:
     return None if stand_in else folder
 
 
-@pytest.mark.skipif(real_export_dir() is None, reason="needs the real exported classifier and generator "
-                    "(run the pipeline through `export`, or set MEDGEN_REAL_EXPORT_DIR)")
+@pytest.mark.skipif(
+    real_export_dir() is None,
+    reason="needs the real exported classifier and generator "
+    "(run the pipeline through `export`, or set MEDGEN_REAL_EXPORT_DIR)",
+)
 def test_generated_images_respect_the_label():
     """Images generated for label c are classified as c by the exported classifier more often than not."""
     models = runtime.load_models(str(real_export_dir()))
     for label in range(int(models["generator"].metadata["n_classes"])):
         images = runtime.generate(models["generator"], label, 128, seed=label)
         predicted = runtime.classify_probs(models["classifier"], runtime.to_model_input(images)).argmax(1)
-        assert np.mean(predicted == label) >= 0.6, f"label {label}: {np.mean(predicted == label):.2f} classified as asked"
+        assert np.mean(predicted == label) >= 0.6, (
+            f"label {label}: {np.mean(predicted == label):.2f} classified as asked"
+        )
 
 
 def test_registry_source_without_a_champion_is_one_line(mlflow_template, tmp_path, monkeypatch):

@@ -27,8 +27,12 @@ KEY_A = "medgen-test-key-A-4f9c2b7e1d0a"  # rate-limit test only
 KEY_B = "medgen-test-key-B-8e3d6a5c2f1b"
 FILE_KEY = "medgen-test-key-F-0a9b8c7d6e5f"  # from MEDGEN_API_KEYS_FILE
 GOOD = {"images": np.zeros((1, 28, 28), dtype=int).tolist()}
-PROTECTED = [("POST", "/classify", GOOD), ("POST", "/generate", {"label": 0, "n": 1, "seed": 0}),
-             ("GET", "/metadata", None), ("GET", "/model-card", None)]
+PROTECTED = [
+    ("POST", "/classify", GOOD),
+    ("POST", "/generate", {"label": 0, "n": 1, "seed": 0}),
+    ("GET", "/metadata", None),
+    ("GET", "/model-card", None),
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +40,14 @@ def keyed(export_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("keyed")
     keys_file = folder / "keys"
     keys_file.write_text(f"# one key a line\n{FILE_KEY}\n")
-    with running(export_dir, folder, MEDGEN_API_KEYS=f"{KEY_A},{KEY_B}", MEDGEN_API_KEYS_FILE=str(keys_file),
-                 MEDGEN_RATE_PER_S="2", MEDGEN_RATE_BURST="10") as live:
+    with running(
+        export_dir,
+        folder,
+        MEDGEN_API_KEYS=f"{KEY_A},{KEY_B}",
+        MEDGEN_API_KEYS_FILE=str(keys_file),
+        MEDGEN_RATE_PER_S="2",
+        MEDGEN_RATE_BURST="10",
+    ) as live:
         yield live
 
 
@@ -117,11 +127,14 @@ def test_a_model_file_with_one_byte_changed_is_refused_at_start(export_dir, tmp_
     assert_refused(code, output, seconds, f"{copy / 'classifier.onnx'}: sha256")
 
 
-@pytest.mark.parametrize("change,names", [
-    ("delete generator.onnx", "generator.onnx: missing"),
-    ("unlisted model card", "model_card.json: not listed"),
-    ("no manifest", "manifest.json: not found"),
-])
+@pytest.mark.parametrize(
+    "change,names",
+    [
+        ("delete generator.onnx", "generator.onnx: missing"),
+        ("unlisted model card", "model_card.json: not listed"),
+        ("no manifest", "manifest.json: not found"),
+    ],
+)
 def test_missing_or_unlisted_files_are_refused_at_start(export_dir, tmp_path, change, names):
     copy = tampered_copy(export_dir, tmp_path)
     if change == "delete generator.onnx":

@@ -48,8 +48,14 @@ def _result(arm, seed, strength, val_auc, noise=0):
     from medgen.metrics import classification_metrics
 
     probs = _probs(strength, seed + noise)
-    return {"arm": arm, "seed": seed, "n_train": 10, "val": {"auc": val_auc},
-            "test": classification_metrics(LABELS, probs), "probs": probs}
+    return {
+        "arm": arm,
+        "seed": seed,
+        "n_train": 10,
+        "val": {"auc": val_auc},
+        "test": classification_metrics(LABELS, probs),
+        "probs": probs,
+    }
 
 
 def test_summary_pairs_by_seed_applies_the_rule_and_picks_best_arm_on_validation():

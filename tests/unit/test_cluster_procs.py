@@ -46,19 +46,23 @@ def test_a_pid_with_another_start_time_is_never_signalled(tmp_path):
 
 def test_missing_postgresql_is_one_line_and_leaves_nothing_running(tmp_path):
     env = {**os.environ, "MEDGEN_PG_BIN": str(tmp_path / "nowhere")}
-    done = subprocess.run([*CLUSTER, "up", "--dir", str(tmp_path / "c")], env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [*CLUSTER, "up", "--dir", str(tmp_path / "c")], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [f"cluster: error: {tmp_path / 'nowhere'}/initdb not found: "
-                                                "apt-get install -y postgresql (or set MEDGEN_PG_BIN)"]
+    assert done.stderr.strip().splitlines() == [
+        f"cluster: error: {tmp_path / 'nowhere'}/initdb not found: apt-get install -y postgresql (or set MEDGEN_PG_BIN)"
+    ]
     assert not (tmp_path / "c" / "state.json").exists()
-    status = subprocess.run([*CLUSTER, "status", "--dir", str(tmp_path / "c")], capture_output=True, text=True,
-                            timeout=60)
+    status = subprocess.run(
+        [*CLUSTER, "status", "--dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=60
+    )
     assert status.returncode == 1 and "not running" in status.stdout
 
 
 @pytest.mark.parametrize("workers", ["0", "-1"])
 def test_worker_count_must_be_positive(workers, tmp_path):
-    done = subprocess.run([*CLUSTER, "up", "--dir", str(tmp_path), "--workers", workers], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [*CLUSTER, "up", "--dir", str(tmp_path), "--workers", workers], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2 and "--workers must be >= 1" in done.stderr

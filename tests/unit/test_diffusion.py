@@ -13,7 +13,9 @@ from medgen.training import load_model, save_model
 TINY = {"width": 8, "norm_groups": 4, "channel_mult": [1, 2], "attention_levels": [1]}
 
 
-@pytest.mark.parametrize(("channels", "image_size", "sample_size"), [(1, 28, 32), (3, 28, 28), (1, 64, 64), (3, 30, 32)])
+@pytest.mark.parametrize(
+    ("channels", "image_size", "sample_size"), [(1, 28, 32), (3, 28, 28), (1, 64, 64), (3, 30, 32)]
+)
 def test_denoiser_keeps_the_data_shape(channels, image_size, sample_size):
     torch.manual_seed(0)
     model = ClassConditionalUNet(n_classes=3, image_size=image_size, channels=channels, sample_size=sample_size, **TINY)
@@ -75,7 +77,9 @@ def test_loss_target_is_zero_for_the_oracle_and_ddim_recovers_x0(prediction):
     loss = diffusion_loss(oracle, noise_scheduler(oracle), x0, torch.tensor([0, 1, 0, 1]), label_dropout=0.0)
     assert float(loss.detach()) < 1e-6
     trace = []
-    out = ddim_sample(oracle, torch.tensor([0, 1, 0, 1]), torch.randn(4, 1, 28, 28), steps=10, guidance=1.0, trace=trace)
+    out = ddim_sample(
+        oracle, torch.tensor([0, 1, 0, 1]), torch.randn(4, 1, 28, 28), steps=10, guidance=1.0, trace=trace
+    )
     assert float((out - x0).abs().max()) < 1e-3  # a perfect denoiser walks the DDIM path back to x0
     assert [t for t, _, _ in trace] == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]  # trailing spacing
 

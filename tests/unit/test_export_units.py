@@ -15,11 +15,16 @@ from serving.bounded import BadInput
 from serving.contract import Contract
 
 
-@pytest.mark.parametrize("override,key", [
-    ("export.parity_tolerance=0.5", "export.parity_tolerance"), ("export.parity_batches=[]", "export.parity_batches"),
-    ("export.opset=5", "export.opset"), ("export.alias=not an alias", "export.alias"),
-    ("export.classifier_checkpoint=", "export.classifier_checkpoint"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("export.parity_tolerance=0.5", "export.parity_tolerance"),
+        ("export.parity_batches=[]", "export.parity_batches"),
+        ("export.opset=5", "export.opset"),
+        ("export.alias=not an alias", "export.alias"),
+        ("export.classifier_checkpoint=", "export.classifier_checkpoint"),
+    ],
+)
 def test_export_config_rejects_bad_values(override, key):
     with pytest.raises(ConfigError, match=key):
         build_config({}, overrides=[override])
@@ -55,10 +60,15 @@ def test_to_model_input_matches_training_convention():
     assert np.array_equal(runtime.to_model_input(images[:, None]), expected.numpy())  # (N, C, H, W) in
 
 
-@pytest.mark.parametrize("body,message", [
-    ({"label": 0, "n": 300}, "n must be"), ({"label": "0"}, "label must be an integer"), ({}, "label must be"),
-    ({"label": 0, "seed": 1.5}, "seed must be an integer"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ({"label": 0, "n": 300}, "n must be"),
+        ({"label": "0"}, "label must be an integer"),
+        ({}, "label must be"),
+        ({"label": 0, "seed": 1.5}, "seed must be an integer"),
+    ],
+)
 def test_parse_generate_rejects(body, message):
     with pytest.raises(BadInput, match=message):
         inputs.generate_args(body, 2, 256)

@@ -11,13 +11,19 @@ def test_transient_failures_are_retried(exc):
     assert is_transient(exc)
 
 
-@pytest.mark.parametrize("exc", [ConfigError("k"), DataError("d"), MedgenError("m"), TypeError(), None, KeyboardInterrupt()])
+@pytest.mark.parametrize(
+    "exc", [ConfigError("k"), DataError("d"), MedgenError("m"), TypeError(), None, KeyboardInterrupt()]
+)
 def test_user_and_programming_errors_fail_fast(exc):
     assert not is_transient(exc)
 
 
 def test_overrides_put_the_parent_run_last():
-    assert stage_overrides("breastmnist", ["a.b=1"], "abc") == ["data.flag=breastmnist", "a.b=1", "tracking.parent_run_id=abc"]
+    assert stage_overrides("breastmnist", ["a.b=1"], "abc") == [
+        "data.flag=breastmnist",
+        "a.b=1",
+        "tracking.parent_run_id=abc",
+    ]
     assert stage_overrides(None, [], "") == []
 
 

@@ -72,9 +72,20 @@ def test_generation_report_per_class_and_a_copying_generator():
     feats = lambda: rng.normal(size=(n, dim)) + y[:, None] * 2.0  # noqa: E731
     pixels = lambda: rng.integers(0, 256, (n, 8, 8), dtype=np.uint8)  # noqa: E731
     train_px = pixels()
-    report = metrics.generation_report((feats(), y), (feats(), y), (feats(), y), (feats(), y), (train_px, pixels(), train_px))
+    report = metrics.generation_report(
+        (feats(), y), (feats(), y), (feats(), y), (feats(), y), (train_px, pixels(), train_px)
+    )
     for scope in (report, report["per_class"]["0"], report["per_class"]["1"]):
-        assert {"fd_ratio", "kid_ratio", "c2st_acc", "precision", "recall", "density", "coverage", "memorization_share"} <= set(scope)
+        assert {
+            "fd_ratio",
+            "kid_ratio",
+            "c2st_acc",
+            "precision",
+            "recall",
+            "density",
+            "coverage",
+            "memorization_share",
+        } <= set(scope)
         assert scope["memorization_share"] == 1.0  # the synthetic pixels are the training images
     assert report["c2st_acc"] < 0.7 and report["per_class"]["0"]["fd_ratio"] < 5
 

@@ -25,8 +25,11 @@ def medgen_imports(path: Path) -> set[str]:
             found |= {a.name for a in node.names if a.name.startswith("medgen")}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("medgen"):
             found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names if (SRC / node.module[7:].replace(".", "/")
-                                                                        / f"{a.name}.py").exists()}
+            found |= {
+                f"{node.module}.{a.name}"
+                for a in node.names
+                if (SRC / node.module[7:].replace(".", "/") / f"{a.name}.py").exists()
+            }
     return {name for name in found if name != "medgen"}
 
 
@@ -41,6 +44,9 @@ def test_stage_imports_no_stage_and_stays_short(name):
 def test_dvc_deps_list_the_library_a_stage_imports(name):
     deps = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]["deps"])
     imported = {m.removeprefix("medgen.") for m in medgen_imports(SRC / "stages" / f"{name}.py")}
-    files = {f"src/medgen/{m.replace('.', '/')}.py" for m in imported - PLUMBING
-             if (SRC / f"{m.replace('.', '/')}.py").exists()}
+    files = {
+        f"src/medgen/{m.replace('.', '/')}.py"
+        for m in imported - PLUMBING
+        if (SRC / f"{m.replace('.', '/')}.py").exists()
+    }
     assert files - deps == set(), f"dvc.yaml {name}: imported but not a dependency"

@@ -36,8 +36,11 @@ def test_components_of_identical_arms_are_zero_and_csv_round_trips(power, tmp_pa
     seeds = {s: rng.dirichlet([1, 1], 40) for s in (42, 43, 44)}
     rows = ["arm,seed,image,label,p_0,p_1"]
     for arm in ("baseline", "synthetic"):
-        rows += [f"{arm},{s},{i},{y},{p[0]:.6f},{p[1]:.6f}" for s, probs in seeds.items()
-                 for i, (y, p) in enumerate(zip(labels, probs))]
+        rows += [
+            f"{arm},{s},{i},{y},{p[0]:.6f},{p[1]:.6f}"
+            for s, probs in seeds.items()
+            for i, (y, p) in enumerate(zip(labels, probs))
+        ]
     (tmp_path / "probs.csv").write_text("\n".join(rows) + "\n")
     read_labels, arms = power.read_probabilities(tmp_path / "probs.csv")
     assert np.array_equal(read_labels, labels) and sorted(arms["synthetic"]) == [42, 43, 44]

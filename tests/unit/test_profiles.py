@@ -10,6 +10,7 @@ from tests.conftest import ROOT
 def test_size_profiles_fit_the_size_and_shrink_the_work(profile, size):
     full, cfg = load_config(ROOT / "params.yaml", profile="full"), load_config(ROOT / "params.yaml", profile=profile)
     assert cfg.data.size == size and cfg.classify.stem == "auto" and cfg.data.flag == full.data.flag
+
     def epochs(c):
         return c.classify.n_trials * c.classify.search_epochs + c.classify.seeds * c.classify.epochs
 

@@ -11,7 +11,10 @@ from medgen.errors import ConfigError
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("represent.latent_dim_min=64", "represent.latent_dim_min: search space is empty: latent_dim_min=64 > latent_dim_max=8"),
+        (
+            "represent.latent_dim_min=64",
+            "represent.latent_dim_min: search space is empty: latent_dim_min=64 > latent_dim_max=8",
+        ),
         ("represent.k_min=9", "represent.k_min: search space is empty: k_min=9 > k_max=3"),
         ("represent.lr_max=0.00001", "represent.lr_min: search space is empty: lr_min=0.0001 > lr_max=1e-05"),
         ("represent.methods=[]", "represent.methods: is empty"),

@@ -75,7 +75,7 @@ def test_study_name_hashes_the_search_definition(cfg):
     assert search.definition(build_config({"classify": {"lr_range": [1e-4, 1e-2]}}), "classify") != full
 
 
-KILLED_WORKER = textwrap.dedent('''
+KILLED_WORKER = textwrap.dedent("""
     import os, signal, sys, optuna
     from medgen import search, tracking
     from medgen.config import build_config
@@ -92,13 +92,19 @@ KILLED_WORKER = textwrap.dedent('''
     with tracking.stage_run(cfg, "unit") as parent:
         study = search.open_study(cfg, "unit", SPEC)
         search.optimize(study, dying, n_trials=6, parent_run_id=parent.info.run_id)
-''')
+""")
 
 
 def test_a_killed_study_resumes_to_the_same_trials(cfg, workdir, monkeypatch):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", KILLED_WORKER, os.path.dirname(__file__), str(workdir / "mlruns")],
-                          env=env, cwd=workdir, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_WORKER, os.path.dirname(__file__), str(workdir / "mlruns")],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == -9, done.stderr[-2000:]
     storage = search.storage_url(cfg.tracking)
     name = search.study_name("breastmnist", "unit", "", SPEC)

@@ -43,11 +43,33 @@ def test_gan_layout_at_28px_is_the_three_stage_dcgan():
     """The BreastMNIST generator/discriminator must keep their layers (and so their random init)."""
     g = Generator(latent_dim=100, n_classes=2, channels=32, embed_dim=16)
     shapes = [tuple(p.shape) for p in g.parameters()]
-    assert shapes == [(2, 16), (116, 128, 4, 4), (128,), (128,), (128, 64, 4, 4), (64,), (64,), (64, 32, 4, 4), (32,),
-                      (32,), (32, 1, 4, 4), (1,)]
+    assert shapes == [
+        (2, 16),
+        (116, 128, 4, 4),
+        (128,),
+        (128,),
+        (128, 64, 4, 4),
+        (64,),
+        (64,),
+        (64, 32, 4, 4),
+        (32,),
+        (32,),
+        (32, 1, 4, 4),
+        (1,),
+    ]
     d = Discriminator("cdcgan", n_classes=2, channels=32)
-    assert [tuple(p.shape) for p in d.parameters()] == [(32, 3, 4, 4), (32,), (64, 32, 4, 4), (64,), (64,),
-                                                        (128, 64, 4, 4), (128,), (128,), (1, 128, 4, 4), (1,)]
+    assert [tuple(p.shape) for p in d.parameters()] == [
+        (32, 3, 4, 4),
+        (32,),
+        (64, 32, 4, 4),
+        (64,),
+        (64,),
+        (128, 64, 4, 4),
+        (128,),
+        (128,),
+        (1, 128, 4, 4),
+        (1,),
+    ]
 
 
 @pytest.mark.parametrize("channels, size", [(3, 32), (1, 64)])
@@ -121,12 +143,18 @@ def test_export_refuses_models_built_for_other_images(tmp_path):
     rgb = np.zeros((4, 3, 32, 32), dtype=np.float32)
     model, checkpoint = load_model(save_classifier(tmp_path / "c.pt"))
     del checkpoint["config"]["input_shape"]  # as written before input_shape existed: grey by definition
-    with pytest.raises(MedgenError, match=r"classifier was trained on \[1, 28, 28\] inputs but the prepared images "
-                                          r"are \[3, 32, 32\]"):
+    with pytest.raises(
+        MedgenError,
+        match=r"classifier was trained on \[1, 28, 28\] inputs but the prepared images "
+        r"are \[3, 32, 32\]",
+    ):
         export._classifier_spec(model, checkpoint, rgb, cfg)
     generator, checkpoint = load_model(save_generator(tmp_path / "g.pt"))
-    with pytest.raises(MedgenError, match=r"generator makes \[1, 28, 28\] images but the prepared images are "
-                                          r"\[3, 32, 32\]"):
+    with pytest.raises(
+        MedgenError,
+        match=r"generator makes \[1, 28, 28\] images but the prepared images are "
+        r"\[3, 32, 32\]",
+    ):
         export._generator_spec(generator, checkpoint, rgb, cfg)
     rgb_model, checkpoint = load_model(save_classifier(tmp_path / "rgb.pt", channels=3, size=32))
     meta = export._classifier_spec(rgb_model, checkpoint, rgb, cfg)[0]

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def dvc_paths(stage: dict, values: dict) -> set[Path]:
     """outs + metrics + plots of one dvc.yaml stage, ${section.key} resolved from params.yaml."""
+
     def resolve(text: str) -> str:
         return re.sub(r"\$\{(\w+)\.(\w+)\}", lambda m: str(values[m.group(1)][m.group(2)]), text)
 

@@ -79,7 +79,9 @@ def test_delong_difference_agrees_with_the_paired_bootstrap_on_a_large_sample():
     probs_b = np.stack([1 - p1, p1], axis=1)
     delong = stats.delong(labels, probs_a[:, 1], probs_b[:, 1])
     weights = stats.draw(labels, n_boot=2000)
-    boot = stats.weighted_scores(labels, probs_a, weights)["auc"] - stats.weighted_scores(labels, probs_b, weights)["auc"]
+    boot = (
+        stats.weighted_scores(labels, probs_a, weights)["auc"] - stats.weighted_scores(labels, probs_b, weights)["auc"]
+    )
     assert delong["diff"] == pytest.approx(boot.mean(), abs=0.002)
     assert delong["se"] == pytest.approx(boot.std(ddof=1), rel=0.12)  # same standard error
     compared = stats.compare(labels, [probs_a], [probs_b], "auc", weights)
@@ -212,6 +214,7 @@ def test_ensemble_scores_the_seed_averaged_probabilities():
 def test_metric_names_are_made_mlflow_safe_and_intervals_flattened():
     from medgen.tracking import numeric_metrics
 
-    flat = numeric_metrics({"arms": {"classic+synthetic": {"n_train": 798, "name": "x"}}, "ok": True,
-                            "test_auc_ci95": [0.8, 0.9]})
+    flat = numeric_metrics(
+        {"arms": {"classic+synthetic": {"n_train": 798, "name": "x"}}, "ok": True, "test_auc_ci95": [0.8, 0.9]}
+    )
     assert flat == {"arms.classic_synthetic.n_train": 798.0, "test_auc_ci95.0": 0.8, "test_auc_ci95.1": 0.9}

@@ -65,25 +65,31 @@ def test_sample_shapes_range_and_seed(generator):
     assert np.bincount(like.labels).tolist() == [1, 3]
 
 
-@pytest.mark.parametrize("labels, n, message", [
-    ([2], 5, r"label\(s\) \[2\] out of range.*0..1"),
-    ([-1], 5, r"label\(s\) \[-1\] out of range"),
-    ([0], 0, "sample count must be a positive integer, got 0"),
-    ([0], -3, "sample count must be a positive integer, got -3"),
-    ([], 3, "no label requested"),
-])
+@pytest.mark.parametrize(
+    "labels, n, message",
+    [
+        ([2], 5, r"label\(s\) \[2\] out of range.*0..1"),
+        ([-1], 5, r"label\(s\) \[-1\] out of range"),
+        ([0], 0, "sample count must be a positive integer, got 0"),
+        ([0], -3, "sample count must be a positive integer, got -3"),
+        ([], 3, "no label requested"),
+    ],
+)
 def test_sample_rejects_bad_requests(generator, labels, n, message):
     with pytest.raises(MedgenError, match=message):
         sample(generator, labels, n, seed=0)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("generate.samples_per_class=0", "generate.samples_per_class: must be >= 1"),
-    ("generate.samples_per_class=-5", "generate.samples_per_class: must be >= 1"),
-    ("generate.labels=[-1]", "generate.labels: class labels must be >= 0"),
-    ("generate.variant=dcgan", "generate.variant: must be one of cdcgan, acgan, wgan-gp"),
-    ("generate.diffaug=[flip]", "generate.diffaug: unknown policy"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("generate.samples_per_class=0", "generate.samples_per_class: must be >= 1"),
+        ("generate.samples_per_class=-5", "generate.samples_per_class: must be >= 1"),
+        ("generate.labels=[-1]", "generate.labels: class labels must be >= 0"),
+        ("generate.variant=dcgan", "generate.variant: must be one of cdcgan, acgan, wgan-gp"),
+        ("generate.diffaug=[flip]", "generate.diffaug: unknown policy"),
+    ],
+)
 def test_config_rejects_bad_generate_values(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(ROOT / "params.yaml", overrides=[override])

@@ -64,24 +64,51 @@ def arm_split(arm: str, train: data.Split, synthetic: data.Split | None, ratio: 
     return rebalance(train, synthetic, ratio, seed) if "synthetic" in arm else train
 
 
-def fit_arm(cfg: Config, arm: str, seed: int, dataset: data.Dataset, train: data.Split, hparams: dict,
-            device: torch.device, parent_run_id: str) -> dict[str, Any]:
+def fit_arm(
+    cfg: Config,
+    arm: str,
+    seed: int,
+    dataset: data.Dataset,
+    train: data.Split,
+    hparams: dict,
+    device: torch.device,
+    parent_run_id: str,
+) -> dict[str, Any]:
     """One arm, one seed, as a child MLflow run: fit, then validation and test metrics (test once)."""
     started = time.perf_counter()
     epochs = cfg.augment.epochs or None
     with tracking.child_run(parent_run_id, f"{arm}-seed-{seed}", {"arm": arm, "seed": seed, "n_train": len(train)}):
-        model, history = fit_classifier(cfg.classify, train, dataset.val, dataset.n_classes, seed, device,
-                                        hparams, classic_augmentation="classic" in arm, epochs=epochs)
+        model, history = fit_classifier(
+            cfg.classify,
+            train,
+            dataset.val,
+            dataset.n_classes,
+            seed,
+            device,
+            hparams,
+            classic_augmentation="classic" in arm,
+            epochs=epochs,
+        )
         val = evaluate(model, dataset.val, device)
         probs = predict_proba(model, dataset.test, device)
         test = metrics.classification_metrics(dataset.test.labels, probs)
         seconds = time.perf_counter() - started
-        mlflow.log_metrics({f"val_{k}": v for k, v in val.items()} | {f"test_{k}": v for k, v in test.items()}
-                           | {"seconds": seconds})
+        mlflow.log_metrics(
+            {f"val_{k}": v for k, v in val.items()} | {f"test_{k}": v for k, v in test.items()} | {"seconds": seconds}
+        )
     log.info("augment %s seed %d: val_auc %.3f test_auc %.3f (%.0f s)", arm, seed, val["auc"], test["auc"], seconds)
-    return {"arm": arm, "seed": seed, "n_train": len(train), "class_counts": data.class_counts(train.labels, dataset.n_classes),
-            "val": val, "test": test, "probs": probs, "model": model.cpu(), "init_kwargs": history["init_kwargs"],
-            "best_epoch": history["best_epoch"]}
+    return {
+        "arm": arm,
+        "seed": seed,
+        "n_train": len(train),
+        "class_counts": data.class_counts(train.labels, dataset.n_classes),
+        "val": val,
+        "test": test,
+        "probs": probs,
+        "model": model.cpu(),
+        "init_kwargs": history["init_kwargs"],
+        "best_epoch": history["best_epoch"],
+    }
 
 
 def summarize(results: list[dict], arms: tuple[str, ...], labels: np.ndarray) -> dict[str, Any]:
@@ -96,18 +123,24 @@ def summarize(results: list[dict], arms: tuple[str, ...], labels: np.ndarray) ->
     weights = stats.draw(labels)  # the same resampled test images for every arm and seed: paired
     summary: dict[str, Any] = {"seeds": len(seeds), "arms": {}}
     for arm, rows in by_arm.items():
-        summary["arms"][arm] = {"n_train": rows[0]["n_train"],
-                                "val_auc_mean": stats.mean_std([r["val"]["auc"] for r in rows])[0],
-                                **stats.describe(labels, probs[arm], REPORTED, weights)}
-    family = {arm: {f"test_{key}": stats.compare(labels, probs[arm], probs["baseline"], key, weights)
-                    for key in COMPARED} for arm in arms[1:]}
+        summary["arms"][arm] = {
+            "n_train": rows[0]["n_train"],
+            "val_auc_mean": stats.mean_std([r["val"]["auc"] for r in rows])[0],
+            **stats.describe(labels, probs[arm], REPORTED, weights),
+        }
+    family = {
+        arm: {f"test_{key}": stats.compare(labels, probs[arm], probs["baseline"], key, weights) for key in COMPARED}
+        for arm in arms[1:]
+    }
     summary["vs_baseline"] = stats.decide(family)
     summary["rule"] = stats.rule(sum(len(v) for v in family.values()))
     summary["best_arm"] = max(arms, key=lambda a: summary["arms"][a]["val_auc_mean"])  # validation, not test
     summary["synthetic_beats_baseline"] = any(
         found["significant"] and found["diff"] > 0
-        for arm, by_key in summary["vs_baseline"].items() if "synthetic" in arm
-        for key, found in by_key.items() if key.removeprefix("test_") in VERDICT
+        for arm, by_key in summary["vs_baseline"].items()
+        if "synthetic" in arm
+        for key, found in by_key.items()
+        if key.removeprefix("test_") in VERDICT
     )
     return summary
 
@@ -119,10 +152,19 @@ def save_best_synthetic(cfg: Config, dataset: data.Dataset, results: list[dict],
         return None
     best = max(candidates, key=lambda r: r["val"]["auc"])
     channels, size, _ = dataset.image_shape
-    config = {"n_classes": dataset.n_classes, "class_names": list(dataset.class_names), "input_size": size,
-              "input_shape": [channels, size, size], "input_range": [-1.0, 1.0], "flag": cfg.data.flag,
-              "arm": best["arm"], "seed": best["seed"], "hparams": hparams, "ratio": cfg.augment.ratio,
-              "profile": cfg.profile}
+    config = {
+        "n_classes": dataset.n_classes,
+        "class_names": list(dataset.class_names),
+        "input_size": size,
+        "input_shape": [channels, size, size],
+        "input_range": [-1.0, 1.0],
+        "flag": cfg.data.flag,
+        "arm": best["arm"],
+        "seed": best["seed"],
+        "hparams": hparams,
+        "ratio": cfg.augment.ratio,
+        "profile": cfg.profile,
+    }
     scores = {f"test_{k}": v for k, v in best["test"].items()} | {f"val_{k}": v for k, v in best["val"].items()}
     return save_model(cfg.augment.checkpoint, best["model"], best["init_kwargs"], config=config, metrics=scores)
 
@@ -130,19 +172,34 @@ def save_best_synthetic(cfg: Config, dataset: data.Dataset, results: list[dict],
 def write_outputs(cfg: Config, results: list[dict], summary: dict, labels: np.ndarray) -> list[Path]:
     out = Path(cfg.augment.plots_dir)
     shown = VERDICT
-    per_arm = {arm: {key: [r["test"][key] for r in results if r["arm"] == arm] for key in shown}
-               for arm in cfg.augment.arms}
+    per_arm = {
+        arm: {key: [r["test"][key] for r in results if r["arm"] == arm] for key in shown} for arm in cfg.augment.arms
+    }
     intervals = {arm: {key: summary["arms"][arm][f"test_{key}_ci95"] for key in shown} for arm in cfg.augment.arms}
     rows = [",".join(["arm", "seed", "n_train", *[f"test_{k}" for k in shown], "val_auc"])]
-    rows += [",".join([r["arm"], str(r["seed"]), str(r["n_train"]), *[f"{r['test'][k]:.6f}" for k in shown],
-                       f"{r['val']['auc']:.6f}"]) for r in results]
+    rows += [
+        ",".join(
+            [
+                r["arm"],
+                str(r["seed"]),
+                str(r["n_train"]),
+                *[f"{r['test'][k]:.6f}" for k in shown],
+                f"{r['val']['auc']:.6f}",
+            ]
+        )
+        for r in results
+    ]
     write_text(out / "arms.csv", "\n".join(rows) + "\n")
     details = [{k: v for k, v in r.items() if k not in ("model", "init_kwargs", "probs")} for r in results]
     write_json(cfg.augment.metrics, summary)
     write_json(cfg.augment.details, {"per_seed": details})
-    return [out / "arms.csv", write_probabilities(results, labels, out / "test_probs.csv"),
-            plots.save_figure(plots.arms_figure(per_arm, intervals), out / "arms.png"),
-            Path(cfg.augment.metrics), Path(cfg.augment.details)]
+    return [
+        out / "arms.csv",
+        write_probabilities(results, labels, out / "test_probs.csv"),
+        plots.save_figure(plots.arms_figure(per_arm, intervals), out / "arms.png"),
+        Path(cfg.augment.metrics),
+        Path(cfg.augment.details),
+    ]
 
 
 def write_probabilities(results: list[dict], labels: np.ndarray, path: Path) -> Path:
@@ -150,8 +207,10 @@ def write_probabilities(results: list[dict], labels: np.ndarray, path: Path) -> 
     n_classes = results[0]["probs"].shape[1]
     rows = [",".join(["arm", "seed", "image", "label", *[f"p_{c}" for c in range(n_classes)]])]
     for r in results:
-        rows += [",".join([r["arm"], str(r["seed"]), str(i), str(int(y)), *[f"{p:.6f}" for p in row]])
-                 for i, (y, row) in enumerate(zip(labels, r["probs"]))]
+        rows += [
+            ",".join([r["arm"], str(r["seed"]), str(i), str(int(y)), *[f"{p:.6f}" for p in row]])
+            for i, (y, row) in enumerate(zip(labels, r["probs"]))
+        ]
     return write_text(path, "\n".join(rows) + "\n")
 
 
@@ -186,5 +245,7 @@ def run(cfg: Config) -> dict[str, Any]:
         mlflow.log_metrics(tracking.numeric_metrics(summary))
         mlflow.set_tag("medgen.best_arm", summary["best_arm"])
         tracking.log_files(files, "augment")
-    log.info("augment: best arm %s; synthetic beats baseline: %s", summary["best_arm"], summary["synthetic_beats_baseline"])
+    log.info(
+        "augment: best arm %s; synthetic beats baseline: %s", summary["best_arm"], summary["synthetic_beats_baseline"]
+    )
     return summary

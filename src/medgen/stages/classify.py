@@ -52,34 +52,46 @@ def search_hparams(cfg: Config, dataset: data.Dataset, train: data.Split, device
         return {"hparams": base, "trials": 0, "complete": 0, "pruned": 0, "best_val_auc": None}
 
     def objective(trial) -> float:
-        hp = {"lr": trial.suggest_float("lr", *c.lr_range, log=True),
-              "weight_decay": trial.suggest_float("weight_decay", *c.weight_decay_range, log=True)}
+        hp = {
+            "lr": trial.suggest_float("lr", *c.lr_range, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", *c.weight_decay_range, log=True),
+        }
         if c.augment:
             hp["aug_strength"] = trial.suggest_float("aug_strength", *c.strength_range)
-        _, history = fit_classifier(c, train, dataset.val, dataset.n_classes, cfg.seed, device, hp,
-                                    epochs=c.search_epochs, trial=trial)
+        _, history = fit_classifier(
+            c, train, dataset.val, dataset.n_classes, cfg.seed, device, hp, epochs=c.search_epochs, trial=trial
+        )
         return history["best_val_auc"]
 
     study = search.open_study(cfg, "classify", study_spec(cfg), "maximize")
     search.optimize(study, objective, c.n_trials, parent_run_id=parent_run_id)
-    return {"hparams": {**base, **search.best_params(study)}, **search.counts(study),
-            "best_val_auc": search.best_value(study), "study": study.study_name}
+    return {
+        "hparams": {**base, **search.best_params(study)},
+        **search.counts(study),
+        "best_val_auc": search.best_value(study),
+        "study": study.study_name,
+    }
 
 
-def train_seeds(cfg: Config, dataset: data.Dataset, train: data.Split, hparams: dict, device, parent_run_id: str) -> list[dict]:
+def train_seeds(
+    cfg: Config, dataset: data.Dataset, train: data.Split, hparams: dict, device, parent_run_id: str
+) -> list[dict]:
     """Final training, one child run per seed; test metrics computed once per seed."""
     results = []
     with Progress(cfg.classify.seeds, "classify seeds", unit="seeds") as progress:
         for seed in range(cfg.seed, cfg.seed + cfg.classify.seeds):
             started = time.perf_counter()
             with tracking.child_run(parent_run_id, f"seed-{seed}", {"seed": seed, **hparams}):
-                model, history = fit_classifier(cfg.classify, train, dataset.val, dataset.n_classes, seed, device,
-                                                hparams)
+                model, history = fit_classifier(
+                    cfg.classify, train, dataset.val, dataset.n_classes, seed, device, hparams
+                )
                 probs = predict_proba(model, dataset.test, device)
                 test = metrics.classification_metrics(dataset.test.labels, probs)
                 seconds = time.perf_counter() - started
-                mlflow.log_metrics({f"test_{k}": v for k, v in test.items()}
-                                   | {"best_val_auc": history["best_val_auc"], "seconds": seconds})
+                mlflow.log_metrics(
+                    {f"test_{k}": v for k, v in test.items()}
+                    | {"best_val_auc": history["best_val_auc"], "seconds": seconds}
+                )
             results.append({"seed": seed, "model": model.cpu(), "history": history, "test": test, "probs": probs})
             log.info("seed %d: test %s (best epoch %d, %.0f s)", seed, test, history["best_epoch"], seconds)
             progress.update(len(results), seed=seed, val_auc=history["best_val_auc"])
@@ -98,13 +110,26 @@ def summarize(results: list[dict], labels: np.ndarray) -> dict[str, Any]:
 def save_best(cfg: Config, dataset: data.Dataset, best: dict, hparams: dict) -> Path:
     """The seed with the best validation AUC, as a self-describing checkpoint for export."""
     channels, size, _ = dataset.image_shape
-    config = {**asdict(cfg.classify), "n_classes": dataset.n_classes, "class_names": list(dataset.class_names),
-              "input_size": size, "input_shape": [channels, size, size], "input_range": [-1.0, 1.0],
-              "stem_used": best["history"]["init_kwargs"].get("stem"),  # classify.stem resolved for the size
-              "flag": cfg.data.flag, "seed": best["seed"], "hparams": hparams, "profile": cfg.profile}
-    scores = {f"test_{k}": v for k, v in best["test"].items()} | {"val_auc": best["history"]["best_val_auc"],
-                                                                  "best_epoch": best["history"]["best_epoch"]}
-    return save_model(cfg.classify.checkpoint, best["model"], best["history"]["init_kwargs"], config=config, metrics=scores)
+    config = {
+        **asdict(cfg.classify),
+        "n_classes": dataset.n_classes,
+        "class_names": list(dataset.class_names),
+        "input_size": size,
+        "input_shape": [channels, size, size],
+        "input_range": [-1.0, 1.0],
+        "stem_used": best["history"]["init_kwargs"].get("stem"),  # classify.stem resolved for the size
+        "flag": cfg.data.flag,
+        "seed": best["seed"],
+        "hparams": hparams,
+        "profile": cfg.profile,
+    }
+    scores = {f"test_{k}": v for k, v in best["test"].items()} | {
+        "val_auc": best["history"]["best_val_auc"],
+        "best_epoch": best["history"]["best_epoch"],
+    }
+    return save_model(
+        cfg.classify.checkpoint, best["model"], best["history"]["init_kwargs"], config=config, metrics=scores
+    )
 
 
 def write_plots(cfg: Config, dataset: data.Dataset, results: list[dict], best: dict) -> list[Path]:
@@ -114,16 +139,22 @@ def write_plots(cfg: Config, dataset: data.Dataset, results: list[dict], best: d
     rows = best["history"]["rows"]
     names = dataset.class_names  # may contain commas ("normal, benign"): JSON, not CSV
     pairs = [{"actual": names[a], "predicted": names[p]} for a, p in zip(labels.tolist(), probs.argmax(1).tolist())]
-    files = [_csv(out / "history.csv", list(rows[0]), [[r[k] for k in rows[0]] for r in rows]),
-             write_json(out / "confusion.json", pairs)]
+    files = [
+        _csv(out / "history.csv", list(rows[0]), [[r[k] for k in rows[0]] for r in rows]),
+        write_json(out / "confusion.json", pairs),
+    ]
     if dataset.n_classes == 2:
         curve = metrics.roc(labels, probs)
         files.append(_csv(out / "roc.csv", ["fpr", "tpr", "threshold"], list(zip(*curve.values()))))
         curves = {f"seed {r['seed']} (AUC {r['test']['auc']:.3f})": metrics.roc(labels, r["probs"]) for r in results}
         files.append(plots.save_figure(plots.roc_figure(curves), out / "roc.png"))
-    files.append(plots.save_figure(plots.training_curves({r["seed"]: r["history"]["rows"] for r in results}), out / "curves.png"))
+    files.append(
+        plots.save_figure(plots.training_curves({r["seed"]: r["history"]["rows"] for r in results}), out / "curves.png")
+    )
     matrix = metrics.confusion(labels, probs.argmax(1), dataset.n_classes)
-    files.append(plots.save_figure(plots.confusion_figure(matrix, names, f"test, seed {best['seed']}"), out / "confusion.png"))
+    files.append(
+        plots.save_figure(plots.confusion_figure(matrix, names, f"test, seed {best['seed']}"), out / "confusion.png")
+    )
     return files
 
 
@@ -137,9 +168,16 @@ def details(dataset: data.Dataset, results: list[dict], best: dict, found: dict,
         "checkpoint_seed": best["seed"],
         "search": found,
         "n_train": len(train),
-        "per_seed": [{"seed": r["seed"], "best_epoch": r["history"]["best_epoch"], "epochs_run": len(r["history"]["rows"]),
-                      "val_auc": r["history"]["best_val_auc"],
-                      **{f"test_{k}": v for k, v in r["test"].items()}} for r in results],
+        "per_seed": [
+            {
+                "seed": r["seed"],
+                "best_epoch": r["history"]["best_epoch"],
+                "epochs_run": len(r["history"]["rows"]),
+                "val_auc": r["history"]["best_val_auc"],
+                **{f"test_{k}": v for k, v in r["test"].items()},
+            }
+            for r in results
+        ],
         "confusion": metrics.confusion(dataset.test.labels, best["probs"].argmax(1), dataset.n_classes).tolist(),
         "classification_report": metrics.report(dataset.test.labels, best["probs"], dataset.class_names),
     }
@@ -191,6 +229,8 @@ def run(cfg: Config) -> dict[str, Any]:
         mlflow.log_metrics(tracking.numeric_metrics(summary))
         tracking.log_files(files, "plots")
         tracking.log_files([Path(cfg.classify.metrics), Path(cfg.classify.details)], "metrics")
-        mlflow.log_text(metrics.report_text(dataset.test.labels, best["probs"], dataset.class_names), "classification_report.txt")
+        mlflow.log_text(
+            metrics.report_text(dataset.test.labels, best["probs"], dataset.class_names), "classification_report.txt"
+        )
     log.info("classify: %s", summary)
     return summary

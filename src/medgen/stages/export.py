@@ -49,13 +49,22 @@ def targets(cfg: Config) -> list[Target]:
     e = cfg.export
     chosen = [Target("classifier", "classifier", "medgen-classifier", Path(e.classifier_checkpoint), "classifier")]
     if e.augmented_checkpoint and Path(e.augmented_checkpoint).exists():
-        chosen.append(Target("augmented_classifier", "classifier_augmented", "medgen-classifier-augmented",
-                             Path(e.augmented_checkpoint), "classifier"))
+        chosen.append(
+            Target(
+                "augmented_classifier",
+                "classifier_augmented",
+                "medgen-classifier-augmented",
+                Path(e.augmented_checkpoint),
+                "classifier",
+            )
+        )
     chosen.append(Target("generator", "generator", "medgen-generator", Path(e.generator_checkpoint), "generator"))
     for target in chosen:
         if not target.checkpoint.exists():
-            raise MedgenError(f"{target.checkpoint}: {target.key} checkpoint not found (export.{target.key}_checkpoint; "
-                              "run the stage that trains it first)")
+            raise MedgenError(
+                f"{target.checkpoint}: {target.key} checkpoint not found (export.{target.key}_checkpoint; "
+                "run the stage that trains it first)"
+            )
     return chosen
 
 
@@ -64,18 +73,26 @@ def _classifier_spec(model: torch.nn.Module, checkpoint: dict[str, Any], real: n
     config = checkpoint.get("config") or {}
     channels, size = int(real.shape[1]), int(real.shape[-1])
     # checkpoints from before input_shape was recorded were grey: [1, input_size, input_size]
-    recorded = config.get("input_shape") or ([1, config["input_size"], config["input_size"]] if "input_size" in config
-                                             else [channels, size, size])
+    recorded = config.get("input_shape") or (
+        [1, config["input_size"], config["input_size"]] if "input_size" in config else [channels, size, size]
+    )
     built = [int(v) for v in recorded]
     if built != [channels, size, size]:
-        raise MedgenError(f"classifier was trained on {built} inputs but the prepared images are "
-                          f"{[channels, size, size]}: rerun classify (and augment) on this data")
+        raise MedgenError(
+            f"classifier was trained on {built} inputs but the prepared images are "
+            f"{[channels, size, size]}: rerun classify (and augment) on this data"
+        )
     n_classes = int(config.get("n_classes") or model(torch.from_numpy(real[:1])).shape[1])
-    meta = {"class_names": onnx_export.class_names_of(config, n_classes), "n_classes": n_classes, "input_size": size,
-            "channels": channels, "input_shape": [channels, size, size],
-            "normalisation": onnx_export.normalisation(channels),
-            "inputs": [{"name": "images", "shape": ["batch", channels, size, size], "dtype": "float32"}],
-            "outputs": [{"name": "logits", "shape": ["batch", n_classes], "dtype": "float32"}]}
+    meta = {
+        "class_names": onnx_export.class_names_of(config, n_classes),
+        "n_classes": n_classes,
+        "input_size": size,
+        "channels": channels,
+        "input_shape": [channels, size, size],
+        "normalisation": onnx_export.normalisation(channels),
+        "inputs": [{"name": "images", "shape": ["batch", channels, size, size], "dtype": "float32"}],
+        "outputs": [{"name": "logits", "shape": ["batch", n_classes], "dtype": "float32"}],
+    }
     if config.get("stem_used"):
         meta["stem"] = config["stem_used"]
     batches = onnx_export.classifier_batches(real, cfg.export.parity_batches)
@@ -91,16 +108,26 @@ def _generator_spec(model: torch.nn.Module, checkpoint: dict[str, Any], real: np
     with torch.no_grad():
         shape = [int(v) for v in model(*example).shape[1:]]  # [C, S, S]
     if shape != list(real.shape[1:]):
-        raise MedgenError(f"generator makes {shape} images but the prepared images are {list(real.shape[1:])}: "
-                          "rerun generate on this data")
+        raise MedgenError(
+            f"generator makes {shape} images but the prepared images are {list(real.shape[1:])}: "
+            "rerun generate on this data"
+        )
     channels, size = shape[0], shape[-1]
-    meta = {"class_names": onnx_export.class_names_of(config, n_classes), "n_classes": n_classes, "latent_dim": latent,
-            "latent_distribution": "standard normal N(0, I), float32", "input_size": size, "channels": channels,
-            "output_shape": shape, "normalisation": onnx_export.normalisation(channels),
-            "inputs": [{"name": "z", "shape": ["batch", latent], "dtype": "float32"},
-                       {"name": "labels", "shape": ["batch"], "dtype": "int64"}],
-            "outputs": [{"name": "images", "shape": ["batch", channels, size, size], "dtype": "float32",
-                         "range": [-1, 1]}]}
+    meta = {
+        "class_names": onnx_export.class_names_of(config, n_classes),
+        "n_classes": n_classes,
+        "latent_dim": latent,
+        "latent_distribution": "standard normal N(0, I), float32",
+        "input_size": size,
+        "channels": channels,
+        "output_shape": shape,
+        "normalisation": onnx_export.normalisation(channels),
+        "inputs": [
+            {"name": "z", "shape": ["batch", latent], "dtype": "float32"},
+            {"name": "labels", "shape": ["batch"], "dtype": "int64"},
+        ],
+        "outputs": [{"name": "images", "shape": ["batch", channels, size, size], "dtype": "float32", "range": [-1, 1]}],
+    }
     return meta, example, ("z", "labels"), ("images",), batches
 
 
@@ -113,15 +140,24 @@ def export_one(target: Target, cfg: Config, real: np.ndarray) -> tuple[dict[str,
         spec, example, inputs, outputs, batches = _generator_spec(model, checkpoint, real, cfg)
     # No run id or registry version in the files: they are DVC outputs, the same for the same checkpoints.
     # MLflow links them instead (the export run logs them; the registered version records its run).
-    meta = {**onnx_export.base_metadata(target.kind, target.checkpoint, checkpoint, cfg.export.opset), **spec,
-            "name": target.stem, "file": f"{target.stem}.onnx", "registry_name": target.registry_name}
+    meta = {
+        **onnx_export.base_metadata(target.kind, target.checkpoint, checkpoint, cfg.export.opset),
+        **spec,
+        "name": target.stem,
+        "file": f"{target.stem}.onnx",
+        "registry_name": target.registry_name,
+    }
     out = Path(cfg.export.out_dir)
-    onnx_path = onnx_export.export_onnx(model, example, out / f"{target.stem}.onnx", inputs, outputs, cfg.export.opset, meta)
+    onnx_path = onnx_export.export_onnx(
+        model, example, out / f"{target.stem}.onnx", inputs, outputs, cfg.export.opset, meta
+    )
     diffs = onnx_export.max_abs_diff(onnx_export.session(onnx_path), model, batches)
     if not diffs["max"] <= cfg.export.parity_tolerance:  # `not <=` also catches NaN
         remove_output(onnx_path)
-        raise MedgenError(f"{target.key}: onnxruntime differs from PyTorch by {diffs['max']:.3g} "
-                          f"> export.parity_tolerance={cfg.export.parity_tolerance:g} (batches {diffs})")
+        raise MedgenError(
+            f"{target.key}: onnxruntime differs from PyTorch by {diffs['max']:.3g} "
+            f"> export.parity_tolerance={cfg.export.parity_tolerance:g} (batches {diffs})"
+        )
     result = {"max_abs_diff": diffs["max"], "max_abs_diff_by_batch": {k: v for k, v in diffs.items() if k != "max"}}
     meta.update(parity=result, sha256=onnx_export.file_sha256(onnx_path))
     json_path = write_json(out / f"{target.stem}.json", meta)
@@ -154,7 +190,6 @@ def run(cfg: Config) -> dict[str, Any]:
     return metrics
 
 
-
 def register(target: Target, cfg: Config, onnx_path: Path, json_path: Path) -> str:
     """A new registry version; the champion alias moves to it only forward (medgen.registry.settle).
 
@@ -166,7 +201,8 @@ def register(target: Target, cfg: Config, onnx_path: Path, json_path: Path) -> s
     new = registry.standing(target.kind, load_checkpoint(target.checkpoint), cfg)
     decision = registry.settle(cfg, target.registry_name, version, new)
     # the manifest names this version by the file's sha256 (medgen.manifest)
-    mlflow.MlflowClient().set_model_version_tag(target.registry_name, version, "medgen.sha256",
-                                                 onnx_export.file_sha256(onnx_path))
+    mlflow.MlflowClient().set_model_version_tag(
+        target.registry_name, version, "medgen.sha256", onnx_export.file_sha256(onnx_path)
+    )
     mlflow.set_tag(f"medgen.registered.{target.key}", f"{target.registry_name}/{version}@{decision['status']}")
     return version

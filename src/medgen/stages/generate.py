@@ -59,10 +59,22 @@ def make_objective(cfg: Config, real: generation.Real, device: torch.device):
 
     def objective(trial: optuna.Trial) -> float:
         set_seed(cfg.seed)  # every trial starts from the same weights and batches: only hypers differ
-        trainer = GanTrainer(gcfg, hyper_from_trial(trial, gcfg), real.dataset.n_classes, device, real.dataset.image_shape)
-        loop = Loop(gcfg.search_epochs, gcfg.batch_size, f"gan trial {trial.number} ({trainer.hyper.variant})",
-                    device=device, first_epoch=1, eval_every=gcfg.eval_every, monitor="val_fd", mode="min",
-                    worst=math.inf, trial=trial, show=("loss_d", "loss_g"))
+        trainer = GanTrainer(
+            gcfg, hyper_from_trial(trial, gcfg), real.dataset.n_classes, device, real.dataset.image_shape
+        )
+        loop = Loop(
+            gcfg.search_epochs,
+            gcfg.batch_size,
+            f"gan trial {trial.number} ({trainer.hyper.variant})",
+            device=device,
+            first_epoch=1,
+            eval_every=gcfg.eval_every,
+            monitor="val_fd",
+            mode="min",
+            worst=math.inf,
+            trial=trial,
+            show=("loss_d", "loss_g"),
+        )
         validate = lambda epoch: {"val_fd": generation.val_fd(trainer.sampler(), real, n_eval, cfg.seed)}  # noqa: E731
         return fit(trainer.steps(real.x, real.y, prune_diverged=True), len(real.x), loop, validate).best
 
@@ -77,14 +89,20 @@ def study_spec(cfg: Config) -> dict[str, Any]:
     return search.definition(cfg, "generate", ignore=NOT_SEARCH)
 
 
-def choose_hyper(cfg: Config, real: generation.Real, device: torch.device, parent_run_id: str) -> tuple[GanHyper, dict[str, Any]]:
+def choose_hyper(
+    cfg: Config, real: generation.Real, device: torch.device, parent_run_id: str
+) -> tuple[GanHyper, dict[str, Any]]:
     """Optuna search (resumable study `<flag>-generate`); n_trials = 0 takes the configured defaults."""
     gcfg = cfg.generate
     if gcfg.n_trials == 0:
         return GanHyper.defaults(gcfg), {"n_trials": 0}
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, gcfg.search_epochs // 3))
     # The DCGAN paper's settings are always the first candidate
-    fixed = [{"variant": gcfg.variant, "lr_g": gcfg.lr_g, "lr_d": gcfg.lr_d, "beta1": gcfg.beta1}] if gcfg.variant in gcfg.variants else []
+    fixed = (
+        [{"variant": gcfg.variant, "lr_g": gcfg.lr_g, "lr_d": gcfg.lr_d, "beta1": gcfg.beta1}]
+        if gcfg.variant in gcfg.variants
+        else []
+    )
     study = search.open_study(cfg, "generate", study_spec(cfg), direction="minimize", pruner=pruner, fixed=fixed)
     search.optimize(study, make_objective(cfg, real, device), gcfg.n_trials, parent_run_id=parent_run_id)
     best = search.best_params(study)
@@ -93,7 +111,9 @@ def choose_hyper(cfg: Config, real: generation.Real, device: torch.device, paren
     return GanHyper(best["variant"], best["lr_g"], best["lr_d"], best["beta1"]), summary
 
 
-def fit_final(cfg: Config, hyper: GanHyper, real: generation.Real, device: torch.device) -> tuple[torch.nn.Module, list[dict], int]:
+def fit_final(
+    cfg: Config, hyper: GanHyper, real: generation.Real, device: torch.device
+) -> tuple[torch.nn.Module, list[dict], int]:
     """Train the chosen GAN for generate.epochs; keep the EMA generator with the best val FD.
 
     Returns the kept generator, the per-epoch history and the epoch it comes from.
@@ -109,8 +129,18 @@ def fit_final(cfg: Config, hyper: GanHyper, real: generation.Real, device: torch
             image = generation.checkpoint_grid(trainer.sampler(), real.dataset.n_classes, cfg.seed)
             plots.save_png(image, Path(gcfg.plots_dir) / f"grid_epoch_{epoch:04d}.png")
 
-    loop = Loop(gcfg.epochs, gcfg.batch_size, f"gan final fit ({hyper.variant})", device=device, first_epoch=1,
-                eval_every=gcfg.eval_every, monitor="val_fd", mode="min", worst=math.inf, show=("loss_d", "loss_g"))
+    loop = Loop(
+        gcfg.epochs,
+        gcfg.batch_size,
+        f"gan final fit ({hyper.variant})",
+        device=device,
+        first_epoch=1,
+        eval_every=gcfg.eval_every,
+        monitor="val_fd",
+        mode="min",
+        worst=math.inf,
+        show=("loss_d", "loss_g"),
+    )
     validate = lambda epoch: {"val_fd": generation.val_fd(trainer.sampler(), real, n_eval, cfg.seed)}  # noqa: E731
     generator = trainer.sampler()  # the EMA copy: its best-FD weights are kept
     fitted = fit(trainer.steps(real.x, real.y), len(real.x), loop, validate, keep=generator, on_epoch=grid)
@@ -137,8 +167,13 @@ def write_outputs(cfg: Config, generator: torch.nn.Module, history: list[dict]) 
 def outputs(cfg: Config) -> list[Output]:
     """What this stage writes (dvc.yaml's outs, metrics and plots of `generate`)."""
     g = cfg.generate
-    return [output_file(g.checkpoint), output_file(g.feature_checkpoint), output_file(synthetic.samples_path(cfg)),
-            output_file(g.metrics), output_folder(g.plots_dir)]
+    return [
+        output_file(g.checkpoint),
+        output_file(g.feature_checkpoint),
+        output_file(synthetic.samples_path(cfg)),
+        output_file(g.metrics),
+        output_folder(g.plots_dir),
+    ]
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -165,15 +200,34 @@ def _run(cfg: Config) -> dict[str, Any]:
         trained = time.perf_counter()
         report = generation.evaluate(cfg, generator, real)
         # no timings in the metrics file (same inputs, same file): they go to MLflow and the log
-        result = {"variant": hyper.variant, **report, "hyper": asdict(hyper), "search": summary,
-                  "best_epoch": best_epoch}
-        extra = {"latent_dim": gcfg.latent_dim, "n_classes": dataset.n_classes, "class_names": list(dataset.class_names),
-                 "variant": hyper.variant, "lr_g": hyper.lr_g, "lr_d": hyper.lr_d, "beta1": hyper.beta1,
-                 "image_shape": list(dataset.image_shape), "flag": cfg.data.flag, "profile": cfg.profile}
+        result = {
+            "variant": hyper.variant,
+            **report,
+            "hyper": asdict(hyper),
+            "search": summary,
+            "best_epoch": best_epoch,
+        }
+        extra = {
+            "latent_dim": gcfg.latent_dim,
+            "n_classes": dataset.n_classes,
+            "class_names": list(dataset.class_names),
+            "variant": hyper.variant,
+            "lr_g": hyper.lr_g,
+            "lr_d": hyper.lr_d,
+            "beta1": hyper.beta1,
+            "image_shape": list(dataset.image_shape),
+            "flag": cfg.data.flag,
+            "profile": cfg.profile,
+        }
         # val_fd of the kept epoch: what the fit selected on, and what export's champion rule compares
         selected = {"val_fd": history[best_epoch - 1]["val_fd"]}
-        save_model(gcfg.checkpoint, generator, generator_kwargs(gcfg, dataset.n_classes, dataset.image_shape),
-                   config=asdict(gcfg) | extra, metrics=tracking.numeric_metrics(report) | selected)
+        save_model(
+            gcfg.checkpoint,
+            generator,
+            generator_kwargs(gcfg, dataset.n_classes, dataset.image_shape),
+            config=asdict(gcfg) | extra,
+            metrics=tracking.numeric_metrics(report) | selected,
+        )
         figures = write_outputs(cfg, generator, history)
         seconds = {"search": searched - started, "train": trained - searched, "total": time.perf_counter() - started}
         write_json(gcfg.metrics, result)
@@ -182,7 +236,13 @@ def _run(cfg: Config) -> dict[str, Any]:
         tracking.log_files([*figures, *output_files(gcfg.plots_dir, "grid_epoch_*.png")], "plots")
         tracking.log_files([Path(gcfg.checkpoint)], "model")
         tracking.log_dict(result, "generate.json")
-    log.info("generate: %s fd %.3g (real %.3g) c2st %.3f; %.0f s search, %.0f s final fit", hyper.variant,
-             report["fd_real_vs_synth"], report["fd_real_vs_real"], report["c2st_acc"], seconds["search"],
-             seconds["train"])
+    log.info(
+        "generate: %s fd %.3g (real %.3g) c2st %.3f; %.0f s search, %.0f s final fit",
+        hyper.variant,
+        report["fd_real_vs_synth"],
+        report["fd_real_vs_real"],
+        report["c2st_acc"],
+        seconds["search"],
+        seconds["train"],
+    )
     return result

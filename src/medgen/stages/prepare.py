@@ -51,8 +51,12 @@ def write_montages(dataset: data.Dataset, per_class: int, out_dir: Path) -> list
 
 def outputs(cfg: Config) -> list[Output]:
     """What this stage writes (dvc.yaml's outs, metrics and plots of `prepare`)."""
-    return [output_file(cfg.data.raw_path), output_file(cfg.data.prepared_path), output_file(cfg.prepare.metrics),
-            output_folder(cfg.prepare.plots_dir)]
+    return [
+        output_file(cfg.data.raw_path),
+        output_file(cfg.data.prepared_path),
+        output_file(cfg.prepare.metrics),
+        output_folder(cfg.prepare.plots_dir),
+    ]
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -61,8 +65,13 @@ def run(cfg: Config) -> dict[str, Any]:
         raw, origin = data.fetch_raw(cfg.data)
         dataset = data.load_npz(raw, cfg.data)
         digest = data.file_md5(raw)
-        mlflow.set_tags({"medgen.data_md5": digest, "medgen.data_origin": origin,
-                         "medgen.image_shape": "x".join(map(str, dataset.image_shape))})
+        mlflow.set_tags(
+            {
+                "medgen.data_md5": digest,
+                "medgen.data_origin": origin,
+                "medgen.image_shape": "x".join(map(str, dataset.image_shape)),
+            }
+        )
         data.save_npz(dataset, cfg.data.prepared_path)
         metrics = summarize(dataset)
         montages = write_montages(dataset, cfg.prepare.montage_per_class, Path(cfg.prepare.plots_dir))

@@ -53,8 +53,10 @@ log = logging.getLogger(__name__)
 
 def suggest(trial: optuna.Trial, rc: RepresentConfig, neural: bool) -> dict[str, Any]:
     """The one search space: same names in every study so MLflow's compare view lines trials up."""
-    params = {"latent_dim": trial.suggest_int("latent_dim", rc.latent_dim_min, rc.latent_dim_max),
-              "k": trial.suggest_int("k", rc.k_min, rc.k_max)}
+    params = {
+        "latent_dim": trial.suggest_int("latent_dim", rc.latent_dim_min, rc.latent_dim_max),
+        "k": trial.suggest_int("k", rc.k_min, rc.k_max),
+    }
     if neural:
         params["lr"] = trial.suggest_float("lr", rc.lr_min, rc.lr_max, log=True)
     return params
@@ -75,7 +77,9 @@ def search_classic(cfg: Config, method: str, arrays: Arrays, parent_id: str) -> 
     pool = arrays.flat["pool"]
     embedded = []  # per fold: the whole pool in that fold's embedding, (N_pool, latent_dim_max)
     for a, _ in arrays.folds:
-        transform = latent.fit_embedding(method, pool[a], rc.latent_dim_max, cfg.seed, rc.isomap_subset, rc.isomap_neighbors)
+        transform = latent.fit_embedding(
+            method, pool[a], rc.latent_dim_max, cfg.seed, rc.isomap_subset, rc.isomap_neighbors
+        )
         embedded.append(transform(pool))
     cache: dict[int, list[np.ndarray]] = {}
 
@@ -84,7 +88,9 @@ def search_classic(cfg: Config, method: str, arrays: Arrays, parent_id: str) -> 
         d = params["latent_dim"]
         if d not in cache:
             y = arrays.y["pool"]
-            cache[d] = [latent.neighbour_labels(z[a, :d], y[a], z[b, :d], rc.k_max) for z, (a, b) in zip(embedded, arrays.folds)]
+            cache[d] = [
+                latent.neighbour_labels(z[a, :d], y[a], z[b, :d], rc.k_max) for z, (a, b) in zip(embedded, arrays.folds)
+            ]
         metrics = cv_metrics(cache[d], arrays, params["k"])
         mlflow.log_metrics(metrics)
         return metrics[f"cv_{rc.objective}"]
@@ -105,16 +111,21 @@ def search_neural(cfg: Config, method: str, arrays: Arrays, parent_id: str, devi
         def validate(epoch: int) -> dict[str, float]:
             return cv_metrics(fold_neighbours(latent.encode(model, arrays.x["pool"]), arrays, k), arrays, k)
 
-        fitted = latent.fit_autoencoder(model, arrays.x["train"], rc.epochs, params["lr"], rc.batch_size, cfg.seed,
-                                        validate, monitor, trial)
+        fitted = latent.fit_autoencoder(
+            model, arrays.x["train"], rc.epochs, params["lr"], rc.batch_size, cfg.seed, validate, monitor, trial
+        )
         last = fitted.rows[-1]
-        mlflow.log_metrics({f"train_{key}": value for key, value in last.items() if key != "epoch" and key[:3] != "cv_"})
+        mlflow.log_metrics(
+            {f"train_{key}": value for key, value in last.items() if key != "epoch" and key[:3] != "cv_"}
+        )
         return last[monitor]
 
-    pruner = optuna.pruners.PercentilePruner(rc.prune_percentile, n_startup_trials=rc.prune_startup_trials,
-                                             n_warmup_steps=rc.prune_warmup_epochs)
-    study = search.open_study(cfg, "represent", study_spec(cfg, method), suffix=method, pruner=pruner,
-                              sampler=rc.sampler)
+    pruner = optuna.pruners.PercentilePruner(
+        rc.prune_percentile, n_startup_trials=rc.prune_startup_trials, n_warmup_steps=rc.prune_warmup_epochs
+    )
+    study = search.open_study(
+        cfg, "represent", study_spec(cfg, method), suffix=method, pruner=pruner, sampler=rc.sampler
+    )
     return search.optimize(study, objective, rc.trials_neural, parent_run_id=parent_id)
 
 
@@ -133,8 +144,13 @@ def study_method(cfg: Config, method: str, arrays: Arrays, parent_id: str, devic
     z, model = refit(cfg, method, params, arrays, device)
     found = search.counts(study)
     scores, test_probs = final_scores(z, arrays, params["k"])
-    entry = {**params, f"cv_{cfg.represent.objective}": float(study.best_value), **scores,
-             "trials": found["trials"], "pruned": found["pruned"]}
+    entry = {
+        **params,
+        f"cv_{cfg.represent.objective}": float(study.best_value),
+        **scores,
+        "trials": found["trials"],
+        "pruned": found["pruned"],
+    }
     log.info("represent %s: %s", method, entry)
     return entry, model, test_probs
 
