@@ -68,7 +68,8 @@ class Progress:
     def line(self) -> str:
         facts = " ".join(f"{k} {_format(v)}" for k, v in self.facts.items() if v is not None)
         elapsed = time.monotonic() - self.started
-        return f"{self.label}: {self.done}/{self.total}{(' ' + self.unit) if self.unit else ''} {facts} ({elapsed:.0f} s)".rstrip()
+        unit = f" {self.unit}" if self.unit else ""
+        return f"{self.label}: {self.done}/{self.total}{unit} {facts} ({elapsed:.0f} s)".rstrip()
 
     def update(self, done: int, **facts: Any) -> None:
         step, self.done = done - self.done, done
