@@ -170,9 +170,8 @@ def measure(args: argparse.Namespace) -> None:
     """Train `arms` over `seeds` seeds with the hyper-parameters classify chose; write test probabilities."""
     import torch
 
-    from medgen import classification, data
+    from medgen import arms, classification, data
     from medgen.config import load_config
-    from medgen.stages import augment
     from medgen.training import pick_device
 
     cfg = load_config(args.params, profile=args.profile, overrides=args.set)
@@ -180,12 +179,12 @@ def measure(args: argparse.Namespace) -> None:
     hparams = json.loads(Path(args.hparams_from).read_text())["search"]["hparams"]
     dataset, device = data.load_prepared(cfg.data), pick_device(cfg.classify.device)
     train = classification.subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
-    synthetic = augment.load_synthetic(cfg, dataset) if any("synthetic" in a for a in args.arms) else None
+    synthetic = arms.load_synthetic(cfg, dataset) if any("synthetic" in a for a in args.arms) else None
     rows = [["arm", "seed", "image", "label", *[f"p_{c}" for c in range(dataset.n_classes)]]]
     for arm in args.arms:
         for seed in range(cfg.seed, cfg.seed + args.seeds):
             started = time.perf_counter()
-            split = augment.arm_split(arm, train, synthetic, cfg.augment.ratio, seed)
+            split = arms.arm_split(arm, train, synthetic, cfg.augment.ratio, seed)
             model, _ = classification.fit_classifier(
                 cfg.classify,
                 split,

@@ -4,6 +4,7 @@ helpers, fitting it with medgen's training loop, and scoring it. classify and au
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgen import data, metrics
-from medgen.config import ClassifyConfig
+from medgen import data, metrics, stats
+from medgen.config import ClassifyConfig, Config
 from medgen.errors import MedgenError
 from medgen.models.classifier import EncoderClassifier, ResNetClassifier, resolve_stem
-from medgen.training import Loop, Steps, fit, load_model, set_seed
+from medgen.training import Loop, Steps, fit, load_model, save_model, set_seed
 from medgen.transforms import ClassicAugmentation
 
 IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"  # torchvision IMAGENET1K_V1
@@ -289,3 +290,59 @@ def fit_classifier(
         "init_kwargs": init_kwargs,
     }
     return model.eval(), history
+
+
+SUMMARY = ("acc", "auc", "balanced_acc", "f1", "precision", "recall", "minority_recall")
+
+
+def summarize(results: list[dict], labels: np.ndarray) -> dict[str, Any]:
+    """The metrics file: per test metric `test_<m>_mean`, `_std` (sample std over seeds) and `_ci95` (95%
+    interval of the seed mean: bootstrap over test images and seeds, medgen.stats), and `ensemble`: the
+    metrics of the seed-averaged probabilities with a bootstrap interval over test images."""
+    probs = [r["probs"] for r in results]
+    return {"seeds": len(results), **stats.describe(labels, probs, SUMMARY), "ensemble": stats.ensemble(labels, probs)}
+
+
+def details(dataset: data.Dataset, results: list[dict], best: dict, found: dict, train: data.Split) -> dict[str, Any]:
+    return {
+        "checkpoint_seed": best["seed"],
+        "search": found,
+        "n_train": len(train),
+        "per_seed": [
+            {
+                "seed": r["seed"],
+                "best_epoch": r["history"]["best_epoch"],
+                "epochs_run": len(r["history"]["rows"]),
+                "val_auc": r["history"]["best_val_auc"],
+                **{f"test_{k}": v for k, v in r["test"].items()},
+            }
+            for r in results
+        ],
+        "confusion": metrics.confusion(dataset.test.labels, best["probs"].argmax(1), dataset.n_classes).tolist(),
+        "classification_report": metrics.report(dataset.test.labels, best["probs"], dataset.class_names),
+    }
+
+
+def save_best(cfg: Config, dataset: data.Dataset, best: dict, hparams: dict) -> Path:
+    """The seed with the best validation AUC, as a self-describing checkpoint for export."""
+    channels, size, _ = dataset.image_shape
+    config = {
+        **asdict(cfg.classify),
+        "n_classes": dataset.n_classes,
+        "class_names": list(dataset.class_names),
+        "input_size": size,
+        "input_shape": [channels, size, size],
+        "input_range": [-1.0, 1.0],
+        "stem_used": best["history"]["init_kwargs"].get("stem"),  # classify.stem resolved for the size
+        "flag": cfg.data.flag,
+        "seed": best["seed"],
+        "hparams": hparams,
+        "profile": cfg.profile,
+    }
+    scores = {f"test_{k}": v for k, v in best["test"].items()} | {
+        "val_auc": best["history"]["best_val_auc"],
+        "best_epoch": best["history"]["best_epoch"],
+    }
+    return save_model(
+        cfg.classify.checkpoint, best["model"], best["history"]["init_kwargs"], config=config, metrics=scores
+    )

@@ -3,17 +3,21 @@ metric feature net's fit, validation FD, the quality report of a generator, and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from medgen import data, metrics, plots, synthetic
-from medgen.config import Config
-from medgen.gan_training import extract_features, fit_feature_net
+from medgen.config import Config, GenerateConfig
+from medgen.errors import ConfigError, MedgenError
+from medgen.gan_training import GanHyper, GanTrainer, extract_features, fit_feature_net
+from medgen.io import output_files, remove_output, write_json
 from medgen.models.features import FeatureNet
-from medgen.training import save_checkpoint
+from medgen.training import Loop, fit, save_checkpoint, set_seed
 
 GRID_PER_CLASS = 16  # images per class in each checkpoint grid
 
@@ -72,3 +76,65 @@ def evaluate(cfg: Config, generator: torch.nn.Module, real: Real) -> dict[str, A
         feats(like_train),
         seed=cfg.seed,
     )
+
+
+def requested_labels(cfg: GenerateConfig, n_classes: int) -> list[int]:
+    """generate.labels, checked against the data's classes before any training; empty -> all classes."""
+    labels = list(cfg.labels) or list(range(n_classes))
+    bad = [c for c in labels if not 0 <= c < n_classes]
+    if bad:
+        raise ConfigError(f"generate.labels: {bad} out of range, the data has classes 0..{n_classes - 1}")
+    return labels
+
+
+def fit_final(
+    cfg: Config, hyper: GanHyper, real: Real, device: torch.device
+) -> tuple[torch.nn.Module, list[dict], int]:
+    """Train the chosen GAN for generate.epochs; keep the EMA generator with the best val FD.
+
+    Returns the kept generator, the per-epoch history and the epoch it comes from.
+    """
+    gcfg, n_eval = cfg.generate, cfg.generate.eval_samples or len(real.dataset.val)
+    set_seed(cfg.seed)
+    trainer = GanTrainer(gcfg, hyper, real.dataset.n_classes, device, real.dataset.image_shape)
+    for stale in output_files(gcfg.plots_dir, "grid_epoch_*.png"):  # grids of an earlier, longer run
+        remove_output(stale)
+
+    def grid(epoch: int, row: dict[str, Any]) -> None:
+        if epoch % gcfg.checkpoint_every == 0 or epoch == gcfg.epochs:
+            image = checkpoint_grid(trainer.sampler(), real.dataset.n_classes, cfg.seed)
+            plots.save_png(image, Path(gcfg.plots_dir) / f"grid_epoch_{epoch:04d}.png")
+
+    loop = Loop(
+        gcfg.epochs,
+        gcfg.batch_size,
+        f"gan final fit ({hyper.variant})",
+        device=device,
+        first_epoch=1,
+        eval_every=gcfg.eval_every,
+        monitor="val_fd",
+        mode="min",
+        worst=math.inf,
+        show=("loss_d", "loss_g"),
+    )
+    validate = lambda epoch: {"val_fd": val_fd(trainer.sampler(), real, n_eval, cfg.seed)}  # noqa: E731
+    generator = trainer.sampler()  # the EMA copy: its best-FD weights are kept
+    fitted = fit(trainer.steps(real.x, real.y), len(real.x), loop, validate, keep=generator, on_epoch=grid)
+    if not any(math.isfinite(row.get("val_fd", math.nan)) for row in fitted.rows):
+        raise MedgenError("generate: the GAN diverged (no finite val FD); lower generate.lr_g/lr_d or change variant")
+    return generator.eval(), fitted.rows, fitted.best_epoch
+
+
+def write_outputs(cfg: Config, generator: torch.nn.Module, history: list[dict]) -> list[Path]:
+    """Samples npz, per-class final grids, loss curves and history.json; returns the figure paths."""
+    gcfg = cfg.generate
+    labels = requested_labels(gcfg, generator.n_classes)
+    samples = synthetic.sample(generator, labels, gcfg.samples_per_class, cfg.seed)
+    synthetic.save_samples(samples, synthetic.samples_path(cfg))
+    plots_dir = Path(gcfg.plots_dir)
+    figures = [plots.save_figure(plots.gan_history(history), plots_dir / "losses.png")]
+    write_json(plots_dir / "history.json", [{k: v for k, v in row.items() if v == v} for row in history])
+    for label in labels:
+        images = samples.images[samples.labels == label][:64]
+        figures.append(plots.save_png(plots.montage(images, columns=8), plots_dir / f"samples_class_{label}.png"))
+    return figures

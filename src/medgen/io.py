@@ -135,3 +135,9 @@ __all__ = [
     "write_json",
     "write_text",
 ]
+
+
+def write_csv(path: str | Path, header: list[str], rows: list) -> Path:
+    """A CSV of `rows` under `header`, atomically; floats with 6 significant digits (DVC plot data)."""
+    lines = [",".join(header)] + [",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row) for row in rows]
+    return write_text(path, "\n".join(lines) + "\n")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from medgen.config import Config
@@ -173,3 +174,26 @@ def _versions(client: Any, name: str) -> str:
         return ", ".join(sorted((str(v.version) for v in client.search_model_versions(f"name = '{name}'")), key=int))
     except Exception:  # noqa: BLE001 - only decorates an error message
         return ""
+
+
+def register(kind: str, name: str, key: str, checkpoint: Path, cfg: Config, onnx_path: Path, json_path: Path) -> str:
+    """A new version of registered model `name` (export target `key` of `kind`, from `checkpoint`); the champion
+    alias moves to it only forward (`settle`).
+
+    The version number and the alias decision depend on the registry's history, not on this run's inputs:
+    they go to the log and MLflow (run tag medgen.registered.<key>, the version's tags), never into the
+    export files or metrics, which DVC tracks as a function of code, data and params.
+    """
+    import mlflow
+
+    from medgen.onnx_export import file_sha256
+    from medgen.tracking import register_onnx
+    from medgen.training import load_checkpoint
+
+    version = register_onnx(onnx_path, name, [json_path])
+    new = standing(kind, load_checkpoint(checkpoint), cfg)
+    decision = settle(cfg, name, version, new)
+    # the manifest names this version by the file's sha256 (medgen.manifest)
+    mlflow.MlflowClient().set_model_version_tag(name, version, "medgen.sha256", file_sha256(onnx_path))
+    mlflow.set_tag(f"medgen.registered.{key}", f"{name}/{version}@{decision['status']}")
+    return version

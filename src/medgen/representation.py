@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medgen import data, latent, plots, stats
+from medgen import data, latent, plots, search, stats
 from medgen.config import Config, RepresentConfig
 from medgen.errors import ConfigError
 from medgen.models import autoencoders
@@ -222,3 +222,44 @@ def summary(entries: dict[str, dict]) -> dict[str, float]:
         "best_learned_minus_pca_test_balanced_acc": entries[best]["test_balanced_acc"]
         - entries["pca"]["test_balanced_acc"],
     }
+
+
+class FoldEmbeddings:
+    """PCA/Isomap fitted once per CV fold at latent_dim_max, embedding the whole pool: (N_pool, latent_dim_max)
+    per fold. Both are nested, so any latent_dim's trial truncates these; neighbours are cached per latent_dim."""
+
+    def __init__(self, cfg: Config, method: str, arrays: Arrays) -> None:
+        rc, pool = cfg.represent, arrays.flat["pool"]
+        self.arrays, self.k_max, self.cache = arrays, rc.k_max, {}
+        self.embedded = []
+        for a, _ in arrays.folds:
+            transform = latent.fit_embedding(
+                method, pool[a], rc.latent_dim_max, cfg.seed, rc.isomap_subset, rc.isomap_neighbors
+            )
+            self.embedded.append(transform(pool))
+
+    def neighbours(self, d: int) -> list[np.ndarray]:
+        """Per fold: labels of the k_max nearest fit-part points of each eval-part point in the first d dims."""
+        if d not in self.cache:
+            y, folds = self.arrays.y["pool"], self.arrays.folds
+            self.cache[d] = [
+                latent.neighbour_labels(z[a, :d], y[a], z[b, :d], self.k_max) for z, (a, b) in zip(self.embedded, folds)
+            ]
+        return self.cache[d]
+
+
+def score_best(cfg: Config, method: str, study: Any, arrays: Arrays, device: torch.device):
+    """The study's best trial refitted on train and scored once on val and test: (metrics entry, model or None,
+    KNN test probabilities (N, C))."""
+    params = search.best_params(study)
+    z, model = refit(cfg, method, params, arrays, device)
+    found = search.counts(study)
+    scores, test_probs = final_scores(z, arrays, params["k"])
+    entry = {
+        **params,
+        f"cv_{cfg.represent.objective}": float(study.best_value),
+        **scores,
+        "trials": found["trials"],
+        "pruned": found["pruned"],
+    }
+    return entry, model, test_probs

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from medgen.arms import arm_split, summarize
 from medgen.config import build_config
 from medgen.data import Split
 from medgen.errors import ConfigError
-from medgen.stages.augment import arm_split, summarize
 
 
 @pytest.mark.parametrize(

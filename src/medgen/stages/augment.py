@@ -27,41 +27,20 @@ import mlflow
 import numpy as np
 import torch
 
-from medgen import data, metrics, plots, stats, tracking
+from medgen import arms, data, metrics, plots, tracking
 from medgen.classification import evaluate, fit_classifier, predict_proba, subsample
 from medgen.config import Config
-from medgen.errors import DataError
 from medgen.io import write_json, write_text
 from medgen.outputs import Output, output_file, output_folder
 from medgen.progress import Progress
-from medgen.synthetic import load_samples, rebalance, samples_path
 from medgen.training import load_checkpoint, pick_device, save_model, set_seed
 
 log = logging.getLogger(__name__)
-REPORTED = ("auc", "balanced_acc", "acc", "f1", "minority_recall")  # per arm: mean, std, ci95
-COMPARED = ("auc", "balanced_acc", "minority_recall")  # paired against baseline: one Holm family
-VERDICT = ("auc", "balanced_acc")  # synthetic_beats_baseline: a significant gain on one of these
 
 
 def chosen_hparams(cfg: Config) -> dict[str, float]:
     """The hyper-parameters the classify stage selected on validation (stored in its checkpoint)."""
     return dict(load_checkpoint(cfg.classify.checkpoint)["config"]["hparams"])
-
-
-def load_synthetic(cfg: Config, dataset: data.Dataset) -> data.Split:
-    """The generate stage's samples, checked against the real data before any training."""
-    synthetic = load_samples(samples_path(cfg))
-    real_shape = dataset.train.images.shape[1:]
-    if synthetic.images.shape[1:] != real_shape:
-        raise DataError(f"synthetic images are {synthetic.images.shape[1:]}, real ones {real_shape}: regenerate")
-    if synthetic.labels.min() < 0 or synthetic.labels.max() >= dataset.n_classes:
-        raise DataError(f"synthetic labels outside 0..{dataset.n_classes - 1}: regenerate")
-    return synthetic
-
-
-def arm_split(arm: str, train: data.Split, synthetic: data.Split | None, ratio: float, seed: int) -> data.Split:
-    """The training split of one arm; synthetic draws depend on the seed (part of the seed-to-seed spread)."""
-    return rebalance(train, synthetic, ratio, seed) if "synthetic" in arm else train
 
 
 def fit_arm(
@@ -111,40 +90,6 @@ def fit_arm(
     }
 
 
-def summarize(results: list[dict], arms: tuple[str, ...], labels: np.ndarray) -> dict[str, Any]:
-    """Per arm mean, std and 95% interval of the test metrics; every arm vs baseline as a paired comparison
-    decided by medgen.stats' rule (Holm over all arms x COMPARED); best arm by validation AUC."""
-    by_arm = {arm: sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"]) for arm in arms}
-    seeds = [r["seed"] for r in by_arm[arms[0]]]
-    if any([r["seed"] for r in rows] != seeds for rows in by_arm.values()):
-        found = {a: [r["seed"] for r in rs] for a, rs in by_arm.items()}
-        raise ValueError(f"arms were not trained on the same seeds: {found}")
-    probs = {arm: [r["probs"] for r in rows] for arm, rows in by_arm.items()}
-    weights = stats.draw(labels)  # the same resampled test images for every arm and seed: paired
-    summary: dict[str, Any] = {"seeds": len(seeds), "arms": {}}
-    for arm, rows in by_arm.items():
-        summary["arms"][arm] = {
-            "n_train": rows[0]["n_train"],
-            "val_auc_mean": stats.mean_std([r["val"]["auc"] for r in rows])[0],
-            **stats.describe(labels, probs[arm], REPORTED, weights),
-        }
-    family = {
-        arm: {f"test_{key}": stats.compare(labels, probs[arm], probs["baseline"], key, weights) for key in COMPARED}
-        for arm in arms[1:]
-    }
-    summary["vs_baseline"] = stats.decide(family)
-    summary["rule"] = stats.rule(sum(len(v) for v in family.values()))
-    summary["best_arm"] = max(arms, key=lambda a: summary["arms"][a]["val_auc_mean"])  # validation, not test
-    summary["synthetic_beats_baseline"] = any(
-        found["significant"] and found["diff"] > 0
-        for arm, by_key in summary["vs_baseline"].items()
-        if "synthetic" in arm
-        for key, found in by_key.items()
-        if key.removeprefix("test_") in VERDICT
-    )
-    return summary
-
-
 def save_best_synthetic(cfg: Config, dataset: data.Dataset, results: list[dict], hparams: dict) -> Path | None:
     """The synthetic-arm model with the best validation AUC, in the classify checkpoint format."""
     candidates = [r for r in results if "synthetic" in r["arm"]]
@@ -171,7 +116,7 @@ def save_best_synthetic(cfg: Config, dataset: data.Dataset, results: list[dict],
 
 def write_outputs(cfg: Config, results: list[dict], summary: dict, labels: np.ndarray) -> list[Path]:
     out = Path(cfg.augment.plots_dir)
-    shown = VERDICT
+    shown = arms.VERDICT
     per_arm = {
         arm: {key: [r["test"][key] for r in results if r["arm"] == arm] for key in shown} for arm in cfg.augment.arms
     }
@@ -195,23 +140,11 @@ def write_outputs(cfg: Config, results: list[dict], summary: dict, labels: np.nd
     write_json(cfg.augment.details, {"per_seed": details})
     return [
         out / "arms.csv",
-        write_probabilities(results, labels, out / "test_probs.csv"),
+        arms.write_probabilities(results, labels, out / "test_probs.csv"),
         plots.save_figure(plots.arms_figure(per_arm, intervals), out / "arms.png"),
         Path(cfg.augment.metrics),
         Path(cfg.augment.details),
     ]
-
-
-def write_probabilities(results: list[dict], labels: np.ndarray, path: Path) -> Path:
-    """arm, seed, image (test index), label, p_0..p_{C-1}: every arm's test predictions (6 decimals)."""
-    n_classes = results[0]["probs"].shape[1]
-    rows = [",".join(["arm", "seed", "image", "label", *[f"p_{c}" for c in range(n_classes)]])]
-    for r in results:
-        rows += [
-            ",".join([r["arm"], str(r["seed"]), str(i), str(int(y)), *[f"{p:.6f}" for p in row]])
-            for i, (y, row) in enumerate(zip(labels, r["probs"]))
-        ]
-    return write_text(path, "\n".join(rows) + "\n")
 
 
 def outputs(cfg: Config) -> list[Output]:
@@ -229,17 +162,17 @@ def run(cfg: Config) -> dict[str, Any]:
         dataset = data.load_prepared(cfg.data)
         hparams = chosen_hparams(cfg)
         needs_synthetic = any("synthetic" in arm for arm in cfg.augment.arms)
-        synthetic = load_synthetic(cfg, dataset) if needs_synthetic else None
+        synthetic = arms.load_synthetic(cfg, dataset) if needs_synthetic else None
         train = subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
         seeds = range(cfg.seed, cfg.seed + cfg.augment.seeds)
         results = []
         with Progress(len(cfg.augment.arms) * len(seeds), "augment arms x seeds", unit="fits") as progress:
             for arm in cfg.augment.arms:
                 for seed in seeds:
-                    split = arm_split(arm, train, synthetic, cfg.augment.ratio, seed)
+                    split = arms.arm_split(arm, train, synthetic, cfg.augment.ratio, seed)
                     results.append(fit_arm(cfg, arm, seed, dataset, split, hparams, device, stage.info.run_id))
                     progress.update(len(results), arm=arm, seed=seed, test_auc=results[-1]["test"]["auc"])
-        summary = summarize(results, cfg.augment.arms, dataset.test.labels)
+        summary = arms.summarize(results, cfg.augment.arms, dataset.test.labels)
         save_best_synthetic(cfg, dataset, results, hparams)
         files = write_outputs(cfg, results, summary, dataset.test.labels)
         mlflow.log_metrics(tracking.numeric_metrics(summary))

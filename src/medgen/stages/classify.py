@@ -16,28 +16,24 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import torch
 
-from medgen import data, metrics, plots, search, stats, tracking
+from medgen import classification, data, metrics, plots, search, tracking
 from medgen.classification import build_model, fit_classifier, predict_proba, subsample
 from medgen.config import Config
-from medgen.io import write_json, write_text
+from medgen.io import write_csv, write_json
 from medgen.models.classifier import resolve_stem
 from medgen.outputs import Output, output_file, output_folder
 from medgen.progress import Progress
-from medgen.training import pick_device, save_model, set_seed
+from medgen.training import pick_device, set_seed
 
 log = logging.getLogger(__name__)
-SUMMARY = ("acc", "auc", "balanced_acc", "f1", "precision", "recall", "minority_recall")
 
 
-# ---------------------------------------------------------------- search and seeds
 def study_spec(cfg: Config) -> dict[str, Any]:
     """What defines the search: every classify setting except final seeds and paths (an ablation never
     resumes another's trials)."""
@@ -98,40 +94,6 @@ def train_seeds(
     return results
 
 
-# ---------------------------------------------------------------- outputs
-def summarize(results: list[dict], labels: np.ndarray) -> dict[str, Any]:
-    """The metrics file: per test metric `test_<m>_mean`, `_std` (sample std over seeds) and `_ci95` (95%
-    interval of the seed mean: bootstrap over test images and seeds, medgen.stats), and `ensemble`: the
-    metrics of the seed-averaged probabilities with a bootstrap interval over test images."""
-    probs = [r["probs"] for r in results]
-    return {"seeds": len(results), **stats.describe(labels, probs, SUMMARY), "ensemble": stats.ensemble(labels, probs)}
-
-
-def save_best(cfg: Config, dataset: data.Dataset, best: dict, hparams: dict) -> Path:
-    """The seed with the best validation AUC, as a self-describing checkpoint for export."""
-    channels, size, _ = dataset.image_shape
-    config = {
-        **asdict(cfg.classify),
-        "n_classes": dataset.n_classes,
-        "class_names": list(dataset.class_names),
-        "input_size": size,
-        "input_shape": [channels, size, size],
-        "input_range": [-1.0, 1.0],
-        "stem_used": best["history"]["init_kwargs"].get("stem"),  # classify.stem resolved for the size
-        "flag": cfg.data.flag,
-        "seed": best["seed"],
-        "hparams": hparams,
-        "profile": cfg.profile,
-    }
-    scores = {f"test_{k}": v for k, v in best["test"].items()} | {
-        "val_auc": best["history"]["best_val_auc"],
-        "best_epoch": best["history"]["best_epoch"],
-    }
-    return save_model(
-        cfg.classify.checkpoint, best["model"], best["history"]["init_kwargs"], config=config, metrics=scores
-    )
-
-
 def write_plots(cfg: Config, dataset: data.Dataset, results: list[dict], best: dict) -> list[Path]:
     """DVC plot data for the checkpointed seed (history.csv, confusion.json, roc.csv) and PNGs over all seeds."""
     out = Path(cfg.classify.plots_dir)
@@ -140,12 +102,12 @@ def write_plots(cfg: Config, dataset: data.Dataset, results: list[dict], best: d
     names = dataset.class_names  # may contain commas ("normal, benign"): JSON, not CSV
     pairs = [{"actual": names[a], "predicted": names[p]} for a, p in zip(labels.tolist(), probs.argmax(1).tolist())]
     files = [
-        _csv(out / "history.csv", list(rows[0]), [[r[k] for k in rows[0]] for r in rows]),
+        write_csv(out / "history.csv", list(rows[0]), [[r[k] for k in rows[0]] for r in rows]),
         write_json(out / "confusion.json", pairs),
     ]
     if dataset.n_classes == 2:
         curve = metrics.roc(labels, probs)
-        files.append(_csv(out / "roc.csv", ["fpr", "tpr", "threshold"], list(zip(*curve.values()))))
+        files.append(write_csv(out / "roc.csv", ["fpr", "tpr", "threshold"], list(zip(*curve.values()))))
         curves = {f"seed {r['seed']} (AUC {r['test']['auc']:.3f})": metrics.roc(labels, r["probs"]) for r in results}
         files.append(plots.save_figure(plots.roc_figure(curves), out / "roc.png"))
     files.append(
@@ -158,35 +120,18 @@ def write_plots(cfg: Config, dataset: data.Dataset, results: list[dict], best: d
     return files
 
 
-def _csv(path: Path, header: list[str], rows: list) -> Path:
-    lines = [",".join(header)] + [",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row) for row in rows]
-    return write_text(path, "\n".join(lines) + "\n")
-
-
-def details(dataset: data.Dataset, results: list[dict], best: dict, found: dict, train: data.Split) -> dict[str, Any]:
-    return {
-        "checkpoint_seed": best["seed"],
-        "search": found,
-        "n_train": len(train),
-        "per_seed": [
-            {
-                "seed": r["seed"],
-                "best_epoch": r["history"]["best_epoch"],
-                "epochs_run": len(r["history"]["rows"]),
-                "val_auc": r["history"]["best_val_auc"],
-                **{f"test_{k}": v for k, v in r["test"].items()},
-            }
-            for r in results
-        ],
-        "confusion": metrics.confusion(dataset.test.labels, best["probs"].argmax(1), dataset.n_classes).tolist(),
-        "classification_report": metrics.report(dataset.test.labels, best["probs"], dataset.class_names),
-    }
-
-
 def outputs(cfg: Config) -> list[Output]:
     """What this stage writes (dvc.yaml's outs, metrics and plots of `classify`)."""
     c = cfg.classify
     return [output_file(c.checkpoint), output_file(c.metrics), output_file(c.details), output_folder(c.plots_dir)]
+
+
+def _inputs(cfg: Config) -> tuple[data.Dataset, data.Split]:
+    """The prepared data and the (sub-sampled) training split; a missing/mismatched encoder file fails first."""
+    dataset = data.load_prepared(cfg.data)
+    if cfg.classify.pretrained != "none":
+        build_model(cfg.classify, dataset.n_classes, dataset.image_shape)
+    return dataset, subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
 
 
 def search_only(cfg: Config) -> dict[str, Any]:
@@ -197,23 +142,18 @@ def search_only(cfg: Config) -> dict[str, Any]:
     if cfg.classify.threads:
         torch.set_num_threads(cfg.classify.threads)
     with search.trial_parent(cfg, "classify") as parent_id:
-        dataset = data.load_prepared(cfg.data)
-        if cfg.classify.pretrained != "none":
-            build_model(cfg.classify, dataset.n_classes, dataset.image_shape)
-        train = subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
+        dataset, train = _inputs(cfg)
         return search_hparams(cfg, dataset, train, pick_device(cfg.classify.device), parent_id)
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    """The stage: search, final seeds, the checkpointed seed chosen on validation, metrics and plots."""
     set_seed(cfg.seed)
     if cfg.classify.threads:
         torch.set_num_threads(cfg.classify.threads)  # OpenMP threads spin against other jobs on a shared CPU
     with tracking.stage_run(cfg, "classify", params_sections=("classify",)) as stage:
         device = pick_device(cfg.classify.device)
-        dataset = data.load_prepared(cfg.data)
-        if cfg.classify.pretrained != "none":
-            build_model(cfg.classify, dataset.n_classes, dataset.image_shape)  # a missing/mismatched file fails first
-        train = subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
+        dataset, train = _inputs(cfg)
         found = search_hparams(cfg, dataset, train, device, stage.info.run_id)
         mlflow.log_params({f"chosen.{k}": v for k, v in found["hparams"].items()})
         size = dataset.image_shape[1]
@@ -221,10 +161,10 @@ def run(cfg: Config) -> dict[str, Any]:
         mlflow.log_params({"image_shape": list(dataset.image_shape), "stem_used": stem})
         results = train_seeds(cfg, dataset, train, found["hparams"], device, stage.info.run_id)
         best = max(results, key=lambda r: r["history"]["best_val_auc"])  # chosen on validation, never test
-        save_best(cfg, dataset, best, found["hparams"])
-        summary = summarize(results, dataset.test.labels)
+        classification.save_best(cfg, dataset, best, found["hparams"])
+        summary = classification.summarize(results, dataset.test.labels)
         write_json(cfg.classify.metrics, summary)
-        write_json(cfg.classify.details, details(dataset, results, best, found, train))
+        write_json(cfg.classify.details, classification.details(dataset, results, best, found, train))
         files = write_plots(cfg, dataset, results, best)
         mlflow.log_metrics(tracking.numeric_metrics(summary))
         tracking.log_files(files, "plots")

@@ -28,7 +28,7 @@ from medgen.config import Config
 from medgen.errors import MedgenError
 from medgen.io import remove_output, write_json
 from medgen.outputs import Output, output_file, output_folder
-from medgen.training import load_checkpoint, load_model, set_seed
+from medgen.training import load_model, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,9 @@ def run(cfg: Config) -> dict[str, Any]:
         for target in chosen:
             result, onnx_path, json_path = export_one(target, cfg, real)
             if cfg.export.register:
-                register(target, cfg, onnx_path, json_path)
+                registry.register(
+                    target.kind, target.registry_name, target.key, target.checkpoint, cfg, onnx_path, json_path
+                )
             tracking.log_files([onnx_path, json_path], "onnx")
             metrics[target.key] = result
             log.info("exported %s: max |ort - torch| = %.2e", target.key, result["max_abs_diff"])
@@ -188,21 +190,3 @@ def run(cfg: Config) -> dict[str, Any]:
         tracking.log_files([manifest.write(cfg, cfg.export.out_dir)], "onnx")
         mlflow.log_metrics(tracking.numeric_metrics(metrics))
     return metrics
-
-
-def register(target: Target, cfg: Config, onnx_path: Path, json_path: Path) -> str:
-    """A new registry version; the champion alias moves to it only forward (medgen.registry.settle).
-
-    The version number and the alias decision depend on the registry's history, not on this run's inputs:
-    they go to the log and MLflow (run tag medgen.registered.<key>, the version's tags), never into the
-    export files or metrics, which DVC tracks as a function of code, data and params.
-    """
-    version = tracking.register_onnx(onnx_path, target.registry_name, [json_path])
-    new = registry.standing(target.kind, load_checkpoint(target.checkpoint), cfg)
-    decision = registry.settle(cfg, target.registry_name, version, new)
-    # the manifest names this version by the file's sha256 (medgen.manifest)
-    mlflow.MlflowClient().set_model_version_tag(
-        target.registry_name, version, "medgen.sha256", onnx_export.file_sha256(onnx_path)
-    )
-    mlflow.set_tag(f"medgen.registered.{target.key}", f"{target.registry_name}/{version}@{decision['status']}")
-    return version

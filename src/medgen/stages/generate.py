@@ -25,24 +25,14 @@ import mlflow
 import optuna
 import torch
 
-from medgen import data, generation, plots, search, synthetic, tracking
+from medgen import data, generation, search, synthetic, tracking
 from medgen.config import Config, GenerateConfig
-from medgen.errors import ConfigError, MedgenError
 from medgen.gan_training import GanHyper, GanTrainer, generator_kwargs
-from medgen.io import output_files, remove_output, write_json
+from medgen.io import output_files, write_json
 from medgen.outputs import Output, output_file, output_folder
-from medgen.training import Loop, fit, pick_device, save_model, set_seed
+from medgen.training import Loop, fit, pick_device, save_model, set_seed, torch_threads
 
 log = logging.getLogger(__name__)
-
-
-def requested_labels(cfg: GenerateConfig, n_classes: int) -> list[int]:
-    """generate.labels, checked against the data's classes before any training; empty -> all classes."""
-    labels = list(cfg.labels) or list(range(n_classes))
-    bad = [c for c in labels if not 0 <= c < n_classes]
-    if bad:
-        raise ConfigError(f"generate.labels: {bad} out of range, the data has classes 0..{n_classes - 1}")
-    return labels
 
 
 def hyper_from_trial(trial: optuna.Trial, cfg: GenerateConfig) -> GanHyper:
@@ -111,59 +101,6 @@ def choose_hyper(
     return GanHyper(best["variant"], best["lr_g"], best["lr_d"], best["beta1"]), summary
 
 
-def fit_final(
-    cfg: Config, hyper: GanHyper, real: generation.Real, device: torch.device
-) -> tuple[torch.nn.Module, list[dict], int]:
-    """Train the chosen GAN for generate.epochs; keep the EMA generator with the best val FD.
-
-    Returns the kept generator, the per-epoch history and the epoch it comes from.
-    """
-    gcfg, n_eval = cfg.generate, cfg.generate.eval_samples or len(real.dataset.val)
-    set_seed(cfg.seed)
-    trainer = GanTrainer(gcfg, hyper, real.dataset.n_classes, device, real.dataset.image_shape)
-    for stale in output_files(gcfg.plots_dir, "grid_epoch_*.png"):  # grids of an earlier, longer run
-        remove_output(stale)
-
-    def grid(epoch: int, row: dict[str, Any]) -> None:
-        if epoch % gcfg.checkpoint_every == 0 or epoch == gcfg.epochs:
-            image = generation.checkpoint_grid(trainer.sampler(), real.dataset.n_classes, cfg.seed)
-            plots.save_png(image, Path(gcfg.plots_dir) / f"grid_epoch_{epoch:04d}.png")
-
-    loop = Loop(
-        gcfg.epochs,
-        gcfg.batch_size,
-        f"gan final fit ({hyper.variant})",
-        device=device,
-        first_epoch=1,
-        eval_every=gcfg.eval_every,
-        monitor="val_fd",
-        mode="min",
-        worst=math.inf,
-        show=("loss_d", "loss_g"),
-    )
-    validate = lambda epoch: {"val_fd": generation.val_fd(trainer.sampler(), real, n_eval, cfg.seed)}  # noqa: E731
-    generator = trainer.sampler()  # the EMA copy: its best-FD weights are kept
-    fitted = fit(trainer.steps(real.x, real.y), len(real.x), loop, validate, keep=generator, on_epoch=grid)
-    if not any(math.isfinite(row.get("val_fd", math.nan)) for row in fitted.rows):
-        raise MedgenError("generate: the GAN diverged (no finite val FD); lower generate.lr_g/lr_d or change variant")
-    return generator.eval(), fitted.rows, fitted.best_epoch
-
-
-def write_outputs(cfg: Config, generator: torch.nn.Module, history: list[dict]) -> list[Path]:
-    """Samples npz, per-class final grids, loss curves and history.json; returns the figure paths."""
-    gcfg = cfg.generate
-    labels = requested_labels(gcfg, generator.n_classes)
-    samples = synthetic.sample(generator, labels, gcfg.samples_per_class, cfg.seed)
-    synthetic.save_samples(samples, synthetic.samples_path(cfg))
-    plots_dir = Path(gcfg.plots_dir)
-    figures = [plots.save_figure(plots.gan_history(history), plots_dir / "losses.png")]
-    write_json(plots_dir / "history.json", [{k: v for k, v in row.items() if v == v} for row in history])
-    for label in labels:
-        images = samples.images[samples.labels == label][:64]
-        figures.append(plots.save_png(plots.montage(images, columns=8), plots_dir / f"samples_class_{label}.png"))
-    return figures
-
-
 def outputs(cfg: Config) -> list[Output]:
     """What this stage writes (dvc.yaml's outs, metrics and plots of `generate`)."""
     g = cfg.generate
@@ -177,12 +114,9 @@ def outputs(cfg: Config) -> list[Output]:
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.generate.threads)
-    try:  # restore: later stages in the same process (`medgen pipeline`) choose their own
+    """The stage: feature net, GAN search and final fit, samples, quality report, checkpoints and figures."""
+    with torch_threads(cfg.generate.threads):
         return _run(cfg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: Config) -> dict[str, Any]:
@@ -191,12 +125,12 @@ def _run(cfg: Config) -> dict[str, Any]:
     device = pick_device(gcfg.device)
     with tracking.stage_run(cfg, "generate", params_sections=("generate",)) as stage:
         dataset = data.load_prepared(cfg.data)
-        requested_labels(gcfg, dataset.n_classes)  # a bad label fails before any training
+        generation.requested_labels(gcfg, dataset.n_classes)  # a bad label fails before any training
         started = time.perf_counter()
         real = generation.prepare_real(cfg, dataset, device)
         hyper, summary = choose_hyper(cfg, real, device, stage.info.run_id)
         searched = time.perf_counter()
-        generator, history, best_epoch = fit_final(cfg, hyper, real, device)
+        generator, history, best_epoch = generation.fit_final(cfg, hyper, real, device)
         trained = time.perf_counter()
         report = generation.evaluate(cfg, generator, real)
         # no timings in the metrics file (same inputs, same file): they go to MLflow and the log
@@ -228,7 +162,7 @@ def _run(cfg: Config) -> dict[str, Any]:
             config=asdict(gcfg) | extra,
             metrics=tracking.numeric_metrics(report) | selected,
         )
-        figures = write_outputs(cfg, generator, history)
+        figures = generation.write_outputs(cfg, generator, history)
         seconds = {"search": searched - started, "train": trained - searched, "total": time.perf_counter() - started}
         write_json(gcfg.metrics, result)
         mlflow.log_params({f"chosen.{k}": v for k, v in asdict(hyper).items()})

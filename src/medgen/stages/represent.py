@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import optuna
 import torch
 
@@ -33,20 +32,20 @@ from medgen.progress import Progress
 from medgen.representation import (
     CLASSIC,
     Arrays,
+    FoldEmbeddings,
     add_uncertainty,
     cv_metrics,
     explore,
-    final_scores,
     fold_neighbours,
     load_arrays,
     make_model,
     reconstructions,
-    refit,
     save_encoder,
+    score_best,
     summary,
     validate,
 )
-from medgen.training import pick_device, set_seed
+from medgen.training import pick_device, set_seed, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +73,11 @@ def study_spec(cfg: Config, method: str) -> dict[str, Any]:
 def search_classic(cfg: Config, method: str, arrays: Arrays, parent_id: str) -> optuna.Study:
     """PCA/Isomap: one fit per fold at latent_dim_max; every trial truncates it and slices its k."""
     rc = cfg.represent
-    pool = arrays.flat["pool"]
-    embedded = []  # per fold: the whole pool in that fold's embedding, (N_pool, latent_dim_max)
-    for a, _ in arrays.folds:
-        transform = latent.fit_embedding(
-            method, pool[a], rc.latent_dim_max, cfg.seed, rc.isomap_subset, rc.isomap_neighbors
-        )
-        embedded.append(transform(pool))
-    cache: dict[int, list[np.ndarray]] = {}
+    folds = FoldEmbeddings(cfg, method, arrays)
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, rc, neural=False)
-        d = params["latent_dim"]
-        if d not in cache:
-            y = arrays.y["pool"]
-            cache[d] = [
-                latent.neighbour_labels(z[a, :d], y[a], z[b, :d], rc.k_max) for z, (a, b) in zip(embedded, arrays.folds)
-            ]
-        metrics = cv_metrics(cache[d], arrays, params["k"])
+        metrics = cv_metrics(folds.neighbours(params["latent_dim"]), arrays, params["k"])
         mlflow.log_metrics(metrics)
         return metrics[f"cv_{rc.objective}"]
 
@@ -140,17 +126,7 @@ def study_method(cfg: Config, method: str, arrays: Arrays, parent_id: str, devic
     """Search (resuming the stored study), refit the best trial, score it: (metrics entry, model or None,
     KNN test probabilities (N, C))."""
     study = search_method(cfg, method, arrays, parent_id, device)
-    params = search.best_params(study)
-    z, model = refit(cfg, method, params, arrays, device)
-    found = search.counts(study)
-    scores, test_probs = final_scores(z, arrays, params["k"])
-    entry = {
-        **params,
-        f"cv_{cfg.represent.objective}": float(study.best_value),
-        **scores,
-        "trials": found["trials"],
-        "pruned": found["pruned"],
-    }
+    entry, model, test_probs = score_best(cfg, method, study, arrays, device)
     log.info("represent %s: %s", method, entry)
     return entry, model, test_probs
 
@@ -162,13 +138,10 @@ def outputs(cfg: Config) -> list[Output]:
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    """The stage: every method searched, refitted and scored; the encoder, figures and metrics written."""
     set_seed(cfg.seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.represent.threads)
-    try:  # restore: later stages in the same process (`medgen pipeline`) choose their own
+    with torch_threads(cfg.represent.threads):
         return _run(cfg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def search_only(cfg: Config) -> dict[str, Any]:
@@ -176,20 +149,15 @@ def search_only(cfg: Config) -> dict[str, Any]:
     the other workers), nested under tracking.parent_run_id; no refit, no files. `run` then finishes the
     stage from the studies. Returns per method the study's finished-trial counts."""
     set_seed(cfg.seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.represent.threads)
-    try:
-        with search.trial_parent(cfg, "represent") as parent_id:
-            arrays = load_arrays(cfg)
-            validate(cfg.represent, arrays)
-            device = pick_device(cfg.represent.device)
-            found = {}
-            for method in cfg.represent.methods:
-                study = search_method(cfg, method, arrays, parent_id, device)
-                found[method] = {**search.counts(study), "study": study.study_name}
-        return found
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(cfg.represent.threads), search.trial_parent(cfg, "represent") as parent_id:
+        arrays = load_arrays(cfg)
+        validate(cfg.represent, arrays)
+        device = pick_device(cfg.represent.device)
+        found = {}
+        for method in cfg.represent.methods:
+            study = search_method(cfg, method, arrays, parent_id, device)
+            found[method] = {**search.counts(study), "study": study.study_name}
+    return found
 
 
 def _run(cfg: Config) -> dict[str, Any]:
