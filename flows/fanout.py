@@ -27,8 +27,9 @@ from prefect import flow, get_run_logger
 
 from flows.pipeline import PARAMS_FILE, stage_overrides, stage_task
 from medgen import search, stages, tracking
-from medgen.config import Config, load_config
+from medgen.config import Config
 from medgen.errors import ConfigError
+from medgen.params import load_config
 
 SEARCH_FLOW = "medgen-search"
 POLL_S = 2.0

@@ -24,8 +24,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from medgen import stages, tracking
-from medgen.config import Config, load_config
+from medgen.config import Config
 from medgen.errors import MedgenError, TransientError
+from medgen.params import load_config
 
 PARAMS_FILE = "params.yaml"
 RETRIES = 2

@@ -171,7 +171,7 @@ def measure(args: argparse.Namespace) -> None:
     import torch
 
     from medgen import arms, classification, data
-    from medgen.config import load_config
+    from medgen.params import load_config
     from medgen.training import pick_device
 
     cfg = load_config(args.params, profile=args.profile, overrides=args.set)

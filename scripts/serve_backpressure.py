@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=bench.ROOT / "reports" / "serve_backpressure.json")
     args = parser.parse_args(argv)
     if args.model_dir is None:
-        from medgen.config import load_config
+        from medgen.params import load_config
 
         args.model_dir = bench.ROOT / load_config(bench.ROOT / "params.yaml").export.out_dir
     report = run_all(args)

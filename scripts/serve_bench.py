@@ -37,7 +37,7 @@ from serving.settings import DEFAULTS
 
 def real_images(n: int) -> np.ndarray:
     """First n real BreastMNIST test images (uint8 (n, 28, 28)) from the prepared or source npz."""
-    from medgen.config import load_config
+    from medgen.params import load_config
 
     cfg = load_config(ROOT / "params.yaml")
     path = cfg.data.prepared_path if (ROOT / cfg.data.prepared_path).exists() else Path(cfg.data.source_path())
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.model_dir is None:
-        from medgen.config import load_config
+        from medgen.params import load_config
 
         args.model_dir = ROOT / load_config(ROOT / "params.yaml").export.out_dir
     if args.mode == "bench":

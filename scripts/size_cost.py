@@ -31,9 +31,9 @@ from medgen import (
     classification,
     latent,
 )
-from medgen.config import load_config
 from medgen.gan_training import GanHyper, GanTrainer, fit_feature_net
 from medgen.models import autoencoders
+from medgen.params import load_config
 from medgen.training import run_epoch
 
 

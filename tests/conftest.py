@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from medgen.config import SOURCE_ENV, Config, load_config
+from medgen.config import SOURCE_ENV, Config
+from medgen.params import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 _ENV_TO_CLEAR = (

@@ -14,8 +14,9 @@ import sys
 from typing import Any
 
 from medgen import __version__, stages
-from medgen.config import Config, load_config
+from medgen.config import Config
 from medgen.errors import Interrupted, MedgenError
+from medgen.params import load_config
 
 
 def _common() -> argparse.ArgumentParser:

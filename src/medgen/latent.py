@@ -67,6 +67,7 @@ def cv_score(z: np.ndarray, y: np.ndarray, fold_list, k: int, n_classes: int, me
     return float(np.mean(values))
 
 
+EMBEDDINGS = ("pca", "isomap")  # what fit_embedding fits (the represent methods that are not autoencoders)
 TRANSFORM_CHUNK = 4096  # rows per transform call: Isomap holds a (rows, n_fitted) geodesic matrix per call
 
 
@@ -94,7 +95,7 @@ def fit_embedding(
         model = Isomap(n_neighbors=isomap_neighbors, n_components=n_components, eigen_solver="dense")
         model.fit(x_fit[rows])
         return _chunked(model.transform)
-    raise ValueError(f"unknown embedding {method!r} (known: pca, isomap)")
+    raise ValueError(f"unknown embedding {method!r} (known: {', '.join(EMBEDDINGS)})")
 
 
 def _chunked(transform: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:

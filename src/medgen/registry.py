@@ -25,7 +25,7 @@ from medgen.config import Config
 from medgen.errors import MedgenError
 
 log = logging.getLogger(__name__)
-DEFAULT_PROFILE = "full"  # params.yaml's base profile (config.build_config)
+DEFAULT_PROFILE = "full"  # params.yaml's base profile (medgen.params.build_config)
 CANDIDATE = "candidate"  # alias and status of the newest version that did not become champion
 # kind -> (checkpoint metric, "max" | "min"): what the producing stage selected its model on
 SELECTION = {"classifier": ("val_auc", "max"), "generator": ("val_fd", "min")}

@@ -116,7 +116,7 @@ def outputs_of(workdir: Path, stage: str) -> list[Path]:
     """The stage's declared outputs under workdir (as the runner checks them)."""
     import importlib
 
-    from medgen.config import load_config
+    from medgen.params import load_config
 
     cwd = os.getcwd()
     os.chdir(workdir)

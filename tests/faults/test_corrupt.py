@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medgen import stages
-from medgen.config import load_config
+from medgen.params import load_config
 
 from .conftest import assert_one_line_error, medgen, medgen_here, snapshot
 

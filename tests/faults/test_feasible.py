@@ -10,7 +10,7 @@ import mlflow
 import pytest
 
 from medgen import stages, tracking
-from medgen.config import load_config
+from medgen.params import load_config
 
 from .conftest import assert_one_line_error, medgen_here
 

@@ -15,8 +15,8 @@ import optuna
 import pytest
 
 from medgen import search, stores, tracking
-from medgen.config import load_config
 from medgen.owner import owner_id
+from medgen.params import load_config
 
 from .conftest import assert_one_line_error, env_for, medgen, snapshot
 
@@ -72,7 +72,7 @@ RACER = textwrap.dedent("""
     import mlflow, optuna, sqlalchemy  # imported before the start line: the racers start together
     go, ready = Path(sys.argv[1]), Path(sys.argv[2])
     from medgen import search, tracking
-    from medgen.config import load_config
+    from medgen.params import load_config
     cfg = load_config("params.yaml")
     ready.touch()
     while not go.exists():

@@ -11,7 +11,7 @@ import time
 import optuna
 
 from medgen import search
-from medgen.config import load_config
+from medgen.params import load_config
 
 
 def objective(trial: optuna.Trial) -> float:

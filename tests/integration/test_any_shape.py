@@ -18,8 +18,8 @@ import pytest
 
 from medgen import data
 from medgen.cli import run_pipeline
-from medgen.config import load_config
 from medgen.io import read_json
+from medgen.params import load_config
 from medgen.synthetic import load_samples
 from medgen.training import load_checkpoint
 from tests.conftest import _ENV_TO_CLEAR, ROOT

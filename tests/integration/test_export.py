@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from medgen import cli, onnx_export, registry, tracking
-from medgen.config import load_config
 from medgen.errors import MedgenError
 from medgen.models.reference import ReferenceClassifier
+from medgen.params import load_config
 from medgen.stages import export, prepare
 from tests.conftest import ROOT
 from tests.serving.test_runtime import NO_TORCH

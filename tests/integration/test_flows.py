@@ -10,7 +10,7 @@ import yaml
 
 from flows import pipeline
 from medgen import stages, tracking
-from medgen.config import load_config
+from medgen.params import load_config
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

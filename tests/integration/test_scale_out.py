@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from medgen import search, tracking
-from medgen.config import load_config
+from medgen.params import load_config
 
 pytestmark = pytest.mark.integration
 WORKER = Path(__file__).with_name("optuna_worker.py")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from medgen import data, manifest
-from medgen.config import load_config
+from medgen.params import load_config
 from tests.conftest import ROOT
 from tests.standins import save_classifier, save_generator
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from medgen import manifest, onnx_export
-from medgen.config import load_config
+from medgen.params import load_config
 from tests.conftest import ROOT
 from tests.standins import CLASS_NAMES
 

@@ -258,7 +258,7 @@ def test_model_card_json_and_markdown(export_dir, tmp_path):
     import shutil
 
     from medgen import manifest
-    from medgen.config import load_config
+    from medgen.params import load_config
     from tests.conftest import ROOT
     from tests.serving.conftest import running
 

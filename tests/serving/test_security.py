@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from medgen import manifest
-from medgen.config import load_config
+from medgen.params import load_config
 from serving.settings import Settings, key_id
 from serving.startup import check_bind, is_loopback
 from tests.conftest import ROOT

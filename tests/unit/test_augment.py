@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from medgen.arms import arm_split, summarize
-from medgen.config import build_config
 from medgen.data import Split
 from medgen.errors import ConfigError
+from medgen.params import build_config
 
 
 @pytest.mark.parametrize(

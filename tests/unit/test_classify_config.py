@@ -2,8 +2,8 @@
 
 import pytest
 
-from medgen.config import load_config
 from medgen.errors import ConfigError
+from medgen.params import load_config
 from tests.conftest import ROOT
 
 

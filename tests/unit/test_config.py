@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from medgen.config import build_config, load_config, parse_override
 from medgen.errors import ConfigError
+from medgen.params import build_config, load_config, parse_override
 from tests.conftest import ROOT
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from medgen import onnx_export
-from medgen.config import build_config
 from medgen.errors import ConfigError, MedgenError
 from medgen.models.reference import ReferenceClassifier, ReferenceGenerator
+from medgen.params import build_config
 from serving import inputs, runtime
 from serving.bounded import BadInput
 from serving.contract import Contract

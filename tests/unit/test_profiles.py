@@ -2,7 +2,7 @@
 
 import pytest
 
-from medgen.config import load_config
+from medgen.params import load_config
 from tests.conftest import ROOT
 
 

@@ -5,8 +5,9 @@ import optuna
 import pytest
 
 from medgen import search
-from medgen.config import RepresentConfig, build_config
+from medgen.config import RepresentConfig
 from medgen.errors import ConfigError
+from medgen.params import build_config
 
 
 def visit(n_startup: int, score, n: int = 12) -> list[tuple[int, float]]:

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from medgen import registry
-from medgen.config import build_config
+from medgen.params import build_config
 from medgen.registry import Standing, decide
 
 

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from medgen.config import build_config
 from medgen.errors import ConfigError
+from medgen.params import build_config
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from medgen import search, tracking
-from medgen.config import build_config
+from medgen.params import build_config
 
 SPEC = {"section": {"lr_max": 0.1}, "seed": 42}
 
@@ -78,7 +78,7 @@ def test_study_name_hashes_the_search_definition(cfg):
 KILLED_WORKER = textwrap.dedent("""
     import os, signal, sys, optuna
     from medgen import search, tracking
-    from medgen.config import build_config
+    from medgen.params import build_config
     sys.path.insert(0, sys.argv[1])
     from test_search import SPEC, objective
     cfg = build_config({"tracking": {"store_dir": sys.argv[2]}})

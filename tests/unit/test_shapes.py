@@ -133,8 +133,8 @@ def test_export_refuses_models_built_for_other_images(tmp_path):
     """A stale checkpoint (grey 28 px) against RGB 32 px data is one clear error, not a torch traceback."""
     import numpy as np
 
-    from medgen.config import build_config
     from medgen.errors import MedgenError
+    from medgen.params import build_config
     from medgen.stages import export
     from medgen.training import load_model
     from tests.standins import save_classifier, save_generator

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from medgen import stages
-from medgen.config import load_config
+from medgen.params import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

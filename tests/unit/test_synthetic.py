@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from medgen.config import load_config
 from medgen.data import Split
 from medgen.errors import ConfigError, DataError, MedgenError
 from medgen.models.gan import Generator
+from medgen.params import load_config
 from medgen.synthetic import load_samples, rebalance, sample, sample_like, save_samples
 from tests.conftest import ROOT
 

@@ -1,1 +1,1 @@
-"""nn.Modules only. Nothing here imports medgen (beyond config types) or does I/O at import."""
+"""nn.Modules only. Nothing here imports medgen or does I/O at import."""

@@ -20,11 +20,10 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from medgen.config import CLASSIFIER_INITS as INITS
-from medgen.config import CLASSIFIER_STEMS
 
 ENCODER_PREFIXES = ("medgen.",)  # an encoder class named in a checkpoint must be ours
-STEMS = tuple(s for s in CLASSIFIER_STEMS if s != "auto")  # what a built network can have
+STEMS = ("standard", "pool", "cifar")  # what a built network can have (config adds "auto": resolve_stem)
+INITS = ("default", "xavier")
 SMALL_IMAGE_MAX = 32  # "auto": sides up to this keep full resolution into layer1 (cifar stem)
 
 
