@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from medgen import data, stats
+from medgen import data, metrics, stats
 from medgen.config import Config
 from medgen.errors import DataError
 from medgen.io import write_text
@@ -49,7 +49,7 @@ def summarize(results: list[dict], arms: tuple[str, ...], labels: np.ndarray) ->
     for arm, rows in by_arm.items():
         summary["arms"][arm] = {
             "n_train": rows[0]["n_train"],
-            "val_auc_mean": stats.mean_std([r["val"]["auc"] for r in rows])[0],
+            "val_auc_mean": metrics.mean_std([r["val"]["auc"] for r in rows])[0],
             **stats.describe(labels, probs[arm], REPORTED, weights),
         }
     family = {

@@ -107,6 +107,7 @@ def _load_imagenet(model: ResNetClassifier) -> None:
 
 # ---------------------------------------------------------------- data helpers
 def augmentation(cfg: ClassifyConfig, strength: float) -> ClassicAugmentation:
+    """The configured classic augmentation with every magnitude scaled by `strength`."""
     base = ClassicAugmentation(
         cfg.aug_flip,
         cfg.aug_rotation,
@@ -304,6 +305,7 @@ def summarize(results: list[dict], labels: np.ndarray) -> dict[str, Any]:
 
 
 def details(dataset: data.Dataset, results: list[dict], best: dict, found: dict, train: data.Split) -> dict[str, Any]:
+    """The details file: checkpointed seed, search summary, per-seed epochs and test metrics, confusion, report."""
     return {
         "checkpoint_seed": best["seed"],
         "search": found,

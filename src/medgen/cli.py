@@ -38,6 +38,7 @@ def _common() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `medgen` argument parser: one subcommand per front-door action."""
     common = _common()
     parser = argparse.ArgumentParser(prog="medgen", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"medgen {__version__}")
@@ -145,6 +146,7 @@ def serve(cfg: Config, host: str, port: int, source: str, allow_anonymous: bool 
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed subcommand; returns the exit status."""
     if args.command == "stages":
         print("\n".join(stages.STAGES))
         return 0
@@ -169,6 +171,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse argv, run it, print a project error as one `medgen: error: ...` line (exit 1)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

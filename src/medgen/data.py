@@ -124,6 +124,7 @@ def medmnist_file_name(flag: str, size: int) -> str:
 
 
 def file_md5(path: str | Path) -> str:
+    """Hex md5 of a file (MedMNIST publishes md5s of its npz files): a fingerprint, not security."""
     digest = hashlib.md5(usedforsecurity=False)  # a file fingerprint (MedMNIST publishes md5s), not security
     with open(readable(path), "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -368,6 +369,7 @@ def to_uint8(images) -> np.ndarray:
 
 
 def class_counts(labels: np.ndarray, n_classes: int) -> dict[str, int]:
+    """Images per class as {"0": n0, "1": n1, ...} (every class 0..n_classes-1, zeros included)."""
     counts = np.bincount(labels, minlength=n_classes)
     return {str(c): int(n) for c, n in enumerate(counts)}
 

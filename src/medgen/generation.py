@@ -36,6 +36,7 @@ class Real:
 
 
 def prepare_real(cfg: Config, dataset: data.Dataset, device: torch.device) -> Real:
+    """Fit and checkpoint the metric feature net on the train split; return it with every real set's features."""
     x, y = data.to_tensors(dataset.train, str(device))
     net = fit_feature_net(x, y, dataset.n_classes, cfg.generate, device)
     shape = {"n_classes": dataset.n_classes, "image_shape": list(dataset.image_shape)}

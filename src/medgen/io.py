@@ -57,6 +57,7 @@ def _replace_atomically(path: Path, write: Writer) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to path atomically (medgen.io.write_file: temporary file, then rename)."""
     return write_file(path, lambda handle: handle.write(data))
 
 
@@ -120,11 +121,11 @@ def output_files(folder: str | Path, pattern: str) -> list[Path]:
 
 
 def read_json(path: str | Path) -> Any:
+    """The JSON at path (the staged copy while the running stage's transaction holds it)."""
     return json.loads(readable(path).read_text())
 
 
 __all__ = [
-    "OutputError",
     "atomic_write_bytes",
     "copy_file",
     "output_files",

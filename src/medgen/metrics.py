@@ -65,6 +65,7 @@ def report(labels: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]) 
 
 
 def report_text(labels: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]) -> str:
+    """scikit-learn's classification report of the argmax predictions, as text."""
     return skm.classification_report(
         labels,
         probs.argmax(axis=1),

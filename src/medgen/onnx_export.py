@@ -42,6 +42,7 @@ NORMALISATION = normalisation(1)  # grey: the BreastMNIST default
 
 
 def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file (names an exported model in the manifest and the registry)."""
     return hashlib.sha256(readable(path).read_bytes()).hexdigest()
 
 
@@ -105,6 +106,7 @@ def export_onnx(
 
 
 def session(path: str | Path):
+    """An onnxruntime CPU session over the ONNX file at path."""
     import onnxruntime as ort
 
     return ort.InferenceSession(str(readable(path)), providers=["CPUExecutionProvider"])

@@ -53,10 +53,12 @@ class Output:
 
 
 def output_file(path: str | Path) -> Output:
+    """A declared output that is one file."""
     return Output(_abs(path), folder=False)
 
 
 def output_folder(path: str | Path) -> Output:
+    """A declared output that is a folder: the files the stage writes in it."""
     return Output(_abs(path), folder=True)
 
 

@@ -29,6 +29,7 @@ def montage(images: np.ndarray, columns: int | None = None, scale: int = 3, pad:
 
 
 def save_png(picture: Image.Image, path: str | Path) -> Path:
+    """Save a PIL image as PNG at path, atomically; returns the path."""
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", optimize=False)
     return atomic_write_bytes(path, buffer.getvalue())

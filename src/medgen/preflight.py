@@ -38,6 +38,7 @@ def check(stage: str, cfg: Config) -> None:
 
 
 def available_bytes() -> int:
+    """Memory available to new allocations now (psutil), in bytes."""
     import psutil
 
     return int(psutil.virtual_memory().available)

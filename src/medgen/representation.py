@@ -42,6 +42,7 @@ class Arrays:
 
 
 def load_arrays(cfg: Config) -> Arrays:
+    """The prepared splits as tensors, flat arrays and labels, with train+val pooled and its CV folds."""
     dataset = data.load_prepared(cfg.data)
     x, flat, y = {}, {}, {}
     for name in data.SPLITS:
@@ -94,6 +95,7 @@ def make_model(
     cfg: Config, method: str, latent_dim: int, arrays: Arrays, device: torch.device
 ) -> autoencoders.Autoencoder:
     # Seeded here so a refit with the best trial's parameters repeats that trial exactly.
+    """A fresh autoencoder of `method` for the data's image shape, seeded with cfg.seed (a refit repeats its trial)."""
     torch.manual_seed(cfg.seed)
     rc = cfg.represent
     image = arrays.x["train"]

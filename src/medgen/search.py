@@ -70,6 +70,7 @@ RANDOM_SEARCH = 2**31 - 1
 
 
 def storage_url(cfg: TrackingConfig) -> str:
+    """Optuna storage: $MEDGEN_OPTUNA_STORAGE, else tracking.optuna_storage, else <store_dir>/optuna.db."""
     url = os.environ.get(STORAGE_ENV) or cfg.optuna_storage
     if url:
         return url
@@ -110,10 +111,12 @@ def definition(cfg: Config, section: str, ignore: Iterable[str] = (), **extra: A
 
 
 def definition_hash(spec: dict[str, Any]) -> str:
+    """10 hex digits identifying a search definition (sorted JSON, sha1)."""
     return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode(), usedforsecurity=False).hexdigest()[:10]
 
 
 def study_name(flag: str, stage: str, suffix: str = "", spec: dict[str, Any] | None = None) -> str:
+    """<flag>-<stage>[-<suffix>][-<hash of spec>]: a study per search definition."""
     parts = [flag, stage, *([suffix] if suffix else []), *([definition_hash(spec)] if spec is not None else [])]
     return "-".join(parts)
 
@@ -230,6 +233,7 @@ def open_study(
 
 
 def finished_trials(study: optuna.Study) -> int:
+    """Trials of the study in a finished state (complete, pruned or failed)."""
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
@@ -319,10 +323,12 @@ def trial_parent(cfg: Config, stage: str) -> Iterator[str]:
 
 
 def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's COMPLETE trials."""
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
 def best_value(study: optuna.Study) -> float | None:
+    """The best objective value over complete trials; None when none completed."""
     return float(study.best_value) if completed(study) else None
 
 

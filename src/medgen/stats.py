@@ -31,8 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from medgen.metrics import mean_std
-
 ALPHA = 0.05
 N_BOOT = 2000
 BOOT_SEED = 20250610  # fixed once, before any run; every stage uses the same resamples for the same labels
@@ -54,7 +52,6 @@ __all__ = [
     "decide",
     "delong",
     "rule",
-    "mean_std",
 ]
 
 

@@ -109,6 +109,7 @@ def save_samples(split: Split, path: str | Path) -> Path:
 
 
 def load_samples(path: str | Path) -> Split:
+    """The generate stage's samples (checked: uint8 images (N, S, S[, 3]), one label each), else a DataError."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} not found: run `medgen stage generate` (or `dvc repro generate`) first")

@@ -29,6 +29,7 @@ def tracking_uri(cfg: TrackingConfig) -> str:
 
 
 def configure(cfg: TrackingConfig) -> str:
+    """Point MLflow at the configured store (creating a local sqlite store's folder); returns the URI."""
     import mlflow
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -41,6 +42,7 @@ def configure(cfg: TrackingConfig) -> str:
 
 
 def experiment_name(flag: str, stage: str) -> str:
+    """medgen/<flag>/<stage>: the MLflow experiment of a stage."""
     return f"medgen/{flag}/{stage}"
 
 
@@ -62,6 +64,7 @@ def ensure_experiment(cfg: Config, stage: str) -> str:
 
 
 def git_commit() -> str:
+    """HEAD's commit hash, or 'unknown' outside a git checkout."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         return out.stdout.strip() if out.returncode == 0 else "unknown"
@@ -70,6 +73,7 @@ def git_commit() -> str:
 
 
 def base_tags(cfg: Config, stage: str) -> dict[str, str]:
+    """Tags every stage run carries: stage, flag, profile, device and git commit."""
     import torch
 
     return {
@@ -149,6 +153,7 @@ def log_figure(fig: Any, artifact_path: str) -> None:
 
 
 def log_files(paths: list[Path], artifact_dir: str) -> None:
+    """Log each file (its staged copy while the stage runs) under artifact_dir of the active run."""
     import mlflow
 
     from medgen.io import readable
@@ -158,6 +163,7 @@ def log_files(paths: list[Path], artifact_dir: str) -> None:
 
 
 def log_dict(obj: dict[str, Any], artifact_file: str) -> None:
+    """Log a dict as a JSON/YAML artifact of the active run."""
     import mlflow
 
     mlflow.log_dict(obj, artifact_file)

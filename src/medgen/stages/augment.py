@@ -115,6 +115,7 @@ def save_best_synthetic(cfg: Config, dataset: data.Dataset, results: list[dict],
 
 
 def write_outputs(cfg: Config, results: list[dict], summary: dict, labels: np.ndarray) -> list[Path]:
+    """arms.csv, test_probs.csv, arms.png and the metrics and details files; returns the paths written."""
     out = Path(cfg.augment.plots_dir)
     shown = arms.VERDICT
     per_arm = {
@@ -154,6 +155,7 @@ def outputs(cfg: Config) -> list[Output]:
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    """The stage: every arm over the same seeds, paired statistics, the best synthetic arm's checkpoint."""
     set_seed(cfg.seed)
     if cfg.classify.threads:
         torch.set_num_threads(cfg.classify.threads)

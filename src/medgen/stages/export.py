@@ -170,6 +170,8 @@ def outputs(cfg: Config) -> list[Output]:
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    """The stage: every target exported to ONNX, checked for parity, registered (export.register), and listed
+    in the manifest."""
     set_seed(cfg.seed)
     with tracking.stage_run(cfg, "export", params_sections=("export",)):
         chosen = targets(cfg)  # missing checkpoints fail before any work

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def hyper_from_trial(trial: optuna.Trial, cfg: GenerateConfig) -> GanHyper:
+    """The GAN settings a trial suggests (variant, lr_g, lr_d, beta1) within generate's search space."""
     return GanHyper(
         variant=trial.suggest_categorical("variant", list(cfg.variants)),
         lr_g=trial.suggest_float("lr_g", cfg.lr_min, cfg.lr_max, log=True),
@@ -45,6 +46,7 @@ def hyper_from_trial(trial: optuna.Trial, cfg: GenerateConfig) -> GanHyper:
 
 
 def make_objective(cfg: Config, real: generation.Real, device: torch.device):
+    """The search objective: a seeded GAN fit for search_epochs; best val FD, reported and pruned on."""
     gcfg, n_eval = cfg.generate, cfg.generate.eval_samples or len(real.dataset.val)
 
     def objective(trial: optuna.Trial) -> float:
@@ -76,6 +78,7 @@ NOT_SEARCH = ("epochs", "checkpoint_every", "samples_per_class", "labels")
 
 
 def study_spec(cfg: Config) -> dict[str, Any]:
+    """What defines the GAN search: the generate section except the final fit's and sampling's settings."""
     return search.definition(cfg, "generate", ignore=NOT_SEARCH)
 
 

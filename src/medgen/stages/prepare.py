@@ -60,6 +60,7 @@ def outputs(cfg: Config) -> list[Output]:
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    """The stage: read and validate the data, write the prepared splits, their metrics and montages."""
     set_seed(cfg.seed)
     with tracking.stage_run(cfg, "prepare", params_sections=("prepare",)):
         raw, origin = data.fetch_raw(cfg.data)
