@@ -140,7 +140,7 @@ class Loop:
     min_epochs: int = 0  # early stopping never ends a fit before this epoch number
     trial: Any = None  # optuna.Trial: per-epoch report of `monitor`, pruning
     log_mlflow: bool = True  # step metrics into the active MLflow run (if any)
-    show: tuple[str, ...] = ()  # row figures on the progress line (besides the best)
+    show: tuple[str, ...] | None = None  # row figures on the progress line (None: all; besides the best)
 
 
 @dataclass
@@ -186,7 +186,7 @@ def fit(
                 if keep is not None and math.isfinite(score) and (best_state is None or stopper.improved(score)):
                     best_state = copy.deepcopy(keep.state_dict())
                 stop = stopper.step(score, epoch) and epoch >= loop.min_epochs
-            shown = {k: row[k] for k in loop.show if k in row}
+            shown = {k: v for k, v in row.items() if k != "epoch" and (loop.show is None or k in loop.show)}
             progress.update(epoch - loop.first_epoch + 1, **shown, best=stopper.best, stopped="early" if stop else None)
             if on_epoch is not None:
                 on_epoch(epoch, row)
