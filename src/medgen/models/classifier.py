@@ -20,7 +20,6 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-
 ENCODER_PREFIXES = ("medgen.",)  # an encoder class named in a checkpoint must be ours
 STEMS = ("standard", "pool", "cifar")  # what a built network can have (config adds "auto": resolve_stem)
 INITS = ("default", "xavier")
