@@ -36,13 +36,22 @@ def cifar_arrays(n_train: int = 100, n_test: int = 20, seed: int = 0):
 
 def fashion_arrays(n_train: int = 60, n_test: int = 20, seed: int = 0):
     rng = np.random.default_rng(seed)
-    return ((rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), np.arange(n_train) % 10),
-            (rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8), np.arange(n_test) % 10))
+    return (
+        (rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), np.arange(n_train) % 10),
+        (rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8), np.arange(n_test) % 10),
+    )
 
 
 def cifar_cfg(tmp_path: Path, source: Path, **extra) -> DataConfig:
-    return DataConfig(flag="cifar10", size=32, source=str(source), check_counts=False, download=False,
-                      raw_dir=str(tmp_path / "raw"), **extra)
+    return DataConfig(
+        flag="cifar10",
+        size=32,
+        source=str(source),
+        check_counts=False,
+        download=False,
+        raw_dir=str(tmp_path / "raw"),
+        **extra,
+    )
 
 
 # ----------------------------------------------------------------------------------------- CIFAR-10
@@ -64,11 +73,21 @@ def _short(text: bytes) -> bytes:
 def test_a_python2_style_batch_loads():
     """The real CIFAR-10 files are Python 2 protocol-2 pickles: str as SHORT_BINSTRING, numpy.core's
     _reconstruct. A hand-written stream in that form (pixels >= 128 included) must decode exactly."""
-    stream = (b"\x80\x02}q\x00(" + _short(b"data")
-              + b"cnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\nq\x02K\x00\x85" + _short(b"b")
-              + b"\x87Rq\x03(K\x01K\x02K\x03\x86cnumpy\ndtype\nq\x04" + _short(b"u1") + b"K\x00K\x01\x87Rq\x05(K\x03"
-              + _short(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89" + _short(bytes(range(250, 256)))
-              + b"tb" + _short(b"labels") + b"]q\x06(K\x00K\x01eu.")
+    stream = (
+        b"\x80\x02}q\x00("
+        + _short(b"data")
+        + b"cnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\nq\x02K\x00\x85"
+        + _short(b"b")
+        + b"\x87Rq\x03(K\x01K\x02K\x03\x86cnumpy\ndtype\nq\x04"
+        + _short(b"u1")
+        + b"K\x00K\x01\x87Rq\x05(K\x03"
+        + _short(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89"
+        + _short(bytes(range(250, 256)))
+        + b"tb"
+        + _short(b"labels")
+        + b"]q\x06(K\x00K\x01eu."
+    )
     batch = native._CifarUnpickler(io.BytesIO(stream), encoding="latin1").load()
     assert batch["data"].dtype == np.uint8 and batch["data"].tolist() == [[250, 251, 252], [253, 254, 255]]
     assert batch["labels"] == [0, 1]
@@ -103,11 +122,14 @@ def test_truncated_cifar_batch_is_one_clear_error(tmp_path):
         native.read_cifar10(tmp_path)
 
 
-@pytest.mark.parametrize("labels, message", [
-    (lambda n: [10] + [0] * (n - 1), r"data_batch_1: labels range 0\.\.10, expected 0\.\.9"),
-    (lambda n: [0] * (n - 1), r"data_batch_1: 20 images but 19 labels"),
-    (lambda n: ["cat"] * n, r"data_batch_1: 'labels' must be a list of integers"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (lambda n: [10] + [0] * (n - 1), r"data_batch_1: labels range 0\.\.10, expected 0\.\.9"),
+        (lambda n: [0] * (n - 1), r"data_batch_1: 20 images but 19 labels"),
+        (lambda n: ["cat"] * n, r"data_batch_1: 'labels' must be a list of integers"),
+    ],
+)
 def test_mislabelled_cifar_batch(tmp_path, labels, message):
     train, test = cifar_arrays()
     folder = write_cifar10(tmp_path, train, test)
@@ -198,9 +220,24 @@ def test_cli_bad_native_file_is_one_line_and_writes_nothing(workdir):
     whole = (folder / "data_batch_4").read_bytes()
     (folder / "data_batch_4").write_bytes(whole[:1000])
     result = subprocess.run(
-        [sys.executable, "-m", "medgen.cli", "stage", "prepare", "-S", "data.flag=cifar10", "-S", "data.size=32",
-         "-S", "data.check_counts=false", "-S", f"data.source={workdir / 'cifar'}"],
-        capture_output=True, text=True, cwd=workdir,
+        [
+            sys.executable,
+            "-m",
+            "medgen.cli",
+            "stage",
+            "prepare",
+            "-S",
+            "data.flag=cifar10",
+            "-S",
+            "data.size=32",
+            "-S",
+            "data.check_counts=false",
+            "-S",
+            f"data.source={workdir / 'cifar'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("medgen: error:")]
@@ -227,14 +264,23 @@ def _rewrite(path: Path, payload: bytes) -> None:
     path.write_bytes(gzip.compress(payload, mtime=0))
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda p: p.write_bytes(p.read_bytes()[:100]),
-     r"train-images-idx3-ubyte.gz: not a readable gzip file \(truncated"),
-    (lambda p: _rewrite(p, gzip.decompress(p.read_bytes())[:-7]),
-     r"idx payload has 47033 bytes, its header \(60, 28, 28\) promises 47040"),
-    (lambda p: _rewrite(p, b"\x00\x00\x08\x01" + gzip.decompress(p.read_bytes())[4:]),
-     r"not an idx ubyte file with 3 dimension"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda p: p.write_bytes(p.read_bytes()[:100]),
+            r"train-images-idx3-ubyte.gz: not a readable gzip file \(truncated",
+        ),
+        (
+            lambda p: _rewrite(p, gzip.decompress(p.read_bytes())[:-7]),
+            r"idx payload has 47033 bytes, its header \(60, 28, 28\) promises 47040",
+        ),
+        (
+            lambda p: _rewrite(p, b"\x00\x00\x08\x01" + gzip.decompress(p.read_bytes())[4:]),
+            r"not an idx ubyte file with 3 dimension",
+        ),
+    ],
+)
 def test_damaged_fashion_images(tmp_path, damage, message):
     folder = write_fashionmnist(tmp_path, *fashion_arrays())
     damage(folder / "train-images-idx3-ubyte.gz")

@@ -26,8 +26,15 @@ def breast(tmp_path, size: int, name: str | None = None, rgb: bool = False):
 
 
 def cfg_for(tmp_path, size: int, source: str = "", **extra) -> DataConfig:
-    return DataConfig(flag="breastmnist", size=size, source=source, check_counts=False, download=False,
-                      raw_dir=str(tmp_path / "raw"), **extra)
+    return DataConfig(
+        flag="breastmnist",
+        size=size,
+        source=source,
+        check_counts=False,
+        download=False,
+        raw_dir=str(tmp_path / "raw"),
+        **extra,
+    )
 
 
 def test_medmnist_file_names():

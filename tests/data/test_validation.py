@@ -130,9 +130,22 @@ def test_cli_reports_truncated_file_in_one_line_and_writes_nothing(workdir):
     cut = workdir / "cut.npz"
     cut.write_bytes(good.read_bytes()[:300])
     result = subprocess.run(
-        [sys.executable, "-m", "medgen.cli", "stage", "prepare", "-S", "data.flag=tiny", "-S", "data.n_classes=2",
-         "-S", f"data.source={cut}"],
-        capture_output=True, text=True, cwd=workdir,
+        [
+            sys.executable,
+            "-m",
+            "medgen.cli",
+            "stage",
+            "prepare",
+            "-S",
+            "data.flag=tiny",
+            "-S",
+            "data.n_classes=2",
+            "-S",
+            f"data.source={cut}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
     )
     assert result.returncode == 1
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("medgen: error:")]

@@ -26,15 +26,29 @@ def _check_latent(latent_dim: int, channels: int, image_size: int) -> None:
 class DenseEncoder(nn.Module):
     """(N, C, S, S) -> (N, latent_dim). Hidden layers: Linear -> [BatchNorm] -> ReLU -> [Dropout]."""
 
-    def __init__(self, latent_dim: int, image_size: int = 28, channels: int = 1, hidden: tuple[int, ...] = (512, 256),
-                 dropout: float = 0.0, batch_norm: bool = False, variational: bool = False):
+    def __init__(
+        self,
+        latent_dim: int,
+        image_size: int = 28,
+        channels: int = 1,
+        hidden: tuple[int, ...] = (512, 256),
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        variational: bool = False,
+    ):
         super().__init__()
         _check_latent(latent_dim, channels, image_size)
         self.latent_dim, self.out_features, self.variational = latent_dim, latent_dim, variational
         # plain-data constructor arguments: what medgen.training.save_model needs to rebuild the module
-        self.init_kwargs = {"latent_dim": latent_dim, "image_size": image_size, "channels": channels,
-                            "hidden": list(hidden), "dropout": dropout, "batch_norm": batch_norm,
-                            "variational": variational}
+        self.init_kwargs = {
+            "latent_dim": latent_dim,
+            "image_size": image_size,
+            "channels": channels,
+            "hidden": list(hidden),
+            "dropout": dropout,
+            "batch_norm": batch_norm,
+            "variational": variational,
+        }
         layers: list[nn.Module] = [nn.Flatten()]  # (N, C*S*S)
         width = channels * image_size * image_size
         for size in hidden:
@@ -47,7 +61,7 @@ class DenseEncoder(nn.Module):
     def stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mu, logvar) each (N, latent_dim); logvar is None for a plain autoencoder."""
         h = self.head(self.body(x))
-        return (h.chunk(2, dim=1) if self.variational else (h, None))  # type: ignore[return-value]
+        return h.chunk(2, dim=1) if self.variational else (h, None)  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stats(x)[0]
@@ -56,8 +70,14 @@ class DenseEncoder(nn.Module):
 class DenseDecoder(nn.Module):
     """(N, latent_dim) -> (N, C, S, S) in [-1, 1]; mirror of DenseEncoder."""
 
-    def __init__(self, latent_dim: int, image_size: int = 28, channels: int = 1, hidden: tuple[int, ...] = (256, 512),
-                 batch_norm: bool = False):
+    def __init__(
+        self,
+        latent_dim: int,
+        image_size: int = 28,
+        channels: int = 1,
+        hidden: tuple[int, ...] = (256, 512),
+        batch_norm: bool = False,
+    ):
         super().__init__()
         self.shape = (channels, image_size, image_size)
         layers: list[nn.Module] = []
@@ -79,18 +99,28 @@ class ConvEncoder(nn.Module):
     (mu, logvar) and forward returns mu, so the module is a deterministic feature extractor.
     """
 
-    def __init__(self, latent_dim: int, image_size: int = 28, channels: int = 1, width: int = 32,
-                 variational: bool = False):
+    def __init__(
+        self, latent_dim: int, image_size: int = 28, channels: int = 1, width: int = 32, variational: bool = False
+    ):
         super().__init__()
         _check_latent(latent_dim, channels, image_size)
         if image_size % 4:
             raise ValueError(f"image_size={image_size} must be divisible by 4 for the conv encoder")
         self.latent_dim, self.out_features, self.variational = latent_dim, latent_dim, variational
-        self.init_kwargs = {"latent_dim": latent_dim, "image_size": image_size, "channels": channels,
-                            "width": width, "variational": variational}
+        self.init_kwargs = {
+            "latent_dim": latent_dim,
+            "image_size": image_size,
+            "channels": channels,
+            "width": width,
+            "variational": variational,
+        }
         self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 4, 2, 1), nn.BatchNorm2d(width), nn.LeakyReLU(0.2),  # (N, w, S/2, S/2)
-            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),  # (N, 2w, S/4, S/4)
+            nn.Conv2d(channels, width, 4, 2, 1),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(0.2),  # (N, w, S/2, S/2)
+            nn.Conv2d(width, 2 * width, 4, 2, 1),
+            nn.BatchNorm2d(2 * width),
+            nn.LeakyReLU(0.2),  # (N, 2w, S/4, S/4)
             nn.Flatten(),  # (N, 2w * S/4 * S/4)
         )
         flat = 2 * width * (image_size // 4) ** 2
@@ -98,7 +128,7 @@ class ConvEncoder(nn.Module):
 
     def stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.head(self.body(x))
-        return (h.chunk(2, dim=1) if self.variational else (h, None))  # type: ignore[return-value]
+        return h.chunk(2, dim=1) if self.variational else (h, None)  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stats(x)[0]
@@ -112,9 +142,13 @@ class ConvDecoder(nn.Module):
         self.start = (2 * width, image_size // 4, image_size // 4)
         self.fc = nn.Linear(latent_dim, 2 * width * (image_size // 4) ** 2)
         self.body = nn.Sequential(
-            nn.BatchNorm2d(2 * width), nn.ReLU(),
-            nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),  # (N, w, S/2, S/2)
-            nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh(),  # (N, C, S, S)
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),  # (N, w, S/2, S/2)
+            nn.ConvTranspose2d(width, channels, 4, 2, 1),
+            nn.Tanh(),  # (N, C, S, S)
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -185,19 +219,35 @@ class VAE(Autoencoder):
 METHODS = ("ae_dense", "ae_conv", "vae_dense", "vae_conv")
 
 
-def build(method: str, latent_dim: int, image_size: int = 28, channels: int = 1, dropout: float = 0.2,
-          width: int = 32, beta: float = 1.0) -> Autoencoder:
+def build(
+    method: str,
+    latent_dim: int,
+    image_size: int = 28,
+    channels: int = 1,
+    dropout: float = 0.2,
+    width: int = 32,
+    beta: float = 1.0,
+) -> Autoencoder:
     """One of METHODS. Dense AE: dropout; conv models and VAEs: batch norm."""
     if method == "ae_dense":
-        return Autoencoder(DenseEncoder(latent_dim, image_size, channels, dropout=dropout),
-                           DenseDecoder(latent_dim, image_size, channels))
+        return Autoencoder(
+            DenseEncoder(latent_dim, image_size, channels, dropout=dropout),
+            DenseDecoder(latent_dim, image_size, channels),
+        )
     if method == "vae_dense":
-        return VAE(DenseEncoder(latent_dim, image_size, channels, batch_norm=True, variational=True),
-                   DenseDecoder(latent_dim, image_size, channels, batch_norm=True), beta=beta)
+        return VAE(
+            DenseEncoder(latent_dim, image_size, channels, batch_norm=True, variational=True),
+            DenseDecoder(latent_dim, image_size, channels, batch_norm=True),
+            beta=beta,
+        )
     if method == "ae_conv":
-        return Autoencoder(ConvEncoder(latent_dim, image_size, channels, width),
-                           ConvDecoder(latent_dim, image_size, channels, width))
+        return Autoencoder(
+            ConvEncoder(latent_dim, image_size, channels, width), ConvDecoder(latent_dim, image_size, channels, width)
+        )
     if method == "vae_conv":
-        return VAE(ConvEncoder(latent_dim, image_size, channels, width, variational=True),
-                   ConvDecoder(latent_dim, image_size, channels, width), beta=beta)
+        return VAE(
+            ConvEncoder(latent_dim, image_size, channels, width, variational=True),
+            ConvDecoder(latent_dim, image_size, channels, width),
+            beta=beta,
+        )
     raise ValueError(f"unknown autoencoder {method!r} (known: {', '.join(METHODS)})")

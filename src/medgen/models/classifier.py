@@ -36,8 +36,9 @@ def resolve_stem(stem: str, size: int) -> str:
 class ResNetClassifier(nn.Module):
     """torchvision ResNet-18 for (N, C, S, S) -> logits (N, n_classes), dropout before the linear head."""
 
-    def __init__(self, n_classes: int, stem: str = "standard", dropout: float = 0.0, init: str = "default",
-                 in_channels: int = 1):
+    def __init__(
+        self, n_classes: int, stem: str = "standard", dropout: float = 0.0, init: str = "default", in_channels: int = 1
+    ):
         super().__init__()
         if stem not in STEMS or init not in INITS:
             raise ValueError(f"stem must be one of {STEMS} and init one of {INITS}, got {stem!r}, {init!r}")
@@ -66,7 +67,9 @@ class EncoderClassifier(nn.Module):
     medgen.training.save_model records), so this module itself stays loadable with load_model.
     """
 
-    def __init__(self, encoder_class: str, encoder_kwargs: dict, n_classes: int, dropout: float = 0.0, init: str = "default"):
+    def __init__(
+        self, encoder_class: str, encoder_kwargs: dict, n_classes: int, dropout: float = 0.0, init: str = "default"
+    ):
         super().__init__()
         if not encoder_class.startswith(ENCODER_PREFIXES):
             raise ValueError(f"refusing to import encoder class {encoder_class!r} (must be under {ENCODER_PREFIXES})")
@@ -91,9 +94,12 @@ class TinyEncoder(nn.Module):
         super().__init__()
         self.out_features = out_features
         self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.ReLU(),  # (N, w, S/2, S/2)
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),  # (N, 2w, S/4, S/4)
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (N, 2w)
+            nn.Conv2d(channels, width, 3, stride=2, padding=1),
+            nn.ReLU(),  # (N, w, S/2, S/2)
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(),  # (N, 2w, S/4, S/4)
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),  # (N, 2w)
             nn.Linear(2 * width, out_features),  # (N, F)
         )
 

@@ -40,7 +40,9 @@ def _check_labels(labels: torch.Tensor, n_labels: int) -> None:
     if labels.dtype != torch.int64 or labels.ndim != 1:
         raise ValueError(f"labels must be int64 of shape (N,), got {labels.dtype} {tuple(labels.shape)}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_labels):
-        raise ValueError(f"labels must be in 0..{n_labels - 1} ({n_labels - 1} = null), got {int(labels.min())}..{int(labels.max())}")
+        raise ValueError(
+            f"labels must be in 0..{n_labels - 1} ({n_labels - 1} = null), got {int(labels.min())}..{int(labels.max())}"
+        )
 
 
 class ClassConditionalUNet(nn.Module):
@@ -52,10 +54,20 @@ class ClassConditionalUNet(nn.Module):
     """
 
     def __init__(
-        self, n_classes: int = 2, image_size: int = 28, channels: int = 1, sample_size: int = 32, width: int = 16,
-        channel_mult: list[int] | tuple[int, ...] = (1, 2, 2), layers_per_block: int = 1,
-        attention_levels: list[int] | tuple[int, ...] = (2,), mid_attention: bool = True, norm_groups: int = 8,
-        dropout: float = 0.0, prediction: str = "v_prediction", train_timesteps: int = 1000,
+        self,
+        n_classes: int = 2,
+        image_size: int = 28,
+        channels: int = 1,
+        sample_size: int = 32,
+        width: int = 16,
+        channel_mult: list[int] | tuple[int, ...] = (1, 2, 2),
+        layers_per_block: int = 1,
+        attention_levels: list[int] | tuple[int, ...] = (2,),
+        mid_attention: bool = True,
+        norm_groups: int = 8,
+        dropout: float = 0.0,
+        prediction: str = "v_prediction",
+        train_timesteps: int = 1000,
         beta_schedule: str = "squaredcos_cap_v2",
     ) -> None:
         super().__init__()
@@ -71,18 +83,26 @@ class ClassConditionalUNet(nn.Module):
         self.prediction, self.train_timesteps, self.beta_schedule = prediction, train_timesteps, beta_schedule
         attn = set(attention_levels)
         self.unet = UNet2DModel(
-            sample_size=sample_size, in_channels=channels, out_channels=channels,
-            block_out_channels=widths, layers_per_block=layers_per_block, norm_num_groups=norm_groups,
+            sample_size=sample_size,
+            in_channels=channels,
+            out_channels=channels,
+            block_out_channels=widths,
+            layers_per_block=layers_per_block,
+            norm_num_groups=norm_groups,
             down_block_types=tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(levels)),
             up_block_types=tuple("AttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(range(levels))),
-            add_attention=mid_attention, attention_head_dim=min(32, widths[-1]), dropout=dropout,
+            add_attention=mid_attention,
+            attention_head_dim=min(32, widths[-1]),
+            dropout=dropout,
             num_class_embeds=n_classes + 1,  # + the null class of classifier-free guidance
         )
         pad = sample_size - image_size
         self._pad = (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2)  # left, right, top, bottom
 
     @staticmethod
-    def _validate(image_size: int, channels: int, sample_size: int, levels: int, prediction: str, schedule: str) -> None:
+    def _validate(
+        image_size: int, channels: int, sample_size: int, levels: int, prediction: str, schedule: str
+    ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
         if not 8 <= image_size <= sample_size:

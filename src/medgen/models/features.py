@@ -25,12 +25,19 @@ class FeatureNet(nn.Module):
         super().__init__()
         c = channels
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(True),  # (N, c, S, S)
+            nn.Conv2d(in_channels, c, 3, padding=1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(True),  # (N, c, S, S)
             nn.MaxPool2d(2),  # (N, c, S/2, S/2)
-            nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU(True),  # (N, 2c, S/2, S/2)
+            nn.Conv2d(c, 2 * c, 3, padding=1),
+            nn.BatchNorm2d(2 * c),
+            nn.ReLU(True),  # (N, 2c, S/2, S/2)
             nn.MaxPool2d(2),  # (N, 2c, S/4, S/4)
-            nn.Conv2d(2 * c, 4 * c, 3, padding=1), nn.BatchNorm2d(4 * c), nn.ReLU(True),  # (N, 4c, S/4, S/4)
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (N, 4c)
+            nn.Conv2d(2 * c, 4 * c, 3, padding=1),
+            nn.BatchNorm2d(4 * c),
+            nn.ReLU(True),  # (N, 4c, S/4, S/4)
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),  # (N, 4c)
             # (N, feature_dim): the metric space, taken before the ReLU so no unit is dead (a dead unit
             # has zero variance and makes the Fréchet distance's covariance singular)
             nn.Linear(4 * c, feature_dim),

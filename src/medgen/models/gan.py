@@ -70,8 +70,15 @@ def _check_labels(labels: torch.Tensor, n_classes: int) -> None:
 class Generator(nn.Module):
     """G(z: (N, latent_dim) float, labels: (N,) int64) -> (N, image_channels, image_size, image_size) in [-1, 1]."""
 
-    def __init__(self, latent_dim: int = 100, n_classes: int = 2, channels: int = 64, embed_dim: int = 16,
-                 image_size: int = 28, image_channels: int = 1):
+    def __init__(
+        self,
+        latent_dim: int = 100,
+        n_classes: int = 2,
+        channels: int = 64,
+        embed_dim: int = 16,
+        image_size: int = 28,
+        image_channels: int = 1,
+    ):
         super().__init__()
         self.latent_dim, self.n_classes = latent_dim, n_classes
         self.image_size, self.image_channels = image_size, image_channels
@@ -79,8 +86,11 @@ class Generator(nn.Module):
         widths = [_width(channels, level) for level in reversed(range(stages))]  # e.g. 4c, 2c, c
         self.embed = nn.Embedding(n_classes, embed_dim)
         # (N, latent+embed, 1, 1) -> (N, widths[0], 4, 4)
-        layers: list[nn.Module] = [nn.ConvTranspose2d(latent_dim + embed_dim, widths[0], 4, 1, 0, bias=False),
-                                   nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(latent_dim + embed_dim, widths[0], 4, 1, 0, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(True),
+        ]
         for w_in, w_out in zip(widths, widths[1:]):  # each doubles the side: 4 -> 8 -> 16 -> ...
             layers += [nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False), nn.BatchNorm2d(w_out), nn.ReLU(True)]
         # -> (N, C, canvas, canvas); no batch norm on the output layer (DCGAN rule)
@@ -102,8 +112,15 @@ class Discriminator(nn.Module):
     The class logits exist for the acgan variant only.
     """
 
-    def __init__(self, variant: str = "cdcgan", n_classes: int = 2, channels: int = 64, spectral_norm: bool = False,
-                 image_size: int = 28, image_channels: int = 1):
+    def __init__(
+        self,
+        variant: str = "cdcgan",
+        n_classes: int = 2,
+        channels: int = 64,
+        spectral_norm: bool = False,
+        image_size: int = 28,
+        image_channels: int = 1,
+    ):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -166,7 +183,10 @@ def _translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
     tx = torch.randint(-sh, sh + 1, (n, 1, 1), device=x.device)
     ty = torch.randint(-sw, sw + 1, (n, 1, 1), device=x.device)
     b, gx, gy = torch.meshgrid(
-        torch.arange(n, device=x.device), torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij"
+        torch.arange(n, device=x.device),
+        torch.arange(h, device=x.device),
+        torch.arange(w, device=x.device),
+        indexing="ij",
     )
     gx = torch.clamp(gx + tx + 1, 0, h + 1)
     gy = torch.clamp(gy + ty + 1, 0, w + 1)
@@ -180,7 +200,10 @@ def _cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
     ox = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), device=x.device)
     oy = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), device=x.device)
     b, gx, gy = torch.meshgrid(
-        torch.arange(n, device=x.device), torch.arange(ch, device=x.device), torch.arange(cw, device=x.device), indexing="ij"
+        torch.arange(n, device=x.device),
+        torch.arange(ch, device=x.device),
+        torch.arange(cw, device=x.device),
+        indexing="ij",
     )
     gx = torch.clamp(gx + ox - ch // 2, 0, h - 1)
     gy = torch.clamp(gy + oy - cw // 2, 0, w - 1)

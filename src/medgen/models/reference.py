@@ -21,9 +21,15 @@ class ReferenceClassifier(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             # (N,w,S/2,S/2)
-            nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
             # (N,2w,S/4,S/4)
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         flat = 2 * width * (image_size // 4) ** 2
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(flat, n_classes))
@@ -35,16 +41,20 @@ class ReferenceClassifier(nn.Module):
 class ReferenceGenerator(nn.Module):
     """Conditional DCGAN-style generator: [z, embed(label)] -> (N,2w,S/4,S/4) -> (N,w,S/2,S/2) -> (N,C,S,S)."""
 
-    def __init__(self, latent_dim: int = 16, n_classes: int = 2, width: int = 16, channels: int = 1,
-                 image_size: int = 28) -> None:
+    def __init__(
+        self, latent_dim: int = 16, n_classes: int = 2, width: int = 16, channels: int = 1, image_size: int = 28
+    ) -> None:
         super().__init__()
         self.width, self.quarter = width, image_size // 4
         self.embed = nn.Embedding(n_classes, latent_dim)
         self.project = nn.Sequential(nn.Linear(2 * latent_dim, 2 * width * self.quarter**2), nn.ReLU())
         self.decode = nn.Sequential(
             # (N,w,S/2,S/2)
-            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1), nn.Tanh(),  # (N,C,S,S)
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1),
+            nn.Tanh(),  # (N,C,S,S)
         )
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
