@@ -182,14 +182,18 @@ def classify_rows(m: Mapping[str, Any]) -> list[list[str]]:
              ci(m.get(f"test_{k}_ci95")), "—"] for k in HEADLINE if f"test_{k}_mean" in m]
 
 
+CLASSIC_METHODS = ("pca", "isomap")  # fitted, not learned by gradient descent (represent's CLASSIC)
+
+
 def best_learned(methods: Mapping[str, Mapping[str, Any]]) -> tuple[str, str] | None:
-    """The non-PCA method with the best cross-validation score (the selection metric, never test), and
-    the name of that score; None when the file has no such method."""
+    """The learned method (an autoencoder or VAE, not PCA/Isomap) with the best cross-validation score (the
+    selection metric, never test), and the name of that score; None when the file has no such method."""
     for name, entry in methods.items():
         cv = sorted(k for k in entry if k.startswith("cv_"))
-        if name != "pca" and cv:
+        if name not in CLASSIC_METHODS and cv:
             key = cv[0]
-            scored = [n for n, e in methods.items() if n != "pca" and isinstance(e.get(key), (int, float))]
+            scored = [n for n, e in methods.items()
+                      if n not in CLASSIC_METHODS and isinstance(e.get(key), (int, float))]
             return (max(scored, key=lambda n: methods[n][key]), key) if scored else None
     return None
 
