@@ -99,9 +99,9 @@ def run_pipeline(command: str, copy: Path, run: str, timeout: float, kill_at: st
     pattern = re.compile(kill_at) if kill_at else None
     matches = 0
     with open(copy / f"{run}.log", "ab") as log:
-        # --pipeline is a shell command line by design, given by the person running the check  # nosec B602
-        proc = subprocess.Popen(command, shell=True, cwd=copy,  # nosec B602 env=environment(copy, run), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        # --pipeline is a shell command line by design, given by the person running the check
+        proc = subprocess.Popen(command, shell=True, cwd=copy, env=environment(copy, run),  # nosec B602
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             for line in proc.stdout:
                 log.write(line)
