@@ -11,7 +11,12 @@ ifneq ($(SHARED_NPZ),)
 export MEDGEN_DATA_SOURCE ?= $(SHARED_NPZ)
 endif
 
-.PHONY: setup lint test run repro-check power lock ui serve bench-serve load-serve bench-backpressure container-check security-scan cluster-up cluster-down bench-cluster
+.PHONY: help setup lint test run report repro-check power lock ui serve bench-serve load-serve bench-backpressure container-check security-scan cluster-up cluster-down bench-cluster
+
+.DEFAULT_GOAL := help
+
+help:  ## this list: every target with what it does
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 20
 
 setup:  ## fresh virtual environment with every pinned version, then medgen itself (editable)
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +33,9 @@ test:  ## the whole suite (unit, data, integration on the smoke profile, serving
 
 run:  ## the main job: the DVC pipeline with the defaults in params.yaml
 	$(BIN)/dvc repro
+
+report:  ## docs/results.md and README's results table from metrics/*.json; prints the table (medgen report)
+	$(BIN)/medgen report
 
 repro-check:  ## smoke pipeline from clean copies: twice (2nd keeps mlruns/) + killed and resumed; fails if any output differs
 	$(BIN)/python scripts/repro_check.py

@@ -217,9 +217,12 @@ def _(base):
         return run(base, ["stage", "prepare"], MLFLOW_TRACKING_URI=f"http://127.0.0.1:{hung.getsockname()[1]}")
 
 
-@case("study-server", "`MEDGEN_OPTUNA_STORAGE=postgresql://u:pw@127.0.0.1:<closed>/db medgen stage prepare`")
+STUDY_URL = "postgresql://u:pw@127.0.0.1:{port}/db"  # pragma: allowlist secret (a made-up password on a closed port)
+
+
+@case("study-server", f"`MEDGEN_OPTUNA_STORAGE={STUDY_URL.format(port='<closed>')} medgen stage prepare`")
 def _(base):
-    return run(base, ["stage", "prepare"], MEDGEN_OPTUNA_STORAGE=f"postgresql://u:pw@127.0.0.1:{closed_port()}/db")
+    return run(base, ["stage", "prepare"], MEDGEN_OPTUNA_STORAGE=STUDY_URL.format(port=closed_port()))
 
 
 @case("read-only-metrics", "metrics/ mounted read-only (`unshare -m` + `mount --bind -o ro`); `medgen stage classify`")

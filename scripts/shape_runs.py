@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     parser.add_argument("--profile", default="smoke")
-    parser.add_argument("--root", type=Path, default=Path("/tmp/medgen-shape-runs"))
+    parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "medgen-shape-runs")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "shape_runs.json")
     args = parser.parse_args(argv)
     results = {}

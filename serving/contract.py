@@ -38,7 +38,12 @@ class Contract:
     def from_metadata(cls, metadata: dict[str, Any], graph_shape: list[Any], name: str) -> Contract:
         """[C, S, S] from metadata `input_shape` (else [1, input_size, input_size]), checked against the
         graph's (batch, C, S, S) where the graph states them."""
-        shape = metadata.get("input_shape") or [1, metadata.get("input_size"), metadata.get("input_size")]
+        # a classifier states what it takes (input_shape), a generator what it makes (output_shape)
+        shape = (
+            metadata.get("input_shape")
+            or metadata.get("output_shape")
+            or [1, metadata.get("input_size"), metadata.get("input_size")]
+        )
         ok = (
             isinstance(shape, list)
             and len(shape) == 3

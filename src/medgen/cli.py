@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="medgen-classifier",
         help="medgen-classifier (default), medgen-classifier-augmented or medgen-generator",
     )
+    report = sub.add_parser(
+        "report", parents=[common], help="write docs/results.md and README's results table from the metrics files"
+    )
+    report.add_argument("--page", default="docs/results.md", help="results page to write (default: docs/results.md)")
+    report.add_argument("--readme", default="README.md", help="file whose results markers get the table")
+    report.add_argument("--check", action="store_true", help="write nothing; exit 1 if either file is out of date")
     return parser
 
 
@@ -156,6 +162,14 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "serve":
         return serve(cfg, args.host, args.port, args.source, args.allow_anonymous)
+    if args.command == "report":
+        from pathlib import Path
+
+        from medgen import report
+
+        found = report.sources(cfg, stages.STAGES)
+        print(report.run(Path.cwd(), found, args.page, args.readme, check=args.check))
+        return 0
     if args.command == "promote":
         from medgen import registry
 

@@ -1,15 +1,15 @@
-"""The export manifest: <export.out_dir>/manifest.json lists every file of the export folder with its sha256
-and size, the code commit, a hash of the resolved parameters and the registered models.
+"""The export manifest: <export.out_dir>/manifest.json lists every file of the export folder with its sha256 and size,
+the code commit, a hash of the resolved parameters and the registered models.
 
-Same inputs, same manifest (it is part of a DVC output): `code_commit` is the newest commit that changed
-the code (src/, serving/, pyproject.toml, requirements.lock), so committing results (dvc.lock, metrics)
-does not change it; `registered` names each registered model with the sha256 of the exported file,
-which its MLflow model version carries as tag `medgen.sha256`. The version *number* and alias depend on
-the registry's history (not on code, data and params): the export run's tags and the log record them.
+Same inputs, same manifest (it is part of a DVC output): `code_commit` is the newest commit that changed the export
+stage's code (CODE_PATHS: the code files dvc.yaml lists as export's deps), so committing results (dvc.lock, metrics)
+or changing unrelated code does not change it; `registered` names each registered model with the sha256 of the
+exported file, which its MLflow model version carries as tag `medgen.sha256`. The version *number* and alias depend
+on the registry's history (not on code, data and params): the export run's tags and the log record them.
 
-The service (serving/integrity.py, which reads this format without importing medgen) checks every file
-against it before it reports ready and refuses to start on any difference. Written last by the export
-stage, after every other file of the folder, atomically.
+The service (serving/integrity.py, which reads this format without importing medgen) checks every file against it
+before it reports ready and refuses to start on any difference. Written last by the export stage, after every other
+file of the folder, atomically.
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-CODE_PATHS = ("src", "serving", "pyproject.toml", "requirements.lock")
+# dvc.yaml's code deps of the export stage: the manifest may depend on nothing else (tests/unit/test_manifest.py)
+CODE_PATHS = ("src/medgen/stages/export.py", "src/medgen/onnx_export.py", "src/medgen/manifest.py")
 
 
 def code_state() -> tuple[str, bool]:
-    """(newest commit that changed CODE_PATHS, whether tracked files there differ from it); ("unknown", False)
-    outside git."""
+    """(newest commit that changed CODE_PATHS, whether those files differ from it); ("unknown", False) outside git."""
     try:
         # git from PATH with fixed arguments: nothing from a user reaches the command line
         head = subprocess.run(

@@ -108,7 +108,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def parse_yaml(text: str) -> Any:
     """YAML -> Python with duplicate keys rejected (ConfigError)."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  # nosec B506 - a SafeLoader subclass
 
 
 def read_params(path: str | Path) -> dict[str, Any]:

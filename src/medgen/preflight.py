@@ -145,7 +145,7 @@ def _classify(cfg: Config) -> None:
 def _classifier_memory(cfg: Config, stage: str) -> None:
     import torch
 
-    from medgen.models.classifier import ResNetClassifier
+    from medgen.models.classifier import ResNetClassifier, resolve_stem
     from medgen.training import load_checkpoint
 
     c = cfg.classify
@@ -154,9 +154,10 @@ def _classifier_memory(cfg: Config, stage: str) -> None:
         load_checkpoint(c.encoder_checkpoint)  # missing or truncated: one line now, not after the search
     channels, side = _images(cfg, dataset)
     batch = min(c.batch_size, len(dataset.train))
-    build = lambda: ResNetClassifier(dataset.n_classes, stem=c.stem, dropout=c.dropout)  # noqa: E731
+    stem = resolve_stem(c.stem, side)
+    build = lambda: ResNetClassifier(dataset.n_classes, stem=stem, dropout=c.dropout, in_channels=channels)  # noqa: E731
     nbytes = model_bytes(build, lambda n: (torch.zeros(n, channels, side, side),), batch)
-    need("classify.batch_size", nbytes, f"ResNet-18 ({c.stem} stem) at batch {batch}, {side}x{side} images")
+    need("classify.batch_size", nbytes, f"ResNet-18 ({stem} stem) at batch {batch}, {side}x{side} images")
 
 
 def _generate(cfg: Config) -> None:
@@ -179,15 +180,18 @@ def _generate(cfg: Config) -> None:
     need("generate.eval_samples", 3 * 4 * n_eval * channels * side**2, "the val-FD sample set")
     batch = min(g.batch_size, len(dataset.train))
     labels = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
+    shape = (channels, side, side)
     gen = model_bytes(
-        lambda: Generator(**generator_kwargs(g, dataset.n_classes)),
+        lambda: Generator(**generator_kwargs(g, dataset.n_classes, shape)),
         lambda n: (torch.zeros(n, g.latent_dim), labels(n)),
         batch,
     )
     dis = max(
         model_bytes(
-            lambda v=v: Discriminator(v, dataset.n_classes, g.d_channels, g.spectral_norm),
-            lambda n: (torch.zeros(n, 1, side, side), labels(n)),
+            lambda v=v: Discriminator(
+                v, dataset.n_classes, g.d_channels, g.spectral_norm, image_size=side, image_channels=channels
+            ),
+            lambda n: (torch.zeros(n, channels, side, side), labels(n)),
             2 * batch,
         )
         for v in g.variants

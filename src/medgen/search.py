@@ -46,6 +46,7 @@ STORAGE_ENV = "MEDGEN_OPTUNA_STORAGE"
 # that ask for a trial at the same moment would otherwise draw the same seeded points.
 WORKER_ENV = "MEDGEN_WORKER_ID"
 OWNER_ATTR = "owner"  # user attr: "<host>:<pid>:<process start time>" of the process running the trial
+WORKER_ATTR = "worker"  # user attr: $MEDGEN_WORKER_ID of the process running the trial
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that size a run or name its files but do not change what a trial computes; never in the study hash.
 RUN_SIZE_KEYS = frozenset(
@@ -163,12 +164,21 @@ _owner = owner_id
 
 
 def fail_dead_trials(study: optuna.Study) -> list[int]:
-    """Mark FAIL the RUNNING trials whose owning process on this host is gone; returns their numbers."""
+    """Mark FAIL the RUNNING trials whose owning process on this host is gone; returns their numbers.
+
+    Another worker's dead trial is queued once more with its parameters (as the heartbeat path does for
+    other hosts). A dead trial of this worker number (a killed single-machine run, resumed) is not: the
+    per-trial seeded sampler draws the same point again as the next trial, so the resumed study repeats an
+    uninterrupted one point for point (a queued copy would hold only the parameters drawn before the kill).
+    """
     dead = []
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get(OWNER_ATTR)
         if isinstance(owner, str) and owner_alive(owner) is False:
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            failed = study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            if failed and trial.user_attrs.get(WORKER_ATTR, 0) != worker_id():
+                retry(study, study._storage.get_trial(trial._trial_id))
             dead.append(trial.number)
     if dead:
         log.warning("study %s: trial(s) %s were left RUNNING by a killed process; marked FAIL", study.study_name, dead)
@@ -270,6 +280,7 @@ def optimize(study: optuna.Study, objective: Objective, n_trials: int, parent_ru
 
     def wrapped(trial: optuna.Trial) -> float:
         trial.set_user_attr(OWNER_ATTR, _owner())
+        trial.set_user_attr(WORKER_ATTR, worker_id())
         pruned = False
         with tracking.child_run(parent_run_id, f"{study.study_name}-{trial.number}", {}) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)

@@ -132,9 +132,17 @@ def test_kill_9_mid_search_then_rerun_side_by_side(checkout):
     assert snapshot(*[p for s in SEARCHED for p in outputs_of(checkout, s)]) == before  # byte for byte
     assert leftovers(checkout)  # killed inside their transactions: staging folders and journals remain
     ghosts = running_runs(checkout / "mlruns/mlflow.db")
-    assert {n for n, _ in ghosts} >= set(SEARCHED) and len(ghosts) >= 6  # stage runs and their trial runs
+    # A stage killed before another one got past its start is already swept by that start (its stage run
+    # KILLED, its trial FAIL): every killed stage run is either still a ghost or closed, never FINISHED.
+    with sqlite3.connect(checkout / "mlruns/mlflow.db") as con:
+        stage_runs = dict(
+            con.execute("SELECT name, status FROM runs WHERE name IN ('represent', 'classify', 'generate')").fetchall()
+        )
+    assert set(stage_runs) == set(SEARCHED) and set(stage_runs.values()) <= {"RUNNING", "KILLED"}
+    still = [n for n, status in stage_runs.items() if status == "RUNNING"]
+    assert still and len(ghosts) >= 2 * len(still)  # stage runs and their trial runs
     ghost_trials = running_trials(checkout / "mlruns/optuna.db")
-    assert len(ghost_trials) >= 3
+    assert len(ghost_trials) >= len(still)
 
     reruns = {s: _start(checkout, s) for s in SEARCHED}  # side by side on the store the ghosts are in
     logs = {}

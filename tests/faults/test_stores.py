@@ -60,7 +60,7 @@ def test_unreachable_server_check_is_bounded(server, monkeypatch):
 
 
 def test_unreachable_study_database_is_one_line_with_the_password_hidden(fault_dir):
-    url = f"postgresql://medgen:secret@127.0.0.1:{closed_port()}/studies"
+    url = f"postgresql://medgen:secret@127.0.0.1:{closed_port()}/studies"  # pragma: allowlist secret
     result = medgen(fault_dir, "stage", "prepare", env=env_for(fault_dir, MEDGEN_OPTUNA_STORAGE=url))
     line = assert_one_line_error(result, "Optuna storage postgresql://medgen:***@127.0.0.1:", "stage prepare stopped")
     assert "secret" not in result.stderr, line
