@@ -325,16 +325,24 @@ def details(dataset: data.Dataset, results: list[dict], best: dict, found: dict,
     }
 
 
-def save_best(cfg: Config, dataset: data.Dataset, best: dict, hparams: dict) -> Path:
-    """The seed with the best validation AUC, as a self-describing checkpoint for export."""
+def input_spec(dataset: data.Dataset) -> dict[str, Any]:
+    """What a classifier checkpoint states about its input (export and the service read it): classes, their
+    names, the image side and [C, S, S] shape, and the pixel range after normalisation."""
     channels, size, _ = dataset.image_shape
-    config = {
-        **asdict(cfg.classify),
+    return {
         "n_classes": dataset.n_classes,
         "class_names": list(dataset.class_names),
         "input_size": size,
         "input_shape": [channels, size, size],
         "input_range": [-1.0, 1.0],
+    }
+
+
+def save_best(cfg: Config, dataset: data.Dataset, best: dict, hparams: dict) -> Path:
+    """The seed with the best validation AUC, as a self-describing checkpoint for export."""
+    config = {
+        **asdict(cfg.classify),
+        **input_spec(dataset),
         "stem_used": best["history"]["init_kwargs"].get("stem"),  # classify.stem resolved for the size
         "flag": cfg.data.flag,
         "seed": best["seed"],

@@ -88,6 +88,25 @@ def requested_labels(cfg: GenerateConfig, n_classes: int) -> list[int]:
     return labels
 
 
+def gan_loop(gcfg: GenerateConfig, epochs: int, label: str, device: torch.device, trial: Any = None) -> Loop:
+    """The loop settings every GAN fit shares (search trial or final fit): epochs numbered from 1, the EMA
+    generator's val FD every eval_every epochs (lower is better), losses on the progress line; `trial`
+    (an optuna.Trial) reports to a study and prunes."""
+    return Loop(
+        epochs,
+        gcfg.batch_size,
+        label,
+        device=device,
+        first_epoch=1,
+        eval_every=gcfg.eval_every,
+        monitor="val_fd",
+        mode="min",
+        worst=math.inf,
+        trial=trial,
+        show=("loss_d", "loss_g"),
+    )
+
+
 def fit_final(
     cfg: Config, hyper: GanHyper, real: Real, device: torch.device
 ) -> tuple[torch.nn.Module, list[dict], int]:
@@ -106,18 +125,7 @@ def fit_final(
             image = checkpoint_grid(trainer.sampler(), real.dataset.n_classes, cfg.seed)
             plots.save_png(image, Path(gcfg.plots_dir) / f"grid_epoch_{epoch:04d}.png")
 
-    loop = Loop(
-        gcfg.epochs,
-        gcfg.batch_size,
-        f"gan final fit ({hyper.variant})",
-        device=device,
-        first_epoch=1,
-        eval_every=gcfg.eval_every,
-        monitor="val_fd",
-        mode="min",
-        worst=math.inf,
-        show=("loss_d", "loss_g"),
-    )
+    loop = gan_loop(gcfg, gcfg.epochs, f"gan final fit ({hyper.variant})", device)
     validate = lambda epoch: {"val_fd": val_fd(trainer.sampler(), real, n_eval, cfg.seed)}  # noqa: E731
     generator = trainer.sampler()  # the EMA copy: its best-FD weights are kept
     fitted = fit(trainer.steps(real.x, real.y), len(real.x), loop, validate, keep=generator, on_epoch=grid)

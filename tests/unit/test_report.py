@@ -12,7 +12,7 @@ import pytest
 
 from medgen import report, stats
 from medgen.cli import main
-from medgen.config import load_config
+from medgen.params import load_config
 from medgen.stages import STAGES
 from tests.conftest import ROOT
 

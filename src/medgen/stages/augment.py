@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from medgen import arms, data, metrics, plots, tracking
-from medgen.classification import evaluate, fit_classifier, predict_proba, subsample
+from medgen.classification import evaluate, fit_classifier, input_spec, predict_proba, subsample
 from medgen.config import Config
 from medgen.io import write_json, write_text
 from medgen.outputs import Output, output_file, output_folder
@@ -96,13 +96,8 @@ def save_best_synthetic(cfg: Config, dataset: data.Dataset, results: list[dict],
     if not candidates:
         return None
     best = max(candidates, key=lambda r: r["val"]["auc"])
-    channels, size, _ = dataset.image_shape
     config = {
-        "n_classes": dataset.n_classes,
-        "class_names": list(dataset.class_names),
-        "input_size": size,
-        "input_shape": [channels, size, size],
-        "input_range": [-1.0, 1.0],
+        **input_spec(dataset),
         "flag": cfg.data.flag,
         "arm": best["arm"],
         "seed": best["seed"],

@@ -15,7 +15,6 @@ Metrics: FD/KID of synthetic vs train-real beside held-out real (val + test) vs 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +29,7 @@ from medgen.config import Config, GenerateConfig
 from medgen.gan_training import GanHyper, GanTrainer, generator_kwargs
 from medgen.io import output_files, write_json
 from medgen.outputs import Output, output_file, output_folder
-from medgen.training import Loop, fit, pick_device, save_model, set_seed, torch_threads
+from medgen.training import fit, pick_device, save_model, set_seed, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +53,8 @@ def make_objective(cfg: Config, real: generation.Real, device: torch.device):
         trainer = GanTrainer(
             gcfg, hyper_from_trial(trial, gcfg), real.dataset.n_classes, device, real.dataset.image_shape
         )
-        loop = Loop(
-            gcfg.search_epochs,
-            gcfg.batch_size,
-            f"gan trial {trial.number} ({trainer.hyper.variant})",
-            device=device,
-            first_epoch=1,
-            eval_every=gcfg.eval_every,
-            monitor="val_fd",
-            mode="min",
-            worst=math.inf,
-            trial=trial,
-            show=("loss_d", "loss_g"),
-        )
+        label = f"gan trial {trial.number} ({trainer.hyper.variant})"
+        loop = generation.gan_loop(gcfg, gcfg.search_epochs, label, device, trial)
         validate = lambda epoch: {"val_fd": generation.val_fd(trainer.sampler(), real, n_eval, cfg.seed)}  # noqa: E731
         return fit(trainer.steps(real.x, real.y, prune_diverged=True), len(real.x), loop, validate).best
 
