@@ -1,9 +1,12 @@
 """The configuration schema: one frozen dataclass per params.yaml section, its defaults, units and ranges.
 
-Out-of-range values raise ConfigError naming the key when a section is built. Choice lists come from the
-code that implements the choices (GAN variants and DiffAugment policies from medgen.models.gan, classifier
-stems and inits from medgen.models.classifier, represent methods from medgen.latent and
-medgen.models.autoencoders). Reading params.yaml, profiles and `-S` overrides: medgen.params.
+Constraints are declared on the fields: `name: int = rule(15, ge=1)` states the default and what a value
+must satisfy (bounds, a choice list, non-empty, distinct entries, a plain name); `check_fields` turns a
+breach into ConfigError('<section>.<key>: must be ..., got ...') when a section is built. The few rules that
+relate two fields or need a pattern live in the section's `check()`. Choice lists come from the code that
+implements the choices (GAN variants and DiffAugment policies from medgen.models.gan, classifier stems and
+inits from medgen.models.classifier, represent methods from medgen.latent and medgen.models.autoencoders).
+Reading params.yaml, profiles and `-S` overrides: medgen.params.
 """
 
 from __future__ import annotations
@@ -27,14 +30,113 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def _number(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a field's value must satisfy. Bounds and `choices` apply to a scalar, or to every entry of a tuple;
+    `nonempty`, `distinct` and `item` (the noun for an entry, e.g. "method") to tuples; `name` (a plain
+    identifier) and `nonempty` to strings. `note` says why, in the message."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[Any, ...] | None = None
+    nonempty: bool = False
+    distinct: bool = False
+    name: bool = False
+    item: str = "entry"
+    note: str = ""
+
+    def bounds(self) -> str:
+        """'>= 1', '> 0', 'in 1..400' (integers, both ends inclusive) or 'in [0, 1)'; '' without bounds."""
+        low, high = (
+            (self.ge, "[") if self.ge is not None else (self.gt, "("),
+            (self.le, "]") if self.le is not None else (self.lt, ")"),
+        )
+        if low[0] is None and high[0] is None:
+            return ""
+        if high[0] is None:
+            return f"{'>=' if low[1] == '[' else '>'} {_number(low[0])}"
+        if low[0] is None:
+            return f"{'<=' if high[1] == ']' else '<'} {_number(high[0])}"
+        if (low[1], high[1]) == ("[", "]") and all(isinstance(v, int) for v in (low[0], high[0])):
+            return f"in {low[0]}..{high[0]}"
+        return f"in {low[1]}{_number(low[0])}, {_number(high[0])}{high[1]}"
+
+    def in_bounds(self, v: Any) -> bool:
+        """Whether v lies within the bounds."""
+        return not (
+            (self.ge is not None and v < self.ge)
+            or (self.gt is not None and v <= self.gt)
+            or (self.le is not None and v > self.le)
+            or (self.lt is not None and v >= self.lt)
+        )
+
+    def problem(self, value: Any) -> str | None:
+        """The breach as the message's text after '<key>: ', or None when value satisfies the rule."""
+        note = f" ({self.note})" if self.note else ""
+        known = ", ".join(map(str, self.choices or ()))
+        if isinstance(value, tuple):
+            if self.nonempty and not value:
+                return f"is empty: choose from {known}" if self.choices else f"must not be empty{note}"
+            unknown = [v for v in value if self.choices is not None and v not in self.choices]
+            if unknown:
+                return f"unknown {self.item} {unknown[0]!r} (known: {known})"
+            if self.distinct and len(set(value)) != len(value):
+                return f"lists a{'n' if self.item[0] in 'aeiou' else ''} {self.item} twice"
+            if not all(self.in_bounds(v) for v in value):
+                return f"{self.item}s must be {self.bounds()}{note}, got {list(value)}"
+            return None
+        if self.choices is not None and value not in self.choices:
+            options = " or ".join(known.split(", ")) if len(self.choices) == 2 else f"one of {known}"
+            return f"must be {options}, got {value!r}"
+        if self.name and not (isinstance(value, str) and value.isidentifier()):
+            return f"must be a plain name, got {value!r}"
+        if self.nonempty and not value:
+            return f"must not be empty{note}"
+        if not self.in_bounds(value):
+            return f"must be {self.bounds()}{note}, got {value!r}"
+        return None
+
+
+def rule(default: Any, **constraints: Any) -> Any:
+    """A dataclass field with `default` and the Rule(**constraints) its value must satisfy."""
+    return field(default=default, metadata={"rule": Rule(**constraints)})
+
+
+def check_fields(section: Any) -> None:
+    """Raise ConfigError for the first field of the section dataclass that breaks its declared Rule."""
+    for f in dataclasses.fields(section):
+        declared = f.metadata.get("rule")
+        problem = declared.problem(getattr(section, f.name)) if declared else None
+        _require(problem is None, f"{section.section}.{f.name}", problem or "")
+
+
+class Section:
+    """Base of every params.yaml section: declared field rules first, then the section's own `check()`."""
+
+    section: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        self.check()
+
+    def check(self) -> None:
+        """Rules that relate fields or need a pattern (none by default)."""
+
+
 MIN_SIZE, MAX_SIZE = 28, 224  # image sides medgen's models are built and tested for
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Section):
     section: ClassVar[str] = "data"
     # a MedMNIST 2D flag, cifar10 / fashionmnist, or any name for a custom npz (then set n_classes)
-    flag: str = "breastmnist"
+    flag: str = rule("breastmnist", name=True)
     # square side of the images: MedMNIST+ ships 28/64/128/224, CIFAR-10 is 32, Fashion-MNIST 28; a custom
     # npz may use any side in 28..224 divisible by 4 (the conv autoencoders halve it twice)
     size: int = 28
@@ -47,8 +149,8 @@ class DataConfig:
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
 
-    def __post_init__(self) -> None:
-        _require(bool(self.flag) and self.flag.isidentifier(), "data.flag", f"must be a plain name, got {self.flag!r}")
+    def check(self) -> None:
+        """size: a side in MIN_SIZE..MAX_SIZE divisible by 4; n_classes: 0 (auto) or >= 2."""
         _require(
             MIN_SIZE <= self.size <= MAX_SIZE and self.size % 4 == 0,
             "data.size",
@@ -71,7 +173,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class TrackingConfig:
+class TrackingConfig(Section):
     section: ClassVar[str] = "tracking"
     # Empty -> $MLFLOW_TRACKING_URI -> sqlite:///<store_dir>/mlflow.db (artifacts under <store_dir>/artifacts)
     mlflow_uri: str = ""
@@ -85,11 +187,11 @@ class TrackingConfig:
     state_dir: str = ".medgen"
     # Optuna RDB heartbeat (several workers): a running trial records a heartbeat every optuna_heartbeat_s;
     # one silent for optuna_grace_s is failed and retried once, with its parameters, by another worker.
-    optuna_heartbeat_s: int = 60
+    optuna_heartbeat_s: int = rule(60, ge=1, note="seconds")
     optuna_grace_s: int = 180
 
-    def __post_init__(self) -> None:
-        _require(self.optuna_heartbeat_s >= 1, "tracking.optuna_heartbeat_s", "must be >= 1 (seconds)")
+    def check(self) -> None:
+        """The grace period outlasts a heartbeat."""
         _require(
             self.optuna_grace_s > self.optuna_heartbeat_s,
             "tracking.optuna_grace_s",
@@ -98,93 +200,74 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
-class PrepareConfig:
+class PrepareConfig(Section):
     section: ClassVar[str] = "prepare"
-    montage_per_class: int = 36  # images per class montage (a square number reads best)
+    montage_per_class: int = rule(36, ge=1, le=400)  # images per class montage (a square number reads best)
     metrics: str = "metrics/prepare.json"
     plots_dir: str = "plots/prepare"
-
-    def __post_init__(self) -> None:
-        _require(1 <= self.montage_per_class <= 400, "prepare.montage_per_class", "must be in 1..400")
 
 
 REPRESENT_METHODS = (*EMBEDDINGS, *autoencoders.METHODS)
 
 
 @dataclass(frozen=True)
-class RepresentConfig:
+class RepresentConfig(Section):
     section: ClassVar[str] = "represent"
-    methods: tuple[str, ...] = REPRESENT_METHODS
+    methods: tuple[str, ...] = rule(
+        REPRESENT_METHODS, choices=REPRESENT_METHODS, nonempty=True, distinct=True, item="method"
+    )
     # Search space, the same parameter names in every study: latent_dim, k (KNN) and lr (neural only)
-    latent_dim_min: int = 2
+    latent_dim_min: int = rule(2, ge=1)
     latent_dim_max: int = 128
-    k_min: int = 1
+    k_min: int = rule(1, ge=1)
     k_max: int = 100
-    lr_min: float = 1e-4
+    lr_min: float = rule(1e-4, gt=0, note="lr is searched on a log scale")
     lr_max: float = 1e-2
-    sampler: str = "tpe"  # tpe | random (the assignment's random search: every trial a seeded uniform draw)
-    trials_classic: int = 40  # pca / isomap trials (cheap: one fit per fold serves every latent_dim and k)
-    trials_neural: int = 10  # per autoencoder method
-    cv_folds: int = 5  # stratified k-fold on train+val selects every method (val alone is 78 images)
-    isomap_subset: int = 400  # Isomap is fitted on this many training images (it is O(n^2) memory/time)
-    isomap_neighbors: int = 10
-    epochs: int = 15
-    batch_size: int = 64
-    dropout: float = 0.2  # dense AE
-    width: int = 16  # conv models: channels of the first conv layer
-    beta: float = 1.0  # VAE KL weight
-    objective: str = "balanced_acc"  # or "auc": KNN metric maximised by every study
-    prune_percentile: float = 50.0  # 50 = median pruner
-    prune_startup_trials: int = 3
-    prune_warmup_epochs: int = 3
+    # tpe | random (the assignment's random search: every trial a seeded uniform draw)
+    sampler: str = rule("tpe", choices=("tpe", "random"))
+    # pca / isomap trials (cheap: one fit per fold serves every latent_dim and k)
+    trials_classic: int = rule(40, ge=1)
+    trials_neural: int = rule(10, ge=1)  # per autoencoder method
+    # stratified k-fold on train+val selects every method (val alone is 78 images)
+    cv_folds: int = rule(5, ge=2)
+    isomap_subset: int = rule(400, ge=2)  # Isomap is fitted on this many training images (O(n^2) memory/time)
+    isomap_neighbors: int = rule(10, ge=2)
+    epochs: int = rule(15, ge=1)
+    batch_size: int = rule(64, ge=2, note="batch norm")
+    dropout: float = rule(0.2, ge=0, lt=1)  # dense AE
+    width: int = rule(16, ge=1)  # conv models: channels of the first conv layer
+    beta: float = rule(1.0, gt=0)  # VAE KL weight
+    objective: str = rule("balanced_acc", choices=("balanced_acc", "auc"))  # KNN metric maximised by every study
+    prune_percentile: float = rule(50.0, gt=0, lt=100)  # 50 = median pruner
+    prune_startup_trials: int = rule(3, ge=0)
+    prune_warmup_epochs: int = rule(3, ge=0)
     # Latent exploration: a VAE with a 2-D latent decoded over linspace(-scale, scale, grid_n)^2
-    explore_method: str = "vae_conv"
-    explore_epochs: int = 40
-    explore_lr: float = 1e-3
-    grid_n: int = 15
-    grid_scale: float = 2.5
-    n_recon: int = 10
+    explore_method: str = rule("vae_conv", choices=("vae_dense", "vae_conv"))
+    explore_epochs: int = rule(40, ge=1)
+    explore_lr: float = rule(1e-3, gt=0)
+    grid_n: int = rule(15, ge=2)
+    grid_scale: float = rule(2.5, gt=0)
+    n_recon: int = rule(10, ge=1, le=64)
     device: str = "auto"
     # torch CPU threads: 1 is fastest for these small models on a shared 2-core machine (measured: 2
     # threads ran 5-10x slower under contention)
-    threads: int = 1
+    threads: int = rule(1, ge=1)
     metrics: str = "metrics/represent.json"
     plots_dir: str = "plots/represent"
     encoder_checkpoint: str = "models/represent/encoder.pt"
 
-    def __post_init__(self) -> None:
-        s = "represent"
-        _require(len(self.methods) > 0, f"{s}.methods", f"is empty: choose from {', '.join(REPRESENT_METHODS)}")
-        for m in self.methods:
-            _require(
-                m in REPRESENT_METHODS, f"{s}.methods", f"unknown method {m!r} (known: {', '.join(REPRESENT_METHODS)})"
-            )
-        _require(len(set(self.methods)) == len(self.methods), f"{s}.methods", "lists a method twice")
-        _require(self.latent_dim_min >= 1, f"{s}.latent_dim_min", "must be >= 1")
-        _require(self.k_min >= 1, f"{s}.k_min", "must be >= 1")
-        _require(self.lr_min > 0, f"{s}.lr_min", "must be > 0 (lr is searched on a log scale)")
+    def check(self) -> None:
+        """Every search range is non-empty (min <= max)."""
         for name, low, high in (
             ("latent_dim", self.latent_dim_min, self.latent_dim_max),
             ("k", self.k_min, self.k_max),
             ("lr", self.lr_min, self.lr_max),
         ):
-            _require(low <= high, f"{s}.{name}_min", f"search space is empty: {name}_min={low} > {name}_max={high}")
-        _require(self.sampler in ("tpe", "random"), f"{s}.sampler", f"must be tpe or random, got {self.sampler!r}")
-        _require(self.trials_classic >= 1 and self.trials_neural >= 1, f"{s}.trials_*", "must be >= 1")
-        _require(self.cv_folds >= 2, f"{s}.cv_folds", "must be >= 2")
-        _require(self.isomap_neighbors >= 2, f"{s}.isomap_neighbors", "must be >= 2")
-        _require(self.epochs >= 1 and self.explore_epochs >= 1, f"{s}.epochs", "must be >= 1")
-        _require(self.batch_size >= 2, f"{s}.batch_size", "must be >= 2 (batch norm)")
-        _require(0 <= self.dropout < 1, f"{s}.dropout", "must be in [0, 1)")
-        _require(self.beta > 0, f"{s}.beta", "must be > 0")
-        _require(self.objective in ("balanced_acc", "auc"), f"{s}.objective", "must be balanced_acc or auc")
-        _require(0 < self.prune_percentile < 100, f"{s}.prune_percentile", "must be in (0, 100)")
-        _require(
-            self.explore_method in ("vae_dense", "vae_conv"), f"{s}.explore_method", "must be vae_dense or vae_conv"
-        )
-        _require(self.grid_n >= 2 and self.grid_scale > 0, f"{s}.grid_n", "grid_n must be >= 2 and grid_scale > 0")
-        _require(self.threads >= 1, f"{s}.threads", "must be >= 1")
-        _require(1 <= self.n_recon <= 64, f"{s}.n_recon", "must be in 1..64")
+            _require(
+                low <= high,
+                f"represent.{name}_min",
+                f"search space is empty: {name}_min={low} > {name}_max={high}",
+            )
 
     @property
     def neural_methods(self) -> tuple[str, ...]:
@@ -192,62 +275,40 @@ class RepresentConfig:
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(Section):
     section: ClassVar[str] = "export"
     # Inputs: checkpoints written with medgen.training.save_model (the lead points these at the
     # classify / augment / generate outputs). The augmented classifier is exported only when it exists.
-    classifier_checkpoint: str = "models/classify/best.pt"
+    classifier_checkpoint: str = rule("models/classify/best.pt", nonempty=True, note="a path")
     augmented_checkpoint: str = "models/augment/best.pt"
-    generator_checkpoint: str = "models/generate/generator.pt"
-    out_dir: str = "models/export"  # <name>.onnx + <name>.json per model; the service reads this folder
+    generator_checkpoint: str = rule("models/generate/generator.pt", nonempty=True, note="a path")
+    # <name>.onnx + <name>.json per model; the service reads this folder
+    out_dir: str = rule("models/export", nonempty=True, note="a path")
     metrics: str = "metrics/export.json"
-    opset: int = 17
-    parity_tolerance: float = 1e-4  # max |onnxruntime - torch| allowed; above it the stage fails
-    parity_batches: tuple[int, ...] = (1, 7, 64)  # batch 1 and N: dynamic axes have mismatched silently
+    opset: int = rule(17, ge=11, le=21)
+    parity_tolerance: float = rule(1e-4, gt=0, le=1e-2)  # max |onnxruntime - torch| allowed; above it the stage fails
+    # batch 1 and N: dynamic axes have mismatched silently
+    parity_batches: tuple[int, ...] = rule((1, 7, 64), ge=1, le=512, nonempty=True, item="batch size")
     register: bool = True  # register in the MLflow model registry with `alias`
-    alias: str = "champion"
-
-    def __post_init__(self) -> None:
-        _require(bool(self.classifier_checkpoint), "export.classifier_checkpoint", "must be a path")
-        _require(bool(self.generator_checkpoint), "export.generator_checkpoint", "must be a path")
-        _require(bool(self.out_dir), "export.out_dir", "must be a path")
-        _require(11 <= self.opset <= 21, "export.opset", f"must be in 11..21, got {self.opset}")
-        _require(0 < self.parity_tolerance <= 1e-2, "export.parity_tolerance", "must be in (0, 1e-2]")
-        _require(
-            len(self.parity_batches) > 0 and all(1 <= b <= 512 for b in self.parity_batches),
-            "export.parity_batches",
-            "must be a non-empty list of sizes in 1..512",
-        )
-        _require(self.alias.isidentifier(), "export.alias", f"must be a plain name, got {self.alias!r}")
+    alias: str = rule("champion", name=True)
 
 
 @dataclass(frozen=True)
-class ServeConfig:
+class ServeConfig(Section):
     """Limits of the inference service; `medgen serve` passes them as MEDGEN_* variables (serving/settings.py
     holds the same defaults: the service runs without medgen, e.g. in the container). Keys never live here."""
 
     section: ClassVar[str] = "serve"
-    max_body_bytes: int = 4 * 1024 * 1024  # request body (413 while it streams in)
-    max_json_depth: int = 8  # JSON nesting, checked before decoding (a valid body needs 5)
-    max_json_elements: int = 1_200_000  # JSON values, checked before decoding
-    max_image_pixels: int = 4096 * 4096  # width x height of an upload, from its header (decompression bombs)
-    max_batch: int = 256  # images per /classify request, n per /generate
-    rate_per_s: float = 50.0  # requests per second per caller (key, else client address); 0 = off
-    rate_burst: int = 100  # token-bucket size
-    max_inflight: int = 8  # compute requests in progress per worker; more -> 503 + Retry-After at once
-
-    def __post_init__(self) -> None:
-        for key, low in (
-            ("max_body_bytes", 1024),
-            ("max_json_depth", 5),
-            ("max_json_elements", 1024),
-            ("max_image_pixels", 784),
-            ("max_batch", 1),
-            ("rate_burst", 1),
-            ("max_inflight", 1),
-        ):
-            _require(getattr(self, key) >= low, f"serve.{key}", f"must be >= {low}, got {getattr(self, key)}")
-        _require(self.rate_per_s >= 0, "serve.rate_per_s", "must be >= 0 (0 = no rate limit)")
+    max_body_bytes: int = rule(4 * 1024 * 1024, ge=1024)  # request body (413 while it streams in)
+    max_json_depth: int = rule(8, ge=5)  # JSON nesting, checked before decoding (a valid body needs 5)
+    max_json_elements: int = rule(1_200_000, ge=1024)  # JSON values, checked before decoding
+    # width x height of an upload, from its header (decompression bombs)
+    max_image_pixels: int = rule(4096 * 4096, ge=784)
+    max_batch: int = rule(256, ge=1)  # images per /classify request, n per /generate
+    # requests per second per caller (key, else client address)
+    rate_per_s: float = rule(50.0, ge=0, note="0 = no rate limit")
+    rate_burst: int = rule(100, ge=1)  # token-bucket size
+    max_inflight: int = rule(8, ge=1)  # compute requests in progress per worker; more -> 503 + Retry-After at once
 
     def environment(self) -> dict[str, str]:
         """{MEDGEN_<KEY>: value} for every limit, as the service reads them."""
@@ -257,208 +318,138 @@ class ServeConfig:
 # "auto" = a rule on the image size (medgen.models.classifier.resolve_stem: cifar <= 32 px, else standard)
 CLASSIFIER_STEMS = (*classifier.STEMS, "auto")
 CLASSIFIER_INITS = classifier.INITS
+# sections' search ranges: [low, high] with 0 <= low <= high
+RANGE = {"ge": 0.0, "item": "bound"}
 
 
 @dataclass(frozen=True)
-class ClassifyConfig:
+class ClassifyConfig(Section):
     """ResNet-18 classifier: model, fit, classic augmentation, Optuna search, final seeds, paths."""
 
     section: ClassVar[str] = "classify"
     # model (medgen.models.classifier)
-    stem: str = "pool"  # standard | pool | cifar | auto: see models/classifier.py for cost vs resolution
-    dropout: float = 0.3  # before the linear head
-    init: str = "default"  # default (torchvision's He init) | xavier (Glorot uniform)
-    pretrained: str = "none"  # none | imagenet (needs the torchvision weights file) | encoder (represent's)
+    # standard | pool | cifar | auto: see models/classifier.py for cost vs resolution
+    stem: str = rule("pool", choices=CLASSIFIER_STEMS)
+    dropout: float = rule(0.3, ge=0, lt=1)  # before the linear head
+    init: str = rule("default", choices=CLASSIFIER_INITS)  # default (torchvision's He init) | xavier (Glorot uniform)
+    # none | imagenet (needs the torchvision weights file) | encoder (represent's)
+    pretrained: str = rule("none", choices=("none", "imagenet", "encoder"))
     encoder_checkpoint: str = "models/represent/encoder.pt"  # read only when pretrained=encoder
-    freeze_epochs: int = 5  # with pretrained weights: epochs training the head only, then unfreeze
-    unfreeze_lr_scale: float = 0.1  # backbone lr = lr * this once unfrozen
+    freeze_epochs: int = rule(5, ge=0)  # with pretrained weights: epochs training the head only, then unfreeze
+    unfreeze_lr_scale: float = rule(0.1, gt=0, le=1)  # backbone lr = lr * this once unfrozen
     # fit
-    epochs: int = 30
-    patience: int = 8  # early stopping on validation AUC
-    batch_size: int = 32
-    lr: float = 1e-3  # used as is when n_trials = 0, else searched
-    weight_decay: float = 1e-4  # idem
+    epochs: int = rule(30, ge=1)
+    patience: int = rule(8, ge=1)  # early stopping on validation AUC
+    batch_size: int = rule(32, ge=2)
+    lr: float = rule(1e-3, gt=0)  # used as is when n_trials = 0, else searched
+    weight_decay: float = rule(1e-4, ge=0)  # idem
     class_weights: bool = False  # inverse-frequency weights in the cross-entropy loss
-    train_fraction: float = 1.0  # stratified subsample of the training split (ablation)
+    train_fraction: float = rule(1.0, gt=0, le=1)  # stratified subsample of the training split (ablation)
     # classic augmentation: `augment` switches the group, each magnitude (0 = off) one transform
     augment: bool = True
-    aug_strength: float = 1.0  # multiplies every magnitude; searched when n_trials > 0
+    aug_strength: float = rule(1.0, ge=0)  # multiplies every magnitude; searched when n_trials > 0
     aug_flip: bool = True
-    aug_rotation: float = 15.0  # degrees
-    aug_translate: float = 0.1  # fraction of the side
-    aug_shear: float = 0.0  # degrees
-    aug_zoom: float = 0.2
-    aug_brightness: float = 0.1
-    aug_contrast: float = 0.1
+    aug_rotation: float = rule(15.0, ge=0, note="0 switches it off")  # degrees
+    aug_translate: float = rule(0.1, ge=0, note="0 switches it off")  # fraction of the side
+    aug_shear: float = rule(0.0, ge=0, note="0 switches it off")  # degrees
+    aug_zoom: float = rule(0.2, ge=0, lt=1, note="0 switches it off")
+    aug_brightness: float = rule(0.1, ge=0, note="0 switches it off")
+    aug_contrast: float = rule(0.1, ge=0, lt=1, note="0 switches it off")
     # search (Optuna, pruned on per-epoch validation AUC, chosen on validation AUC)
-    n_trials: int = 8
-    search_epochs: int = 12
-    lr_range: tuple[float, ...] = (1e-4, 3e-3)
-    weight_decay_range: tuple[float, ...] = (1e-6, 1e-2)
-    strength_range: tuple[float, ...] = (0.0, 1.5)
+    n_trials: int = rule(8, ge=0, note="0 = no search, use lr/weight_decay/aug_strength")
+    search_epochs: int = rule(12, ge=1)
+    lr_range: tuple[float, ...] = rule((1e-4, 3e-3), **RANGE)
+    weight_decay_range: tuple[float, ...] = rule((1e-6, 1e-2), **RANGE)
+    strength_range: tuple[float, ...] = rule((0.0, 1.5), **RANGE)
     # final training: seeds seed, seed+1, ...; test metrics once per seed
-    seeds: int = 3
+    seeds: int = rule(3, ge=1)
     device: str = "auto"
-    threads: int = 1  # torch CPU threads; 0 = torch's default (see README: 1 is far faster on a shared CPU)
+    # torch CPU threads; 0 = torch's default (1 is far faster on a shared CPU)
+    threads: int = rule(1, ge=0, note="0 = torch's default")
     checkpoint: str = "models/classify/best.pt"
     metrics: str = "metrics/classify.json"
     details: str = "metrics/classify_details.json"
     plots_dir: str = "plots/classify"
 
-    def __post_init__(self) -> None:
-        _require(
-            self.stem in CLASSIFIER_STEMS,
-            "classify.stem",
-            f"must be one of {', '.join(CLASSIFIER_STEMS)}, got {self.stem!r}",
-        )
-        _require(
-            self.init in CLASSIFIER_INITS,
-            "classify.init",
-            f"must be one of {', '.join(CLASSIFIER_INITS)}, got {self.init!r}",
-        )
-        _require(
-            self.pretrained in ("none", "imagenet", "encoder"),
-            "classify.pretrained",
-            "must be none, imagenet or encoder",
-        )
-        _require(0.0 <= self.dropout < 1.0, "classify.dropout", "must be in [0, 1)")
-        _require(
-            self.epochs >= 1 and self.search_epochs >= 1, "classify.epochs", "epochs and search_epochs must be >= 1"
-        )
-        _require(self.patience >= 1, "classify.patience", "must be >= 1")
-        _require(0 <= self.freeze_epochs < self.epochs, "classify.freeze_epochs", "must be in 0..epochs-1")
-        _require(0.0 < self.unfreeze_lr_scale <= 1.0, "classify.unfreeze_lr_scale", "must be in (0, 1]")
-        _require(self.batch_size >= 2, "classify.batch_size", "must be >= 2")
-        _require(self.lr > 0 and self.weight_decay >= 0, "classify.lr", "lr must be > 0 and weight_decay >= 0")
-        _require(0.0 < self.train_fraction <= 1.0, "classify.train_fraction", "must be in (0, 1]")
-        _require(self.aug_strength >= 0, "classify.aug_strength", "must be >= 0")
-        for key in ("aug_rotation", "aug_translate", "aug_shear", "aug_zoom", "aug_brightness", "aug_contrast"):
-            _require(getattr(self, key) >= 0, f"classify.{key}", "must be >= 0 (0 switches it off)")
-        _require(
-            self.aug_zoom < 1 and self.aug_contrast < 1, "classify.aug_zoom", "aug_zoom and aug_contrast must be < 1"
-        )
+    def check(self) -> None:
+        """freeze_epochs < epochs; each search range is [low, high] with low <= high, low > 0 on a log scale."""
+        _require(self.freeze_epochs < self.epochs, "classify.freeze_epochs", "must be in 0..epochs-1")
         for key in ("lr_range", "weight_decay_range", "strength_range"):
             low_high = getattr(self, key)
             _require(
-                len(low_high) == 2 and 0 <= low_high[0] <= low_high[1],
+                len(low_high) == 2 and low_high[0] <= low_high[1],
                 f"classify.{key}",
-                "must be [low, high] with 0 <= low <= high",
+                f"must be [low, high] with 0 <= low <= high, got {list(low_high)}",
             )
-        _require(
-            self.lr_range[0] > 0 and self.weight_decay_range[0] > 0,
-            "classify.lr_range",
-            "log-scale ranges need low > 0",
-        )
-        _require(
-            self.n_trials >= 0, "classify.n_trials", "must be >= 0 (0 = no search, use lr/weight_decay/aug_strength)"
-        )
-        _require(self.seeds >= 1, "classify.seeds", "must be >= 1")
-        _require(self.threads >= 0, "classify.threads", "must be >= 0 (0 = torch's default)")
+        for key in ("lr_range", "weight_decay_range"):
+            _require(getattr(self, key)[0] > 0, f"classify.{key}", "log-scale ranges need low > 0")
 
 
 GAN_VARIANTS = gan.VARIANTS
 
 
 DIFFAUG_POLICIES = gan.AUGMENT_POLICIES
+POSITIVE = {"ge": 1}
+OPEN_UNIT = {"gt": 0, "lt": 1}  # learning rates
+BETA = {"ge": 0, "lt": 1}  # Adam beta1
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
+class GenerateConfig(Section):
     section: ClassVar[str] = "generate"
-    variant: str = "cdcgan"  # used as-is when n_trials = 0; otherwise the first (enqueued) trial
-    variants: tuple[str, ...] = GAN_VARIANTS  # search space for the variant
-    latent_dim: int = 100
-    g_channels: int = 32  # G widths 4c/2c/c (DCGAN: 256/128/64 at c=64; 32 fits the CPU budget)
-    d_channels: int = 32  # D widths c/2c/4c
-    embed_dim: int = 16  # label embedding concatenated to z in G
-    batch_size: int = 32  # 546 images: 18 G steps per epoch
-    lr_g: float = 2e-4  # DCGAN paper defaults; the search draws around them
-    lr_d: float = 2e-4
-    beta1: float = 0.5
-    lr_min: float = 5e-5  # search range (log-uniform) for lr_g and lr_d
-    lr_max: float = 1e-3
-    beta1_min: float = 0.0  # search range for Adam beta1
-    beta1_max: float = 0.9
-    n_trials: int = 5
-    search_epochs: int = 20
-    epochs: int = 300
-    eval_every: int = 5  # epochs between quality checks (pruning during search; best-checkpoint in the final fit)
-    checkpoint_every: int = 50  # epochs between per-class sample grids of the final fit
-    label_smoothing: float = 0.1  # one-sided: D's real target is 1 - this (Salimans et al., 2016)
-    label_flip: float = 0.0  # probability of swapping real/fake targets per sample in D's loss (report 002)
-    diffaug: tuple[str, ...] = ("translation",)  # DiffAugment policy, e.g. ("translation", "cutout"); empty = off
+    variant: str = rule("cdcgan", choices=GAN_VARIANTS)  # used as-is when n_trials = 0; else the first (enqueued) trial
+    variants: tuple[str, ...] = rule(GAN_VARIANTS, choices=GAN_VARIANTS, nonempty=True, item="variant")  # search space
+    latent_dim: int = rule(100, **POSITIVE)
+    g_channels: int = rule(32, **POSITIVE)  # G widths 4c/2c/c (DCGAN: 256/128/64 at c=64; 32 fits the CPU budget)
+    d_channels: int = rule(32, **POSITIVE)  # D widths c/2c/4c
+    embed_dim: int = rule(16, **POSITIVE)  # label embedding concatenated to z in G
+    batch_size: int = rule(32, **POSITIVE)  # 546 images: 18 G steps per epoch
+    lr_g: float = rule(2e-4, **OPEN_UNIT)  # DCGAN paper defaults; the search draws around them
+    lr_d: float = rule(2e-4, **OPEN_UNIT)
+    beta1: float = rule(0.5, **BETA)
+    lr_min: float = rule(5e-5, **OPEN_UNIT)  # search range (log-uniform) for lr_g and lr_d
+    lr_max: float = rule(1e-3, **OPEN_UNIT)
+    beta1_min: float = rule(0.0, **BETA)  # search range for Adam beta1
+    beta1_max: float = rule(0.9, **BETA)
+    n_trials: int = rule(5, ge=0, note="0 = no search, use lr_g/lr_d/beta1/variant")
+    search_epochs: int = rule(20, **POSITIVE)
+    epochs: int = rule(300, **POSITIVE)
+    # epochs between quality checks (pruning during search; best-checkpoint in the final fit)
+    eval_every: int = rule(5, **POSITIVE)
+    checkpoint_every: int = rule(50, **POSITIVE)  # epochs between per-class sample grids of the final fit
+    # one-sided: D's real target is 1 - this (Salimans et al., 2016)
+    label_smoothing: float = rule(0.1, ge=0, lt=0.5)
+    # probability of swapping real/fake targets per sample in D's loss (report 002)
+    label_flip: float = rule(0.0, ge=0, lt=0.5)
+    # DiffAugment policy, e.g. ("translation", "cutout"); empty = off
+    diffaug: tuple[str, ...] = rule(("translation",), choices=DIFFAUG_POLICIES, item="policy")
     spectral_norm: bool = False  # spectral norm on D's conv layers
-    ema_decay: float = 0.995  # EMA copy of G used for sampling; 0 = sample the raw G
-    gp_weight: float = 10.0  # wgan-gp gradient penalty weight
-    n_critic: int = 2  # wgan-gp critic steps per G step
-    samples_per_class: int = 2000
-    labels: tuple[int, ...] = ()  # classes to sample; empty = all
-    eval_samples: int = 0  # synthetic samples per quality check in the search; 0 = size of the val split
-    feature_epochs: int = 10  # fit of the metric feature net on real train images
-    feature_dim: int = 64
+    ema_decay: float = rule(0.995, ge=0, lt=1, note="0 = no EMA")  # EMA copy of G used for sampling
+    gp_weight: float = rule(10.0, ge=0)  # wgan-gp gradient penalty weight
+    n_critic: int = rule(2, **POSITIVE)  # wgan-gp critic steps per G step
+    samples_per_class: int = rule(2000, ge=1, note="samples per class")
+    labels: tuple[int, ...] = rule((), ge=0, item="class label")  # classes to sample; empty = all
+    # synthetic samples per quality check in the search; 0 = size of the val split
+    eval_samples: int = rule(0, ge=0, note="0 = size of the val split")
+    feature_epochs: int = rule(10, **POSITIVE)  # fit of the metric feature net on real train images
+    feature_dim: int = rule(64, **POSITIVE)
     device: str = "auto"
     # torch CPU threads. Fixed, because a different thread count changes the order of float reductions and
     # so the GAN's weights; 1 is also the fastest on a shared 2-core machine (as for classify and represent)
-    threads: int = 1
+    threads: int = rule(1, **POSITIVE)
     checkpoint: str = "models/generate/generator.pt"
     feature_checkpoint: str = "models/generate/features.pt"
     samples_dir: str = "data/synthetic"  # samples land in <samples_dir>/<flag>/samples.npz
     metrics: str = "metrics/generate.json"
     plots_dir: str = "plots/generate"
 
-    def __post_init__(self) -> None:
-        k = "generate."
+    def check(self) -> None:
+        """The search ranges are ordered; device is auto, cpu or cuda[:i]."""
+        _require(self.lr_min < self.lr_max, "generate.lr_min", "must be below generate.lr_max")
+        _require(self.beta1_min <= self.beta1_max, "generate.beta1_min", "must not exceed generate.beta1_max")
         _require(
-            self.variant in GAN_VARIANTS,
-            k + "variant",
-            f"must be one of {', '.join(GAN_VARIANTS)}, got {self.variant!r}",
-        )
-        bad = [v for v in self.variants if v not in GAN_VARIANTS]
-        _require(
-            bool(self.variants) and not bad,
-            k + "variants",
-            f"must be a non-empty subset of {', '.join(GAN_VARIANTS)}, got {list(self.variants)}",
-        )
-        for name in (
-            "latent_dim",
-            "g_channels",
-            "d_channels",
-            "embed_dim",
-            "batch_size",
-            "epochs",
-            "search_epochs",
-            "eval_every",
-            "checkpoint_every",
-            "n_critic",
-            "feature_epochs",
-            "feature_dim",
-        ):
-            _require(getattr(self, name) >= 1, k + name, f"must be >= 1, got {getattr(self, name)}")
-        _require(self.threads >= 1, k + "threads", f"must be >= 1, got {self.threads}")
-        _require(
-            self.samples_per_class >= 1,
-            k + "samples_per_class",
-            f"must be >= 1 (samples per class), got {self.samples_per_class}",
-        )
-        _require(self.n_trials >= 0, k + "n_trials", "must be >= 0 (0 = no search, use lr_g/lr_d/beta1/variant)")
-        _require(self.eval_samples >= 0, k + "eval_samples", "must be >= 0 (0 = size of the val split)")
-        for name in ("lr_g", "lr_d", "lr_min", "lr_max"):
-            _require(0 < getattr(self, name) < 1, k + name, f"must be in (0, 1), got {getattr(self, name)}")
-        _require(self.lr_min < self.lr_max, k + "lr_min", "must be below generate.lr_max")
-        for name in ("beta1", "beta1_min", "beta1_max"):
-            _require(0 <= getattr(self, name) < 1, k + name, f"must be in [0, 1), got {getattr(self, name)}")
-        _require(self.beta1_min <= self.beta1_max, k + "beta1_min", "must not exceed generate.beta1_max")
-        _require(0 <= self.label_smoothing < 0.5, k + "label_smoothing", "must be in [0, 0.5)")
-        _require(0 <= self.label_flip < 0.5, k + "label_flip", "must be in [0, 0.5)")
-        _require(0 <= self.ema_decay < 1, k + "ema_decay", "must be in [0, 1) (0 = no EMA)")
-        _require(self.gp_weight >= 0, k + "gp_weight", "must be >= 0")
-        unknown = [p for p in self.diffaug if p not in DIFFAUG_POLICIES]
-        _require(not unknown, k + "diffaug", f"unknown policy {unknown} (known: {', '.join(DIFFAUG_POLICIES)})")
-        negative = [c for c in self.labels if c < 0]
-        _require(not negative, k + "labels", f"class labels must be >= 0, got {list(self.labels)}")
-        _require(
-            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-            k + "device",
+            self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+            "generate.device",
             f"must be auto, cpu or cuda[:i], got {self.device!r}",
         )
 
@@ -467,32 +458,29 @@ AUGMENT_ARMS = ("baseline", "classic", "synthetic", "classic+synthetic")
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Section):
     """Synthetic-augmentation study: arms retrained with classify's chosen hyper-parameters over seeds."""
 
     section: ClassVar[str] = "augment"
-    arms: tuple[str, ...] = AUGMENT_ARMS  # `baseline` first; every other arm is compared with it seed by seed
-    seeds: int = 4  # seeds seed, seed+1, ... (the same for every arm: paired comparison); docs/statistics.md
-    ratio: float = 1.0  # share of each class's gap to the largest class filled with synthetic images
-    epochs: int = 0  # 0 = classify.epochs
+    # `baseline` first; every other arm is compared with it seed by seed
+    arms: tuple[str, ...] = rule(AUGMENT_ARMS, choices=AUGMENT_ARMS, distinct=True, item="arm")
+    # seeds seed, seed+1, ... (the same for every arm: paired comparison); docs/statistics.md
+    seeds: int = rule(4, ge=2, note="the comparison is paired over seeds")
+    ratio: float = rule(1.0, gt=0, le=1)  # share of each class's gap to the largest class filled with synthetic images
+    epochs: int = rule(0, ge=0, note="0 = classify.epochs")
     checkpoint: str = "models/augment/best.pt"
     metrics: str = "metrics/augment.json"
     details: str = "metrics/augment_details.json"
     plots_dir: str = "plots/augment"
 
-    def __post_init__(self) -> None:
-        unknown = [a for a in self.arms if a not in AUGMENT_ARMS]
-        _require(not unknown, "augment.arms", f"unknown arm(s) {unknown} (known: {', '.join(AUGMENT_ARMS)})")
+    def check(self) -> None:
+        """baseline first and at least one synthetic arm."""
         _require(
             len(self.arms) >= 2 and self.arms[0] == "baseline",
             "augment.arms",
             "must start with baseline and name one more arm",
         )
-        _require(len(set(self.arms)) == len(self.arms), "augment.arms", "arms must be distinct")
         _require(any("synthetic" in a for a in self.arms), "augment.arms", "name at least one synthetic arm")
-        _require(self.seeds >= 2, "augment.seeds", "must be >= 2 (the comparison is paired over seeds)")
-        _require(0.0 < self.ratio <= 1.0, "augment.ratio", "must be in (0, 1]")
-        _require(self.epochs >= 0, "augment.epochs", "must be >= 0 (0 = classify.epochs)")
 
 
 @dataclass(frozen=True)

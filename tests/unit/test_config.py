@@ -89,3 +89,40 @@ def test_exponent_without_dot_is_a_number_not_a_string():
     assert cfg.export.parity_tolerance == 1e-5
     with pytest.raises(ConfigError, match="export.parity_tolerance"):
         build_config({}, overrides=["export.parity_tolerance=small"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("classify.dropout=1.5", "classify.dropout: must be in [0, 1), got 1.5"),
+        ("prepare.montage_per_class=0", "prepare.montage_per_class: must be in 1..400, got 0"),
+        ("tracking.optuna_heartbeat_s=0", "tracking.optuna_heartbeat_s: must be >= 1 (seconds), got 0"),
+        ("export.parity_tolerance=0.5", "export.parity_tolerance: must be in (0, 0.01], got 0.5"),
+        ("represent.sampler=grid", "represent.sampler: must be tpe or random, got 'grid'"),
+        ("classify.stem=xx", "classify.stem: must be one of standard, pool, cifar, auto, got 'xx'"),
+        ("represent.methods=[pca, pca]", "represent.methods: lists a method twice"),
+        ("augment.arms=[baseline, classic, classic]", "augment.arms: lists an arm twice"),
+        ("generate.variants=[x]", "generate.variants: unknown variant 'x' (known: cdcgan, acgan, wgan-gp)"),
+        ("export.parity_batches=[0]", "export.parity_batches: batch sizes must be in 1..512, got [0]"),
+        ("classify.lr_range=[-1, 0.01]", "classify.lr_range: bounds must be >= 0, got [-1.0, 0.01]"),
+        ("data.flag=''", "data.flag: must be a plain name, got ''"),
+        ("export.out_dir=''", "export.out_dir: must not be empty (a path)"),
+    ],
+)
+def test_declared_rules_give_the_whole_message(override, message):
+    # the rules are declared on the fields (medgen.config.rule); the message names key, rule and value
+    with pytest.raises(ConfigError) as caught:
+        build_config({}, overrides=[override])
+    assert str(caught.value) == message
+
+
+def test_every_declared_rule_holds_for_its_default_and_the_profiles():
+    from medgen import config
+
+    sections = [
+        f.default_factory() for f in dataclasses.fields(config.Config) if f.default_factory is not dataclasses.MISSING
+    ]
+    ruled = [(s, f) for s in sections for f in dataclasses.fields(s) if "rule" in f.metadata]
+    assert len(ruled) > 80  # the numeric and choice fields of every section carry a rule
+    for profile in ("full", "smoke"):
+        load_config(ROOT / "params.yaml", profile=profile)  # raises on any breach
