@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
+from medgen.cli import serve_command  # noqa: E402
 from serving import runtime  # noqa: E402  (after the path set-up above)
 from serving.settings import DEFAULTS
 
@@ -85,17 +86,7 @@ def start_server(model_dir: Path, batcher: str = "greedy", **extra: str) -> tupl
         "MEDGEN_MAX_INFLIGHT": "64",
         **extra,
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "serving.service:MedGen",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    cmd = serve_command("127.0.0.1", port)
     process = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )

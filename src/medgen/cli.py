@@ -133,7 +133,14 @@ def serve(cfg: Config, host: str, port: int, source: str, allow_anonymous: bool 
     }
     if allow_anonymous:
         env["MEDGEN_ALLOW_ANONYMOUS"] = "1"
-    cmd = [
+    cmd = serve_command(host, port, "--working-dir", str(Path.cwd()), "--timeout-graceful-shutdown", "5")
+    return subprocess.run(cmd, env=env).returncode
+
+
+def serve_command(host: str, port: int, *extra: str) -> list[str]:
+    """The `bentoml serve` command line of the service on host:port, plus extra arguments (medgen serve, the
+    serving tests and the benchmarks all start it so)."""
+    return [
         sys.executable,
         "-m",
         "bentoml",
@@ -143,12 +150,8 @@ def serve(cfg: Config, host: str, port: int, source: str, allow_anonymous: bool 
         host,
         "--port",
         str(port),
-        "--working-dir",
-        str(Path.cwd()),
-        "--timeout-graceful-shutdown",
-        "5",
+        *extra,
     ]
-    return subprocess.run(cmd, env=env).returncode
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 from medgen import data
-from medgen.cli import run_pipeline
+from medgen.cli import run_pipeline, serve_command
 from medgen.io import read_json
 from medgen.params import load_config
 from medgen.synthetic import load_samples
@@ -161,17 +161,7 @@ def test_bentoml_serve_classifies_an_rgb_32px_png(cifar_run):
     root, _, done = cifar_run
     assert done.returncode == 0, done.stderr[-3000:]
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "serving.service:MedGen",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    cmd = serve_command("127.0.0.1", port)
     with (root / "serve.log").open("w") as log:
         process = subprocess.Popen(
             cmd,

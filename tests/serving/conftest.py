@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from medgen import data, manifest
+from medgen.cli import serve_command
 from medgen.params import load_config
 from tests.conftest import ROOT
 from tests.standins import save_classifier, save_generator
@@ -77,19 +77,7 @@ def serve_env(export_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def serve_cmd(port: int, host: str = "127.0.0.1") -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "serving.service:MedGen",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--timeout-graceful-shutdown",
-        "5",
-    ]
+    return serve_command(host, port, "--timeout-graceful-shutdown", "5")
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
