@@ -71,9 +71,17 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+# an entry's size must be known to fit 32-bit zip fields before it is written; 1 GiB leaves room for the
+# .npy header and deflate's worst-case growth below the 2 GiB limit
+ZIP64_FROM = 1 << 30
+
+
 def savez_compressed(file: str | Path, **arrays: Any) -> None:
     """np.savez_compressed with a fixed timestamp in every zip entry: numpy stamps each entry with the
-    current time, so the same arrays gave a different file (and DVC hash, and Optuna study name) per run."""
+    current time, so the same arrays gave a different file (and DVC hash, and Optuna study name) per run.
+
+    Zip64 headers only for an array near the 2 GiB zip limit: Python 3.11.4 changed what force_zip64 writes,
+    so forcing it always made the same arrays different bytes under 3.11.2 (Debian) and 3.11.7."""
     import zipfile
 
     import numpy as np
@@ -82,8 +90,9 @@ def savez_compressed(file: str | Path, **arrays: Any) -> None:
         for name, value in arrays.items():
             entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             entry.compress_type = zipfile.ZIP_DEFLATED
-            with archive.open(entry, "w", force_zip64=True) as handle:
-                np.lib.format.write_array(handle, np.asanyarray(value), allow_pickle=False)
+            array = np.asanyarray(value)
+            with archive.open(entry, "w", force_zip64=array.nbytes > ZIP64_FROM) as handle:
+                np.lib.format.write_array(handle, array, allow_pickle=False)
 
 
 def copy_file(src: str | Path, dst: str | Path) -> Path:
