@@ -61,7 +61,7 @@ bench-backpressure:  ## keys + rate limit + in-flight bound at concurrency 32/12
 container-check:  ## build the serve image (podman or docker), run it as docs/serving.md prints, check it end to end
 	$(BIN)/python scripts/container_check.py
 
-container-check-pipeline:  ## build the pipeline image, run the smoke pipeline in it as documented, compare with the host (~25 min; not in CI)
+container-check-pipeline:  ## build the pipeline image, run the smoke pipeline in it as documented, compare with the host smoke run (~6 min cold, ~7 GB image; not in CI)
 	$(BIN)/python scripts/container_pipeline.py
 
 security-scan:  ## secret scan (detect-secrets vs the committed .secrets.baseline) + bandit (medium and high severity)
