@@ -91,11 +91,9 @@ def blas_env() -> list[str]:
 
 
 def doc_line(line: str, engine: cc.Engine, tag: str) -> str:
-    """A documented line for bash: `docker build|run` -> this engine with its flags, the image tag; as root the
-    user becomes STAND_IN_UID (a root-owned output would otherwise pass unseen)."""
-    verb = line.split()[1]
-    flags = [*engine.run_flags, *blas_env()] if verb == "run" else engine.build_flags
-    line = line.replace(f"docker {verb} ", shlex.join([*engine.cmd, verb, *flags]) + " ", 1)
+    """A documented `docker run` line for bash: this engine with its flags (and the host's OpenBLAS settings),
+    the image tag; as root the user becomes STAND_IN_UID (a root-owned output would otherwise pass unseen)."""
+    line = line.replace("docker run ", shlex.join([*engine.cmd, "run", *engine.run_flags, *blas_env()]) + " ", 1)
     line = line[: line.rindex("medgen-pipeline")] + tag
     if os.getuid() == 0:
         line = line.replace('"$(id -u):$(id -g)"', f"{STAND_IN_UID}:{STAND_IN_UID}")
