@@ -31,16 +31,20 @@ RUN pip install ${PIP_CERT:+--cert "$PIP_CERT"} -c /tmp/req/requirements.lock -r
 # ---------------------------------------------------------------- pipeline: the whole pinned stack
 FROM python-base AS pipeline
 ARG PIP_CERT=
-RUN apt-get update && apt-get install -y --no-install-recommends make git && rm -rf /var/lib/apt/lists/*
+# make for `make run`; no git: the context has no .git (.dockerignore), DVC runs without an SCM here
+RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
+# The lock alone first: a code change does not reinstall the GBs of torch and CUDA wheels. One stage, not a
+# deps stage copied over: `COPY --from` of a 7 GB venv doubles the build's disk and adds nothing to the image.
+COPY requirements.lock /tmp/req/
+RUN pip install ${PIP_CERT:+--cert "$PIP_CERT"} -r /tmp/req/requirements.lock && rm -rf /tmp/req
 WORKDIR /app
-COPY requirements.lock pyproject.toml README.md Makefile ./
-COPY src ./src
-RUN pip install ${PIP_CERT:+--cert "$PIP_CERT"} -r requirements.lock && pip install --no-deps -e .
 COPY . .
-# The build context has no .git (.dockerignore): DVC runs without an SCM here.
-RUN dvc config --local core.no_scm true
-ENV PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_TRACKING_URI=sqlite:////app/mlruns/mlflow.db
-# docker run -v $PWD/data:/app/data -v $PWD/models:/app/models -e MEDGEN_DATA_SOURCE=... medgen-pipeline
+# /app writable for any uid: `docker run --user "$(id -u):$(id -g)"` leaves the outputs in mounted folders
+# owned by the user, not root (DVC, the stage locks and MLflow write under /app).
+RUN pip install ${PIP_CERT:+--cert "$PIP_CERT"} --no-deps -e . && dvc config --local core.no_scm true \
+    && chmod -R a+rwX /app
+ENV PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_TRACKING_URI=sqlite:////app/mlruns/mlflow.db HOME=/tmp
+# The full profile by default; docs/serving.md ("Container") has the smoke run and the mounts
 CMD ["make", "run", "VENV=/opt/venv"]
 
 # ---------------------------------------------------------------- serve (default target: the last stage)

@@ -11,7 +11,7 @@ ifneq ($(SHARED_NPZ),)
 export MEDGEN_DATA_SOURCE ?= $(SHARED_NPZ)
 endif
 
-.PHONY: help setup lint test run report repro-check power lock ui serve bench-serve load-serve bench-backpressure container-check security-scan cluster-up cluster-down bench-cluster
+.PHONY: help setup lint test run report repro-check power lock ui serve bench-serve load-serve bench-backpressure container-check container-check-pipeline security-scan cluster-up cluster-down bench-cluster
 
 .DEFAULT_GOAL := help
 
@@ -64,6 +64,9 @@ bench-backpressure:  ## keys + rate limit + in-flight bound at concurrency 32/12
 
 container-check:  ## build the serve image (podman or docker), run it as docs/serving.md prints, check it end to end
 	$(BIN)/python scripts/container_check.py
+
+container-check-pipeline:  ## build the pipeline image, run the smoke pipeline in it as documented, compare with the host smoke run (~6 min cold, ~7 GB image; not in CI)
+	$(BIN)/python scripts/container_pipeline.py
 
 security-scan:  ## secret scan (detect-secrets vs the committed .secrets.baseline) + bandit (medium and high severity)
 	git ls-files -z | xargs -0 $(BIN)/detect-secrets-hook --baseline .secrets.baseline

@@ -1,6 +1,6 @@
 """`make container-check`: build the `serve` image, run it as docs/serving.md prints, and check it end to end.
 
-    python scripts/container_check.py [--model-dir DIR] [--base IMAGE] [--keep]
+    python scripts/container_check.py [--model-dir DIR] [--base IMAGE] [--keep] [--no-baked]
 
 1. engine: docker when its daemon answers, else podman (`--runtime runc`, the ulimits and `--network host`
    these machines need);
@@ -13,7 +13,10 @@
 5. run the documented `docker run` line (host networking and a free loopback port where the engine needs it),
    then: /healthz ok; /classify on 64 real test images = in-process onnxruntime (max abs diff <= 1e-5);
    /generate a valid image per class; a bad request and a missing key get their 4xx; HEALTHCHECK passes;
-   the process is not root; SIGTERM stops it within 10 s; without keys the image refuses to start.
+   the process is not root; SIGTERM stops it within 10 s; without keys the image refuses to start;
+6. the documented lines with the models baked in (--build-arg MODELS=models/export, from a build context holding
+   the same models at models/export): healthy, the same parity, the same SIGTERM stop.
+`make container-check-pipeline` (scripts/container_pipeline.py) does the same for the `pipeline` target.
 Prints each result and writes reports/container_check.json; exits 1 on any miss, 2 when no engine exists.
 """
 
@@ -47,6 +50,8 @@ DOC_RUN = (
     '-v "$PWD/models/export:/app/models/export:ro" medgen'
 )
 DOC_STOP = "docker stop medgen"
+DOC_BUILD_BAKED = "docker build --build-arg MODELS=models/export -t medgen:baked ."
+DOC_RUN_BAKED = "docker run -d --name medgen -p 127.0.0.1:3000:3000 -e MEDGEN_API_KEYS medgen:baked"
 
 
 @dataclass
@@ -132,16 +137,17 @@ def model_dir(given: Path | None, work: Path) -> Path:
     return export_standins(work, real_npz())
 
 
-def build(engine: Engine, base: str, tag: str) -> float:
-    """The documented build line with the base, the CA bundle (mounted, never copied) and engine flags."""
-    args = shlex.split(DOC_BUILD)[2:]  # after `docker build`
-    args[args.index("medgen")] = tag
+def build(engine: Engine, base: str, tag: str, line: str = DOC_BUILD, context: Path = ROOT) -> float:
+    """A documented build line (in `context`) with the base, the CA bundle (mounted, never copied) and engine
+    flags; the line's image name becomes `tag`."""
+    args = shlex.split(line)[2:]  # after `docker build`
+    args[args.index("-t") + 1] = tag
     cert = ["-v", f"{HOST_CA}:/run/host-ca.crt:ro", "--build-arg", "PIP_CERT=/run/host-ca.crt"]
     cert = cert if HOST_CA.is_file() else []
     t0 = time.monotonic()
     sh(
         [*engine.cmd, "build", *engine.build_flags, *cert, "--build-arg", f"BASE_IMAGE={base}", *args],
-        cwd=ROOT,
+        cwd=context,
         timeout=1800,
     )
     return time.monotonic() - t0
@@ -164,9 +170,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_line(engine: Engine, tag: str, name: str, port: int, pwd: Path) -> list[str]:
-    """DOC_RUN as printed, with this engine, a unique name, the image tag and a free loopback port."""
-    args = shlex.split(DOC_RUN)
+def run_line(engine: Engine, tag: str, name: str, port: int, pwd: Path, line: str = DOC_RUN) -> list[str]:
+    """A documented run line as printed, with this engine, a unique name, the image tag and a free loopback port."""
+    args = shlex.split(line)
     args = [a.replace("$PWD", str(pwd)) for a in args[2:]]
     args[args.index("--name") + 1] = name
     publish = args.index("-p")
@@ -287,7 +293,44 @@ def run_and_check(engine: Engine, tag: str, models: Path, work: Path) -> dict[st
     return result
 
 
-def misses(facts: dict[str, Any], checks: dict[str, Any]) -> list[str]:
+def baked_context(models: Path, work: Path) -> Path:
+    """A build context with what the serve target reads (a checkout's Dockerfile, lock, serving/) and `models`
+    at models/export, as after `medgen stage export`."""
+    context = work / "baked-context"
+    (context / "models").mkdir(parents=True)
+    for name in ("Dockerfile", ".dockerignore", "requirements.lock"):
+        shutil.copy2(ROOT / name, context / name)
+    shutil.copytree(ROOT / "serving", context / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(models, context / "models" / "export")
+    for path in (context / "models" / "export").rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return context
+
+
+def baked_check(engine: Engine, base: str, models: Path, work: Path) -> dict[str, Any]:
+    """DOC_BUILD_BAKED and DOC_RUN_BAKED: the models inside the image, served with no mount."""
+    tag, name = f"localhost/medgen:baked-{os.getpid()}", f"medgen-baked-{os.getpid()}"
+    key, port = secrets.token_urlsafe(32), free_port()
+    seconds = build(engine, base, tag, DOC_BUILD_BAKED, baked_context(models, work))
+    result: dict[str, Any] = {"build_seconds": round(seconds, 1)}
+    try:
+        result["size_mb"] = image_facts(engine, tag)["size_mb"]
+        started = time.monotonic()
+        sh(run_line(engine, tag, name, port, work, DOC_RUN_BAKED), env={**os.environ, "MEDGEN_API_KEYS": key})
+        try:
+            url = f"http://127.0.0.1:{port}"
+            result["seconds_to_first_healthy"] = round(wait_healthy(engine, url, name, started), 1)
+            checks = http_checks(url, key, models)
+            result.update(images=checks["images"], max_abs_diff=checks["max_abs_diff"])
+            result["stop_seconds"], result["exit_code"] = stop_timed(engine, name)
+        finally:
+            sh([*engine.cmd, "rm", "-f", name], check=False)
+    finally:
+        sh([*engine.cmd, "rmi", "-f", tag], check=False)
+    return result
+
+
+def misses(facts: dict[str, Any], checks: dict[str, Any], baked: dict[str, Any] | None = None) -> list[str]:
     """Every target of the issue that the measured numbers miss."""
     rules = {
         f"image <= {MAX_IMAGE_MB} MB": facts["size_mb"] <= MAX_IMAGE_MB,
@@ -301,6 +344,13 @@ def misses(facts: dict[str, Any], checks: dict[str, Any]) -> list[str]:
         "SIGTERM stop < 10 s, exit 0": checks["stop_seconds"] < 10 and checks["exit_code"] == "0",
         "no keys -> exit 1, one line": checks["without_keys_exit"] == 1 and len(checks["without_keys_lines"]) == 1,
     }
+    if baked is not None:
+        rules["baked models: parity <= 1e-5 on 64 images, SIGTERM stop < 10 s"] = (
+            baked["images"] == 64
+            and baked["max_abs_diff"] <= 1e-5
+            and baked["stop_seconds"] < 10
+            and baked["exit_code"] == "0"
+        )
     return [rule for rule, ok in rules.items() if not ok]
 
 
@@ -313,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "--base", default=DEFAULT_BASE, help=f"BASE_IMAGE (default {DEFAULT_BASE}; a stand-in when it cannot be pulled)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the built image (tag printed)")
+    parser.add_argument("--no-baked", action="store_true", help="skip the image with the models baked in")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "container_check.json")
     args = parser.parse_args(argv)
     engine = find_engine()
@@ -331,10 +382,12 @@ def main(argv: list[str] | None = None) -> int:
             report["build_seconds"] = round(build(engine, report["base"], tag), 1)
             facts = image_facts(engine, tag)
             report.update(image=facts, checks=run_and_check(engine, tag, models, Path(tmp)))
+            if not args.no_baked:
+                report["baked"] = baked_check(engine, report["base"], models, Path(tmp))
         finally:
             if not args.keep:
                 sh([*engine.cmd, "rmi", "-f", tag], check=False)
-    report["misses"] = misses(report["image"], report["checks"])
+    report["misses"] = misses(report["image"], report["checks"], report.get("baked"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     print(summary(report))
@@ -355,6 +408,14 @@ def summary(report: dict[str, Any]) -> str:
         f"(exit {checks['exit_code']}); without keys: exit {checks['without_keys_exit']} "
         f"{checks['without_keys_lines']}",
     ]
+    if "baked" in report:
+        baked = report["baked"]
+        lines.append(
+            f"container_check: baked models ({DOC_BUILD_BAKED!r}): built {baked['build_seconds']} s, "
+            f"{baked['size_mb']} MB, healthy after {baked['seconds_to_first_healthy']} s, parity on "
+            f"{baked['images']} images max |diff| {baked['max_abs_diff']:.2e}, "
+            f"stop {baked['stop_seconds']:.1f} s (exit {baked['exit_code']})"
+        )
     lines.append("container_check: OK" if not report["misses"] else f"container_check: MISSED {report['misses']}")
     return "\n".join(lines)
 

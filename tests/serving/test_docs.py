@@ -9,6 +9,7 @@ from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import container_check  # noqa: E402
+import container_pipeline  # noqa: E402
 
 
 def test_container_lines_are_printed_as_the_check_runs_them():
@@ -16,6 +17,10 @@ def test_container_lines_are_printed_as_the_check_runs_them():
     for line in (container_check.DOC_BUILD, container_check.DOC_RUN, container_check.DOC_STOP):
         assert line in page, line
     assert container_check.DOC_BUILD in readme and container_check.DOC_RUN in readme
+    for line in (container_check.DOC_BUILD_BAKED, container_check.DOC_RUN_BAKED):
+        assert line in page and line in readme, line
+    for line in (container_pipeline.DOC_BUILD, container_pipeline.DOC_PREPARE, container_pipeline.DOC_RUN):
+        assert line in page, line  # `make container-check-pipeline` runs these lines through bash
 
 
 def test_every_setting_is_documented_with_its_default():
