@@ -15,8 +15,9 @@ statuses, connection errors), and where the time went: server CPU (its process t
 per request, the load average, and the admitted p99 of the requests sent in the run's first second vs the rest.
 --server-cpus/--client-cpus pin the server and this load generator to disjoint cores (taskset-style affinity):
 a stand-in for "clients on another host" that still shares the memory bus and the kernel; every run of a report
-uses the same pinning, the unloaded reference included. Target (issue #22): admitted p99 <= 2 x unloaded p99 at 128, every refusal a
-429/503 answered within 100 ms, zero other errors. Writes reports/serve_backpressure.json and prints a table.
+uses the same pinning, the unloaded reference included.
+Target (issue #22): admitted p99 <= 2 x unloaded p99 at 128, every refusal a 429/503 answered within 100 ms,
+zero other errors. Writes reports/serve_backpressure.json and prints a table.
 Every loop is bounded by its clock and a request cap; nothing leaves 127.0.0.1.
 """
 
