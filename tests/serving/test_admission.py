@@ -84,7 +84,7 @@ def test_admitted_requests_carry_their_caller_and_other_routes_pass_untouched():
     seen, sent = call(original, guard)
     assert seen[0][SCOPE_KEY] == f"key:{key_id(KEY)}" and SCOPE_KEY not in original and sent[0]["status"] == 200
     for method, path in (("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/classify"), ("POST", "/metadata"),
-                         ("POST", "/classify/"), ("GET", "/docs.json")):
+                         ("POST", "/classify/"), ("HEAD", "/metadata"), ("GET", "/docs.json")):
         assert (method, path) not in GUARDED
         seen, _ = call(scope(method, path), guard)  # no key, yet passed on: the app answers (405/404/200)
         assert len(seen) == 1 and SCOPE_KEY not in seen[0]
