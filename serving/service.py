@@ -10,7 +10,8 @@ Settings (limits, keys, rates) are environment variables: serving/settings.py li
 Endpoints: POST /classify, POST /generate, GET /metadata, GET /model-card (these four need a key when
 keys are set), GET /healthz, /livez, /readyz (always open). Routes are a FastAPI app mounted on the
 service so that every body is parsed and validated here: a bad request is a 4xx {"error": reason}, never
-a 500 from a parser. /classify batches adaptively: the validated images of concurrent requests go into
+a 500 from a parser. Keys, rate limits and the in-flight bound are checked in front of that app, before routing
+and the body (serving/admission.py). /classify batches adaptively: the validated images of concurrent requests go into
 one onnxruntime call, by serving.batching.GreedyBatcher (default) or, with MEDGEN_BATCHER=cork, by
 BentoML's CorkDispatcher (the dispatcher behind `@bentoml.api(batchable=True)`).
 """
