@@ -34,6 +34,7 @@ import secrets
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,11 @@ def tree_cpu_s(root: int) -> float:
     return sum(stats[pid][1] for pid in tree if pid in stats) / os.sysconf("SC_CLK_TCK")
 
 
+def after_first_second(latencies: list[float], sent_at: list[float]) -> list[float]:
+    """The latencies of the requests sent once the run's first second (the connection wave) was over."""
+    return [latency for latency, at in zip(latencies, sent_at) if at >= 1.0]
+
+
 def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50_ms": None, "p99_ms": None}
@@ -148,38 +154,60 @@ def request_head(payload: bytes, key: str | None) -> bytes:
             f"Content-Length: {len(payload)}\r\n\r\n").encode()
 
 
+@dataclass
+class Tally:
+    """What the clients of one run saw: latencies and send times (seconds from the start) by outcome, every other
+    outcome counted by kind (statuses, exception names) with the first few errors spelled out."""
+
+    start: float
+    admitted: list[float] = field(default_factory=list)
+    admitted_at: list[float] = field(default_factory=list)
+    refused: list[float] = field(default_factory=list)
+    refused_at: list[float] = field(default_factory=list)
+    outcomes: Counter = field(default_factory=Counter)
+    first_errors: list[str] = field(default_factory=list)
+
+    def summary(self, wall: float) -> dict[str, Any]:
+        total = sum(self.outcomes.values())
+        first = [latency for latency, at in zip(self.admitted, self.admitted_at) if at < 1.0]
+        return {"seconds": round(wall, 1), "requests": total, "admitted": len(self.admitted),
+                "admitted_per_s": round(len(self.admitted) / wall, 1), "admitted_latency": percentiles(self.admitted),
+                "refused_share": {s: round(self.outcomes[s] / total, 3) for s in ("429", "503") if total},
+                "refusal_latency": percentiles(self.refused),
+                "refusal_latency_after_first_second": percentiles(after_first_second(self.refused, self.refused_at)),
+                "other_outcomes": {k: v for k, v in self.outcomes.items() if k not in ("200", "429", "503")},
+                "first_errors": self.first_errors, "admitted_first_second": {"n": len(first), **percentiles(first)},
+                "admitted_after_first_second": {"n": len(self.admitted) - len(first),
+                                                **percentiles(after_first_second(self.admitted, self.admitted_at))}}
+
+
 async def drive(url: str, payload: bytes, keys: list[str], concurrency: int, seconds: float,
                 retry_wait: float | None, server_pid: int | None = None) -> dict[str, Any]:
     """`concurrency` closed-loop clients (client i uses key i mod len(keys)); retry_wait None = honour Retry-After."""
     host, port = url.removeprefix("http://").split(":")
-    admitted: list[float] = []
-    admitted_at: list[float] = []  # when each admitted request was sent, seconds from the start
-    refused: list[float] = []
-    refused_at: list[float] = []
-    outcomes: Counter = Counter()
-    first_errors: list[str] = []
     deadline = time.perf_counter() + seconds
+    tally = Tally(start=time.perf_counter())
 
     async def client(i: int) -> None:
         head, connection = request_head(payload, keys[i % len(keys)] if keys else None), Connection(host, int(port))
-        while time.perf_counter() < deadline and sum(outcomes.values()) < MAX_REQUESTS:
+        while time.perf_counter() < deadline and sum(tally.outcomes.values()) < MAX_REQUESTS:
             t0 = time.perf_counter()
             try:
                 status, headers = await asyncio.wait_for(connection.request(head, payload), timeout=30)
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
-                outcomes[type(exc).__name__] += 1  # resets, timeouts: counted by kind, never hidden
-                if len(first_errors) < 5:
-                    first_errors.append(repr(exc)[:200])
+                tally.outcomes[type(exc).__name__] += 1  # resets, timeouts: counted by kind, never hidden
+                if len(tally.first_errors) < 5:
+                    tally.first_errors.append(repr(exc)[:200])
                 await connection.close()
                 continue
             elapsed = time.perf_counter() - t0
-            outcomes[str(status)] += 1
+            tally.outcomes[str(status)] += 1
             if status == 200:
-                admitted.append(elapsed)
-                admitted_at.append(t0 - start)
+                tally.admitted.append(elapsed)
+                tally.admitted_at.append(t0 - tally.start)
             elif status in (429, 503):
-                refused.append(elapsed)
-                refused_at.append(t0 - start)
+                tally.refused.append(elapsed)
+                tally.refused_at.append(t0 - tally.start)
                 # polite clients wait the Retry-After plus up to half a second of jitter (no synchronised herd)
                 wait = retry_wait
                 if wait is None:  # jitter for a benchmark client, not a secret (hence the nosec)
@@ -189,30 +217,21 @@ async def drive(url: str, payload: bytes, keys: list[str], concurrency: int, sec
 
     load_before, server_cpu, client_cpu = os.getloadavg()[0], tree_cpu_s(server_pid) if server_pid else 0.0, \
         time.process_time()
-    start = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(concurrency)))
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - tally.start
     server_cpu = tree_cpu_s(server_pid) - server_cpu if server_pid else None
-    client_cpu = time.process_time() - client_cpu
-    healthy = bench_healthy(url)
-    total = sum(outcomes.values())
-    first = [lat for lat, at in zip(admitted, admitted_at) if at < 1.0]
-    other = {k: v for k, v in outcomes.items() if k not in ("200", "429", "503")}
-    return {"concurrency": concurrency, "seconds": round(wall, 1), "requests": total,
-            "admitted": len(admitted), "admitted_per_s": round(len(admitted) / wall, 1),
-            "admitted_latency": percentiles(admitted),
-            "refused_share": {s: round(outcomes[s] / total, 3) for s in ("429", "503") if total},
-            "refusal_latency": percentiles(refused),
-            "refusal_latency_after_first_second": percentiles([lat for lat, at in zip(refused, refused_at) if at >= 1.0]),
-            "other_outcomes": other, "first_errors": first_errors,
-            "healthy_after": healthy, "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "cpu_ms_per_request": {"server": round(1000 * server_cpu / max(total, 1), 3) if server_pid else None,
-                                   "client": round(1000 * client_cpu / max(total, 1), 3)},
-            "cpu_share_of_wall": {"server": round(server_cpu / wall, 3) if server_pid else None,
-                                  "client": round(client_cpu / wall, 3)},
-            "admitted_first_second": {"n": len(first), **percentiles(first)},
-            "admitted_after_first_second": {"n": len(admitted) - len(first),
-                                            **percentiles([lat for lat, at in zip(admitted, admitted_at) if at >= 1.0])}}
+    result = {"concurrency": concurrency, **tally.summary(wall), "healthy_after": bench_healthy(url),
+              "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+    return result | cpu_use(server_cpu, time.process_time() - client_cpu, result["requests"], wall)
+
+
+def cpu_use(server_s: float | None, client_s: float, requests: int, wall: float) -> dict[str, Any]:
+    """CPU per request (ms) and as a share of the wall time, server (None when not measured) and client."""
+    per = {"client": round(1000 * client_s / max(requests, 1), 3), "server": None}
+    share = {"client": round(client_s / wall, 3), "server": None}
+    if server_s is not None:
+        per["server"], share["server"] = round(1000 * server_s / max(requests, 1), 3), round(server_s / wall, 3)
+    return {"cpu_ms_per_request": per, "cpu_share_of_wall": share}
 
 
 def bench_healthy(url: str) -> bool:

@@ -29,7 +29,8 @@ SCOPE_KEY = "medgen.caller"  # set on an admitted request's scope: the Guard's n
 # (method, path) -> is it a compute request (bounded by max_inflight); the keyed endpoints of serving/service.py
 # (FastAPI adds no HEAD to GET routes: a HEAD goes on to routing and gets its 405 there, as before this middleware)
 GUARDED: dict[tuple[str, str], bool] = {
-    ("POST", "/classify"): True, ("POST", "/generate"): True, ("GET", "/metadata"): False, ("GET", "/model-card"): False,
+    ("POST", "/classify"): True, ("POST", "/generate"): True,
+    ("GET", "/metadata"): False, ("GET", "/model-card"): False,
 }
 
 
