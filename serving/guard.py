@@ -27,11 +27,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from serving.bounded import BadInput
-from serving.settings import Settings, key_id
+from serving.settings import Settings, from_env, key_id
 
 log = logging.getLogger("medgen.serving")
 MAX_CALLERS = 10_000  # buckets kept (least recently seen dropped): memory stays bounded under address churn
 LOG_EVERY_S = 10.0  # a caller's refusals are logged at most this often
+_PROCESS_GUARD: list[Guard] = []  # the worker's one Guard, shared by serving.admission and the service
 
 
 @dataclass
@@ -147,3 +148,12 @@ class Guard:
                 self._logged.clear()
             log.warning("refused %s: %d %s", caller, refusal.status, refusal.reason)
         return caller, refusal
+
+
+def shared_guard(settings: Settings | None = None) -> Guard:
+    """The worker process's Guard, made on first use (from `settings`, else the environment), the same object after.
+
+    The admission middleware (serving.admission) and the service's handlers must count the same buckets and slots."""
+    if not _PROCESS_GUARD:
+        _PROCESS_GUARD.append(Guard(settings if settings is not None else from_env()))
+    return _PROCESS_GUARD[0]

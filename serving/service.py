@@ -10,7 +10,8 @@ Settings (limits, keys, rates) are environment variables: serving/settings.py li
 Endpoints: POST /classify, POST /generate, GET /metadata, GET /model-card (these four need a key when
 keys are set), GET /healthz, /livez, /readyz (always open). Routes are a FastAPI app mounted on the
 service so that every body is parsed and validated here: a bad request is a 4xx {"error": reason}, never
-a 500 from a parser. /classify batches adaptively: the validated images of concurrent requests go into
+a 500 from a parser. Keys, rate limits and the in-flight bound are checked in front of that app, before routing
+and the body (serving/admission.py). /classify batches adaptively: the validated images of concurrent requests go into
 one onnxruntime call, by serving.batching.GreedyBatcher (default) or, with MEDGEN_BATCHER=cork, by
 BentoML's CorkDispatcher (the dispatcher behind `@bentoml.api(batchable=True)`).
 """
@@ -31,9 +32,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from serving import inputs, runtime, startup
+from serving.admission import SCOPE_KEY, Admission
 from serving.batching import GreedyBatcher
 from serving.bounded import BadInput, parse_json, read_body
-from serving.guard import Guard
+from serving.guard import shared_guard
 from serving.openapi import CLASSIFY_BODY, GENERATE_BODY, KEYED
 from serving.settings import from_env
 
@@ -89,7 +91,7 @@ class MedGen:
         self.settings, served = from_env(), runtime.load()
         self.served = served
         self.classifier, self.generator = served.models["classifier"], served.models["generator"]
-        self.guard = Guard(self.settings)
+        self.guard = shared_guard(self.settings)  # the same object serving.admission checks requests with
         batch = int(os.environ.get("MEDGEN_MAX_BATCH_IMAGES", 256))
         if os.environ.get("MEDGEN_BATCHER", "greedy") == "cork":  # BentoML's batcher, kept for comparison
             from bentoml._internal.marshal.dispatcher import CorkDispatcher
@@ -121,11 +123,14 @@ class MedGen:
     async def _guarded(
         self, request: Request, handler: Callable[[Request, str], Awaitable[Response]], compute: bool = True
     ) -> Response:
-        """Key, rate and saturation checks before the body is read; BadInput -> its 4xx."""
-        client = request.client.host if request.client else "unknown"
-        caller, refusal = self.guard.check(request.headers.get("authorization"), client, compute)
-        if refusal is not None:
-            return error(BadInput(refusal.reason, refusal.status, refusal.headers))
+        """Key, rate and saturation checks before the body is read (done by serving.admission when it runs in front,
+        else here); BadInput -> its 4xx."""
+        caller = request.scope.get(SCOPE_KEY)
+        if caller is None:
+            client = request.client.host if request.client else "unknown"
+            caller, refusal = self.guard.check(request.headers.get("authorization"), client, compute)
+            if refusal is not None:
+                return error(BadInput(refusal.reason, refusal.status, refusal.headers))
         try:
             return await handler(request, caller)
         except BadInput as exc:
@@ -233,3 +238,7 @@ class MedGen:
     async def model_card(self, request: Request) -> Response:
         """models/export/model_card.json (or .md with Accept: text/markdown); 404 when not exported."""
         return await self._guarded(request, self._model_card, compute=False)
+
+
+# Refusals (401/429/503) are answered before routing, the FastAPI app and the body: see serving/admission.py.
+MedGen.add_asgi_middleware(Admission)
