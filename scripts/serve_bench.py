@@ -42,7 +42,13 @@ def real_images(n: int) -> np.ndarray:
 
     cfg = load_config(ROOT / "params.yaml")
     path = cfg.data.prepared_path if (ROOT / cfg.data.prepared_path).exists() else Path(cfg.data.source_path())
-    with np.load(ROOT / path if not path.is_absolute() else path) as archive:
+    path = ROOT / path if not path.is_absolute() else path
+    if not path.is_file():
+        sys.exit(
+            f"{Path(sys.argv[0]).name}: no test images: {ROOT / cfg.data.prepared_path} does not exist and no "
+            "source is set (run `medgen stage prepare`, or set MEDGEN_DATA_SOURCE to a BreastMNIST npz; `make` sets it)"
+        )
+    with np.load(path) as archive:
         images = archive["test_images"]
     return images[np.arange(n) % len(images)]
 
