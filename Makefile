@@ -29,7 +29,7 @@ lint:  ## ruff: lint (pycodestyle, pyflakes, import order) and format check, lin
 	$(BIN)/ruff format --check .
 
 test:  ## the whole suite (unit, data, integration on the smoke profile, serving)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 run:  ## the main job: the DVC pipeline with the defaults in params.yaml
 	$(BIN)/dvc repro
