@@ -149,8 +149,10 @@ def test_fanout_on_two_workers_adds_up_and_retries_a_killed_workers_trial(cluste
     retried_from = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
     (retry,) = [t for t in finished if retried_from(t) == killed]
     assert retry.params == trials[killed].params and f":{killed_pid}:" not in retry.user_attrs[search.OWNER_ATTR]
-    owners = {t.user_attrs[search.OWNER_ATTR] for t in finished}
-    assert len(owners) >= 2  # both workers ran trials
+    # both workers ran trials: the killed trial counts, since on a slow box one worker may finish the first two
+    # trials before the other finishes any, and the trial killed then is the other worker's first
+    owners = {t.user_attrs[search.OWNER_ATTR] for t in trials}
+    assert len(owners) >= 2
 
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     parents = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for t in finished}
