@@ -128,6 +128,9 @@ def fanout_flow(
         )
         task_overrides = stage_overrides(flag, overrides, parent_id)
         stage_task("prepare").submit("prepare", params, profile, task_overrides).result()
+        opener = getattr(stages.module(stage), "open_search", None)
+        if opener is not None:  # queue the study's fixed trials once, before workers that would race to do it
+            opener(load_config(params, profile=profile, overrides=task_overrides))
         started = time.perf_counter()
         runs = dispatch(
             stage,

@@ -274,7 +274,19 @@ def main() -> int:
         shutil.copy(ROOT / "params.yaml", base)
         rc, line, _ = run(base, ["stage", "prepare"])
         assert rc == 0, line
-        rc, line, _ = run(base, ["stage", "classify", "-S", "classify.n_trials=0", "-S", "classify.seeds=1"])
+        rc, line, _ = run(
+            base,
+            [
+                "stage",
+                "classify",
+                "-S",
+                "classify.n_trials=1",
+                "-S",
+                "classify.cv_folds=2",
+                "-S",
+                "classify.search_epochs=2",
+            ],
+        )
         assert rc == 0, line
         print("| fault | command | exit | line printed (stderr) | seconds |\n|---|---|---|---|---|")
         for name, (command, fn) in CASES.items():

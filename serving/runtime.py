@@ -58,6 +58,9 @@ class Model:
             "registered",
             "parity",
             "opset",
+            "recipe",
+            "members",
+            "views",
         )
         return {
             "name": self.name,

@@ -4,7 +4,7 @@ helpers, fitting it with medgen's training loop, and scoring it. classify and au
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,9 @@ class ClassifierSteps(Steps):
         augment: ClassicAugmentation | None,
         generator: torch.Generator | None,
         freeze: int = 0,
+        mixup: float = 0.0,
+        cutout: float = 0.0,
+        ema: nn.Module | None = None,
     ) -> None:
         self.model, self.images, self.labels, self.optimizer, self.scheduler = (
             model,
@@ -183,6 +186,7 @@ class ClassifierSteps(Steps):
             scheduler,
         )
         self.loss_fn, self.augment, self.generator, self.freeze = loss_fn, augment, generator, freeze
+        self.mixup, self.cutout, self.ema = mixup, cutout, ema
 
     def start_epoch(self, epoch: int) -> None:
         frozen = epoch < self.freeze
@@ -195,11 +199,22 @@ class ClassifierSteps(Steps):
         x, y = self.images[index], self.labels[index]
         if self.augment is not None:
             x = self.augment(x, self.generator)
-        logits = self.model(x)
-        loss = self.loss_fn(logits, y)
+        if self.cutout > 0:
+            x = cutout(x, self.cutout, self.generator)
+        if self.mixup > 0:  # convex pairs of images, the loss mixed with the same weight
+            seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
+            lam = float(np.random.default_rng(seed).beta(self.mixup, self.mixup))
+            pair = torch.randperm(len(y), generator=self.generator).to(y.device)
+            logits = self.model(lam * x + (1 - lam) * x[pair])
+            loss = lam * self.loss_fn(logits, y) + (1 - lam) * self.loss_fn(logits, y[pair])
+        else:
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return {"loss": float(loss.detach()), "n": len(index), "correct": int((logits.argmax(1) == y).sum())}
 
     def end_epoch(self, epoch: int, steps: list[dict[str, float]]) -> dict[str, float]:
@@ -210,6 +225,18 @@ class ClassifierSteps(Steps):
             total_loss += s["loss"] * s["n"]
             correct += s["correct"]
         return {"train_loss": total_loss / len(self.labels), "train_acc": correct / len(self.labels)}
+
+
+def cutout(x: torch.Tensor, fraction: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Each image (N, C, S, S) with one square of side round(fraction * S) set to 0 (mid-grey in [-1, 1]), its
+    centre uniform over the image (the square is cut at the border, as in DeVries & Taylor 2017)."""
+    n, _, height, width = x.shape
+    half = max(1, round(fraction * width)) / 2
+    centre = torch.rand(n, 2, generator=generator).to(x.device) * torch.tensor([height, width], device=x.device)
+    rows = torch.arange(height, device=x.device).view(1, height, 1) + 0.5
+    cols = torch.arange(width, device=x.device).view(1, 1, width) + 0.5
+    inside = ((rows - centre[:, 0].view(n, 1, 1)).abs() < half) & ((cols - centre[:, 1].view(n, 1, 1)).abs() < half)
+    return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
 @torch.no_grad()
@@ -240,7 +267,7 @@ def _validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> d
 def fit_classifier(
     cfg: ClassifyConfig,
     train: data.Split,
-    val: data.Split,
+    val: data.Split | None,
     n_classes: int,
     seed: int,
     device: torch.device | str,
@@ -252,8 +279,11 @@ def fit_classifier(
     """Train a fresh classifier on `train` (uint8 images, so real and synthetic Splits concatenate), early-stopped
     on validation AUC; returns the model with its best-epoch weights (eval mode) and history = {"rows": [{"epoch",
     "train_loss", "train_acc", "val_loss", "val_acc", "val_auc"}, ...], "best_epoch", "best_val_auc",
-    "init_kwargs"}. `hparams` may set lr / weight_decay / aug_strength (else cfg's); `classic_augmentation`
-    overrides cfg.augment; `epochs` overrides cfg.epochs; `trial` (an optuna.Trial) gets per-epoch reports."""
+    "init_kwargs"}. With `val` None the schedule is fixed: every epoch runs, the last weights are kept (cross-
+    validation folds), best_val_auc is None. With cfg.ema > 0 the returned (and validated) weights are the
+    exponential moving average of the trained ones, buffers included. `hparams` may set lr / weight_decay /
+    aug_strength (else cfg's); `classic_augmentation` overrides cfg.augment; `epochs` overrides cfg.epochs;
+    `trial` (an optuna.Trial) gets per-epoch reports."""
     hp = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "aug_strength": cfg.aug_strength, **(hparams or {})}
     epochs = epochs or cfg.epochs
     set_seed(seed)
@@ -261,67 +291,94 @@ def fit_classifier(
     model, init_kwargs = build_model(cfg, n_classes, data.image_shape(train.images))
     model.to(device)
     x_train, y_train = data.to_tensors(train, str(device))
-    x_val, y_val = data.to_tensors(val, str(device))
+    x_val, y_val = data.to_tensors(val, str(device)) if val is not None else (None, None)
     use_aug = cfg.augment if classic_augmentation is None else classic_augmentation
     augment = augmentation(cfg, hp["aug_strength"]) if use_aug else None
     weight = class_weight_tensor(train.labels, n_classes).to(device) if cfg.class_weights else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     optimizer, scheduler = _optimizer(model, cfg, hp["lr"], hp["weight_decay"], epochs)
     freeze = cfg.freeze_epochs if cfg.pretrained != "none" else 0
-    steps = ClassifierSteps(model, x_train, y_train, optimizer, scheduler, loss_fn, augment, generator, freeze)
+    ema = None
+    if cfg.ema > 0:
+        multi_avg = torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
+        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=multi_avg, use_buffers=True)
+    evaluated = ema.module if ema is not None else model
+    steps = ClassifierSteps(
+        model, x_train, y_train, optimizer, scheduler, loss_fn, augment, generator, freeze, cfg.mixup, cfg.cutout, ema
+    )
     # one-class validation: AUC undefined, scored -1 so any defined AUC later counts as better
     loop = Loop(
         epochs,
         cfg.batch_size,
         f"fit seed {seed}",
         generator=generator,
-        monitor="val_auc",
+        monitor="val_auc" if val is not None else None,
         worst=-1.0,
-        patience=cfg.patience,
+        patience=cfg.patience if val is not None else 0,
         min_epochs=freeze,
         trial=trial,
-        show=("val_auc",),
+        show=("val_auc",) if val is not None else (),
     )
-    fitted = fit(steps, len(y_train), loop, validate=lambda epoch: _validate(model, x_val, y_val), keep=model)
+    validate = (lambda epoch: _validate(evaluated, x_val, y_val)) if val is not None else None
+    fitted = fit(steps, len(y_train), loop, validate=validate, keep=evaluated if val is not None else None)
     _set_frozen(model, False)
+    _set_frozen(evaluated, False)
     history = {
         "rows": fitted.rows,
-        "best_epoch": fitted.best_epoch,
-        "best_val_auc": float(fitted.best),
+        "best_epoch": fitted.best_epoch if val is not None else len(fitted.rows) - 1,
+        "best_val_auc": float(fitted.best) if val is not None else None,
         "init_kwargs": init_kwargs,
     }
-    return model.eval(), history
+    return evaluated.eval(), history
 
 
 SUMMARY = ("acc", "auc", "balanced_acc", "f1", "precision", "recall", "minority_recall")
+SERVED = ("acc", "auc", "balanced_acc")
 
 
-def summarize(results: list[dict], labels: np.ndarray) -> dict[str, Any]:
-    """The metrics file: per test metric `test_<m>_mean`, `_std` (sample std over seeds) and `_ci95` (95%
-    interval of the seed mean: bootstrap over test images and seeds, medgen.stats), and `ensemble`: the
-    metrics of the seed-averaged probabilities with a bootstrap interval over test images."""
-    probs = [r["probs"] for r in results]
-    return {"seeds": len(results), **stats.describe(labels, probs, SUMMARY), "ensemble": stats.ensemble(labels, probs)}
-
-
-def details(dataset: data.Dataset, results: list[dict], best: dict, found: dict, train: data.Split) -> dict[str, Any]:
-    """The details file: checkpointed seed, search summary, per-seed epochs and test metrics, confusion, report."""
+def summarize_ensemble(
+    cfg: Config, dataset: data.Dataset, served: np.ndarray, member_probs: list[np.ndarray], found: dict[str, Any]
+) -> dict[str, Any]:
+    """The metrics file. `served`: test figures of exactly the exported ensemble (members averaged over the
+    views) with the 2.5-97.5 percentile interval of the stratified image bootstrap; per member (no views)
+    `test_<m>_mean`, `_std` and `_ci95` (interval of the member mean, medgen.stats); `cv`: the chosen
+    candidate's out-of-fold scores on train+val (what chose it)."""
+    labels = dataset.test.labels
+    scored = stats.ensemble(labels, [served], SERVED)
+    chosen = next(t for t in found["candidates"] if t["trial"] == found["best_trial"])
     return {
-        "checkpoint_seed": best["seed"],
+        "served": {
+            **{f"test_{k}": v for k, v in scored.items()},
+            "members": len(member_probs),
+            "views": list(cfg.classify.tta),
+        },
+        "seeds": cfg.classify.seeds,
+        "members": len(member_probs),
+        **stats.describe(labels, member_probs, SUMMARY),
+        "cv": {"recipe": found["hparams"]["recipe"], **{k: v for k, v in chosen.items() if k.startswith("cv_")}},
+    }
+
+
+def ensemble_details(
+    dataset: data.Dataset, found: dict[str, Any], fits: list[dict], served: np.ndarray, member_probs: list[np.ndarray]
+) -> dict[str, Any]:
+    """The details file: every candidate's CV scores, the choice, the members with their test figures, the
+    served model's confusion matrix and report."""
+    labels = dataset.test.labels
+    return {
         "search": found,
-        "n_train": len(train),
-        "per_seed": [
+        "members": [
             {
-                "seed": r["seed"],
-                "best_epoch": r["history"]["best_epoch"],
-                "epochs_run": len(r["history"]["rows"]),
-                "val_auc": r["history"]["best_val_auc"],
-                **{f"test_{k}": v for k, v in r["test"].items()},
+                "repeat": f["fold"].repeat,
+                "fold": f["fold"].fold,
+                "seed": f["fold"].seed,
+                "n_train": len(f["fold"].train),
+                **{f"test_{k}": v for k, v in metrics.classification_metrics(labels, p).items()},
             }
-            for r in results
+            for f, p in zip(fits, member_probs)
         ],
-        "confusion": metrics.confusion(dataset.test.labels, best["probs"].argmax(1), dataset.n_classes).tolist(),
-        "classification_report": metrics.report(dataset.test.labels, best["probs"], dataset.class_names),
+        "confusion": metrics.confusion(labels, served.argmax(1), dataset.n_classes).tolist(),
+        "classification_report": metrics.report(labels, served, dataset.class_names),
     }
 
 
@@ -338,21 +395,41 @@ def input_spec(dataset: data.Dataset) -> dict[str, Any]:
     }
 
 
-def save_best(cfg: Config, dataset: data.Dataset, best: dict, hparams: dict) -> Path:
-    """The seed with the best validation AUC, as a self-describing checkpoint for export."""
+def save_ensemble(
+    cfg: Config,
+    dataset: data.Dataset,
+    model: nn.Module,
+    init_kwargs: dict[str, Any],
+    found: dict[str, Any],
+    members: list[dict[str, int]],
+    summary: dict[str, Any],
+) -> Path:
+    """The served ensemble as a self-describing checkpoint for export (and the recipe augment retrains)."""
+    name = found["hparams"]["recipe"]
     config = {
         **asdict(cfg.classify),
         **input_spec(dataset),
-        "stem_used": best["history"]["init_kwargs"].get("stem"),  # classify.stem resolved for the size
+        "stem_used": init_kwargs["member_kwargs"].get("stem"),  # classify.stem resolved for the size
         "flag": cfg.data.flag,
-        "seed": best["seed"],
-        "hparams": hparams,
+        "seed": cfg.seed,
+        "recipe": name,
+        "recipe_settings": dict(cfg.classify.recipes.get(name) or {}),
+        "hparams": {k: found["hparams"][k] for k in ("lr", "weight_decay")},
+        "members": members,
+        "tta": list(cfg.classify.tta),
         "profile": cfg.profile,
     }
-    scores = {f"test_{k}": v for k, v in best["test"].items()} | {
-        "val_auc": best["history"]["best_val_auc"],
-        "best_epoch": best["history"]["best_epoch"],
+    scores = {
+        "cv_auc": summary["cv"]["cv_auc"],  # the selection figure: out-of-fold, never test (medgen.registry)
+        **{k: v for k, v in summary["served"].items() if k.startswith("test_") and not k.endswith("_ci95")},
     }
-    return save_model(
-        cfg.classify.checkpoint, best["model"], best["history"]["init_kwargs"], config=config, metrics=scores
-    )
+    return save_model(cfg.classify.checkpoint, model, init_kwargs, config=config, metrics=scores)
+
+
+def recipe_of(cfg: ClassifyConfig, checkpoint: dict[str, Any]) -> tuple[ClassifyConfig, dict[str, float]]:
+    """The classify section with the recipe a classify checkpoint records, and its lr / weight decay: what
+    augment retrains in every arm. Checkpoints from before recipes record hparams only."""
+    config = checkpoint.get("config") or {}
+    settings = config.get("recipe_settings") or {}
+    chosen = replace(cfg, recipes={"chosen": settings}).recipe("chosen") if settings else cfg
+    return chosen, dict(config.get("hparams") or {})

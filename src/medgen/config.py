@@ -317,6 +317,13 @@ class ServeConfig(Section):
 
 # "auto" = a rule on the image size (medgen.models.classifier.resolve_stem: cifar <= 32 px, else standard)
 CLASSIFIER_STEMS = (*classifier.STEMS, "auto")
+TTA_VIEWS = classifier.TTA_VIEWS
+# what a recipe may change: the model, the fit, the augmentation and the regularisers (not the search or paths)
+RECIPE_KEYS = (
+    "stem", "dropout", "init", "freeze_epochs", "unfreeze_lr_scale", "search_epochs", "batch_size", "lr",
+    "weight_decay", "class_weights", "augment", "aug_strength", "aug_flip", "aug_rotation", "aug_translate",
+    "aug_shear", "aug_zoom", "aug_brightness", "aug_contrast", "mixup", "cutout", "label_smoothing", "ema",
+)  # fmt: skip
 CLASSIFIER_INITS = classifier.INITS
 # sections' search ranges: [low, high] with 0 <= low <= high
 RANGE = {"ge": 0.0, "item": "bound"}
@@ -355,14 +362,24 @@ class ClassifyConfig(Section):
     aug_zoom: float = rule(0.2, ge=0, lt=1, note="0 switches it off")
     aug_brightness: float = rule(0.1, ge=0, note="0 switches it off")
     aug_contrast: float = rule(0.1, ge=0, lt=1, note="0 switches it off")
-    # search (Optuna, pruned on per-epoch validation AUC, chosen on validation AUC)
-    n_trials: int = rule(8, ge=0, note="0 = no search, use lr/weight_decay/aug_strength")
-    search_epochs: int = rule(12, ge=1)
+    # regularisers a recipe may switch on (0 = off)
+    mixup: float = rule(0.0, ge=0, note="0 switches it off")  # Beta(alpha, alpha) mixing weight
+    cutout: float = rule(0.0, ge=0, lt=1, note="0 switches it off")  # side of the zeroed square, fraction of S
+    label_smoothing: float = rule(0.0, ge=0, lt=1)
+    ema: float = rule(0.0, ge=0, lt=1, note="0 switches it off")  # decay of the weight average that is kept
+    # recipe choice: stratified K-fold cross-validation on train+val, fixed schedule of search_epochs;
+    # candidates = the named recipes (fixed trials, in order), then Optuna draws recipe, lr, weight_decay
+    recipes: dict = field(default_factory=dict)  # name -> {classify key: value}; none: this section is the one recipe
+    cv_folds: int = rule(5, ge=2)
+    n_trials: int = rule(4, ge=1, note="the named recipes first, then Optuna's draws")
+    search_epochs: int = rule(20, ge=1)  # each fold's fit (no early stopping: the held-out fold stays unseen)
     lr_range: tuple[float, ...] = rule((1e-4, 3e-3), **RANGE)
     weight_decay_range: tuple[float, ...] = rule((1e-6, 1e-2), **RANGE)
-    strength_range: tuple[float, ...] = rule((0.0, 1.5), **RANGE)
-    # final training: seeds seed, seed+1, ...; test metrics once per seed
-    seeds: int = rule(3, ge=1)
+    # the product: the chosen candidate's cv_folds x seeds fold models (repeated CV, seed seed, seed+1, ...),
+    # averaged over the test-time views in one ONNX graph
+    seeds: int = rule(1, ge=1)
+    tta: tuple[str, ...] = rule(("identity", "hflip"), choices=TTA_VIEWS, nonempty=True, distinct=True, item="view")
+    jobs: int = rule(2, ge=1)  # fold fits in parallel processes (threads each)
     device: str = "auto"
     # torch CPU threads; 0 = torch's default (1 is far faster on a shared CPU)
     threads: int = rule(1, ge=0, note="0 = torch's default")
@@ -374,7 +391,7 @@ class ClassifyConfig(Section):
     def check(self) -> None:
         """freeze_epochs < epochs; each search range is [low, high] with low <= high, low > 0 on a log scale."""
         _require(self.freeze_epochs < self.epochs, "classify.freeze_epochs", "must be in 0..epochs-1")
-        for key in ("lr_range", "weight_decay_range", "strength_range"):
+        for key in ("lr_range", "weight_decay_range"):
             low_high = getattr(self, key)
             _require(
                 len(low_high) == 2 and low_high[0] <= low_high[1],
@@ -383,6 +400,35 @@ class ClassifyConfig(Section):
             )
         for key in ("lr_range", "weight_decay_range"):
             _require(getattr(self, key)[0] > 0, f"classify.{key}", "log-scale ranges need low > 0")
+        _require(isinstance(self.recipes, dict), "classify.recipes", "must be a mapping of name -> settings")
+        for name in self.recipes:
+            self.recipe(name)  # each recipe must make a valid section
+
+    def recipe(self, name: str) -> ClassifyConfig:
+        """This section with recipe `name`'s settings applied (validated like the section itself)."""
+        key = f"classify.recipes.{name}"
+        _require(
+            name in self.recipes, "classify.recipes", f"unknown recipe {name!r} (known: {', '.join(self.recipes)})"
+        )
+        settings = self.recipes[name]
+        _require(isinstance(settings, dict), key, f"must be a mapping of classify key -> value, got {settings!r}")
+        for k in settings:
+            _require(k in RECIPE_KEYS, f"{key}.{k}", f"not a recipe setting (known: {', '.join(RECIPE_KEYS)})")
+        types = {f.name: type(f.default) for f in dataclasses.fields(self) if f.name in RECIPE_KEYS}
+        values = {}
+        for k, v in settings.items():
+            if types[k] is float and isinstance(v, (int, str)) and not isinstance(v, bool):
+                try:
+                    v = float(v)  # YAML 1.1 reads 1e-4 as a string
+                except ValueError:
+                    pass
+            _require(isinstance(v, types[k]) and (types[k] is bool or not isinstance(v, bool)), f"{key}.{k}",
+                     f"expected a {types[k].__name__}, got {v!r}")  # fmt: skip
+            values[k] = v
+        try:
+            return dataclasses.replace(self, recipes={}, **values)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}." + str(exc).removeprefix("classify.")) from None
 
 
 GAN_VARIANTS = gan.VARIANTS

@@ -146,7 +146,7 @@ def reconstruction_rows(rows: dict[str, np.ndarray]):
 
 
 def training_curves(histories: dict[int, list[dict]]):
-    """Per-epoch train/val loss and accuracy, one line per seed: {seed: [{"epoch", "train_loss", ...}]}."""
+    """Per-epoch train (and val, when recorded) loss and accuracy, one line per run: {seed or member: rows}."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,10 +156,9 @@ def training_curves(histories: dict[int, list[dict]]):
     for seed, rows in histories.items():
         epochs = [r["epoch"] for r in rows]
         for ax, metric in zip(axes, ("loss", "acc")):
-            (line,) = ax.plot(epochs, [r[f"train_{metric}"] for r in rows], label=f"train (seed {seed})")
-            ax.plot(
-                epochs, [r[f"val_{metric}"] for r in rows], "--", color=line.get_color(), label=f"val (seed {seed})"
-            )
+            (line,) = ax.plot(epochs, [r[f"train_{metric}"] for r in rows], label=f"train ({seed})")
+            if all(f"val_{metric}" in r for r in rows):  # fixed-schedule fits (CV folds) have no validation
+                ax.plot(epochs, [r[f"val_{metric}"] for r in rows], "--", color=line.get_color(), label=f"val ({seed})")
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)

@@ -5,8 +5,9 @@ the new version only when all of these hold, and otherwise tags it `candidate` a
 * the export ran on the default profile (`full`) and the checkpoint was trained on it (a smoke or test
   run never replaces a champion);
 * the new model is for the same dataset flag as the current champion;
-* it is at least as good as the champion on the selection metric its checkpoint records: validation
-  AUC for classifiers, validation FD for the generator (lower is better). Never a test metric.
+* it is at least as good as the champion on the selection metric its checkpoint records: out-of-fold
+  AUC on train+val for the classify ensemble (`cv_auc`), validation AUC for single classifiers, validation
+  FD for the generator (lower is better). Never a test metric.
 With no champion yet, a default-profile model with a recorded selection metric becomes champion.
 Each version carries tags `medgen.profile`, `medgen.flag`, `medgen.selection_metric`,
 `medgen.selection_value`, `medgen.selection_mode`, `medgen.status` and `medgen.reason`: the next
@@ -29,6 +30,8 @@ DEFAULT_PROFILE = "full"  # params.yaml's base profile (medgen.params.build_conf
 CANDIDATE = "candidate"  # alias and status of the newest version that did not become champion
 # kind -> (checkpoint metric, "max" | "min"): what the producing stage selected its model on
 SELECTION = {"classifier": ("val_auc", "max"), "generator": ("val_fd", "min")}
+# a classify ensemble records its out-of-fold AUC instead: a different figure, never compared with val_auc
+ALTERNATIVE = {"classifier": "cv_auc"}
 _TAG = "medgen."
 
 
@@ -76,6 +79,8 @@ def standing(kind: str, checkpoint: dict[str, Any], cfg: Config) -> Standing:
     """
     config, scores = checkpoint.get("config") or {}, checkpoint.get("metrics") or {}
     metric, mode = SELECTION[kind]
+    if ALTERNATIVE.get(kind) in scores:
+        metric = ALTERNATIVE[kind]
     profile = config.get("profile")
     if not profile:
         profile = cfg.profile

@@ -235,9 +235,11 @@ def open_study(
     )
     fail_dead_trials(study)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-    waiting = [t.params for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    # a fixed set already queued, running (params not suggested yet: its fixed_params) or done is not queued again
+    alive = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+    present = [t.system_attrs.get("fixed_params") or t.params for t in study.get_trials(deepcopy=False, states=alive)]
     for params in list(fixed)[finished:]:
-        if params not in waiting:
+        if params not in present:
             study.enqueue_trial(dict(params))
     return study
 
@@ -309,7 +311,7 @@ def optimize(study: optuna.Study, objective: Objective, n_trials: int, parent_ru
             continue
         study.optimize(wrapped, n_trials=1, gc_after_trial=True)
         done = finished_trials(study)
-        last = study.trials[-1]
+        last = study.get_trials(deepcopy=False, states=FINISHED)[-1]  # not a queued fixed trial
         best = best_value(study)
         progress.update(done, trial=last.number, state=last.state.name, value=last.value, best=best)
     progress.close()

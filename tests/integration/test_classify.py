@@ -19,7 +19,7 @@ from medgen.training import load_model, run_epoch, save_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 METRICS = ("acc", "auc", "balanced_acc", "f1", "precision", "recall", "minority_recall")
-KEYS = {"seeds", "ensemble", *(f"test_{m}_{s}" for m in METRICS for s in ("mean", "std", "ci95"))}
+KEYS = {"seeds", "members", "served", "cv", *(f"test_{m}_{s}" for m in METRICS for s in ("mean", "std", "ci95"))}
 
 
 @pytest.fixture
@@ -38,50 +38,65 @@ def test_smoke_end_to_end_and_checkpoint_reproduces_test_predictions(smoke_cfg, 
     monkeypatch.setenv("MEDGEN_PROGRESS", "log")
     caplog.set_level(logging.INFO, logger="medgen.progress")
     cfg = smoke_cfg()
+    c = cfg.classify
     summary = classify.run(cfg)
-    assert set(summary) == KEYS and summary["seeds"] == cfg.classify.seeds == 2
+    k = c.cv_folds * c.seeds
+    assert set(summary) == KEYS and summary["seeds"] == c.seeds == 1 and summary["members"] == k == 2
     assert 0.0 <= summary["test_auc_mean"] <= 1.0 and summary["test_acc_std"] >= 0.0
-    for metric in ("acc", "auc"):  # the interval of the seed mean: two numbers around it
-        lo, hi = summary[f"test_{metric}_ci95"]
-        assert lo <= summary[f"test_{metric}_mean"] <= hi
-        ens_lo, ens_hi = summary["ensemble"][f"{metric}_ci95"]
-        assert ens_lo <= summary["ensemble"][metric] <= ens_hi
-    # AUC moves when test images are resampled (the smoke model may still call every image one class,
-    # which fixes accuracy under a class-stratified bootstrap)
-    assert summary["test_auc_ci95"][1] - summary["test_auc_ci95"][0] > 0.01
-    assert json.loads(Path(cfg.classify.metrics).read_text()) == summary
+    served = summary["served"]
+    assert served["members"] == k and served["views"] == list(c.tta)
+    for metric in ("acc", "auc", "balanced_acc"):  # the served model's figure inside its interval
+        lo, hi = served[f"test_{metric}_ci95"]
+        assert lo <= served[f"test_{metric}"] <= hi
+    lo, hi = summary["test_auc_ci95"]  # the interval of the member mean
+    assert lo <= summary["test_auc_mean"] <= hi and hi - lo > 0.01
+    assert json.loads(Path(c.metrics).read_text()) == summary
     lines = [r.getMessage() for r in caplog.records if r.name == "medgen.progress"]
-    assert any(line.startswith("classify seeds: 2/2 seeds seed 43 ") for line in lines), lines[-5:]
-    assert any(line.startswith("fit seed 42: ") and " epochs val_auc " in line for line in lines), lines[-5:]
+    assert any(line.startswith("cv classic #0: 2/2 fits") for line in lines), lines[-5:]
     assert any(line.startswith("search breastmnist-classify-") for line in lines), lines[-5:]
-    details = json.loads(Path(cfg.classify.details).read_text())
-    assert all("seconds" not in r for r in details["per_seed"])  # timings live in MLflow and the log
-    assert len(details["per_seed"]) == 2 and details["search"]["trials"] == cfg.classify.n_trials
+    details = json.loads(Path(c.details).read_text())
+    table = details["search"]["candidates"]
+    assert [t["recipe"] for t in table] == list(c.recipes)[: c.n_trials]  # the named recipes first, in order
+    assert all(0.0 <= t["cv_auc"] <= 1.0 for t in table)
+    best = max(table, key=lambda t: t["cv_auc"])
+    assert summary["cv"] == {"recipe": best["recipe"], **{m: best[m] for m in ("cv_auc", "cv_acc", "cv_balanced_acc")}}
+    assert [(m["repeat"], m["fold"]) for m in details["members"]] == [(0, 0), (0, 1)]
     assert np.sum(details["confusion"]) == len(prepared.test)
     for name in ("history.csv", "confusion.json", "roc.csv", "curves.png", "confusion.png", "roc.png"):
-        assert (Path(cfg.classify.plots_dir) / name).stat().st_size > 0, name
+        assert (Path(c.plots_dir) / name).stat().st_size > 0, name
 
-    model, checkpoint = load_model(cfg.classify.checkpoint)
-    assert checkpoint["config"]["n_classes"] == 2 and checkpoint["config"]["input_size"] == 28
-    assert checkpoint["config"]["class_names"] == list(prepared.class_names)
+    model, checkpoint = load_model(c.checkpoint)
+    config = checkpoint["config"]
+    assert config["n_classes"] == 2 and config["input_size"] == 28 and config["recipe"] == best["recipe"]
+    assert config["class_names"] == list(prepared.class_names) and len(config["members"]) == k
+    assert len(model.members) == k and model.views == tuple(c.tta)
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 2)
     again = classification.evaluate(model, prepared.test)
-    for key, value in again.items():
-        assert value == pytest.approx(checkpoint["metrics"][f"test_{key}"], abs=1e-9), key
-    seed_metrics = {r["seed"]: r["test_auc"] for r in details["per_seed"]}
-    assert seed_metrics[details["checkpoint_seed"]] == pytest.approx(again["auc"])
+    for key in ("acc", "auc", "balanced_acc"):  # the checkpoint is exactly the model the served figures score
+        assert again[key] == pytest.approx(served[f"test_{key}"], abs=1e-9), key
+    assert checkpoint["metrics"]["cv_auc"] == summary["cv"]["cv_auc"]  # the registry's selection figure
 
     tracking.configure(cfg.tracking)
     experiment = mlflow.get_experiment_by_name("medgen/breastmnist/classify")
     runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
     stage = next(r for r in runs if r.info.run_name == "classify")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == stage.info.run_id]
-    assert stage.info.status == "FINISHED" and len(children) == cfg.classify.n_trials + cfg.classify.seeds
+    assert stage.info.status == "FINISHED" and len(children) == c.n_trials  # one run per candidate
+    assert sorted(r.data.metrics["cv_auc"] for r in children) == sorted(t["cv_auc"] for t in table)
+    assert {r.data.params["recipe"] for r in children} == {t["recipe"] for t in table}
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(stage.info.run_id, "plots")}
     assert {"plots/curves.png", "plots/confusion.png", "plots/roc.png", "plots/history.csv"} <= artifacts
-    seed_run = next(r for r in children if r.info.run_name.startswith("seed-"))
-    history = mlflow.MlflowClient().get_metric_history(seed_run.info.run_id, "val_auc")
-    assert len(history) >= 1  # per-epoch curves are logged
+
+
+def test_a_rerun_reuses_the_study_and_refits_the_same_ensemble(smoke_cfg, prepared):
+    """The second run finds every candidate scored, so it refits the chosen one's folds: the same weights."""
+    cfg = smoke_cfg()
+    first = classify.run(cfg)
+    weights = {k: v.clone() for k, v in load_model(cfg.classify.checkpoint)[0].state_dict().items()}
+    second = classify.run(cfg)
+    assert second == first
+    again = load_model(cfg.classify.checkpoint)[0].state_dict()
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
 
 
 def _fit(cfg, dataset, **changes):
@@ -152,3 +167,33 @@ def test_missing_weights_are_clear_errors(smoke_cfg, prepared, workdir, monkeypa
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(MedgenError, match="ImageNet ResNet-18 weights unavailable"):
         classification.build_model(smoke_cfg("classify.pretrained=imagenet").classify, 2, (1, 28, 28))
+
+
+def test_the_recipes_run_unchanged_on_a_second_binary_medmnist_set(workdir):
+    """PneumoniaMNIST's layout (28 px grey, 2 classes, the other class in the majority), a learnable stand-in built
+    here: every named recipe is scored by CV and the served ensemble separates the classes on test. Real data:
+    `medgen pipeline -S data.flag=pneumoniamnist` (docs/classifier.md)."""
+    from tests.integration.test_any_shape import patterned
+
+    arrays = {}
+    for i, (split, n) in enumerate(zip(data.SPLITS, (96, 24, 40))):
+        images, labels = patterned(n, 28, 1, 2, seed=10 + i)
+        keep = np.flatnonzero((labels == 1) | (np.arange(n) % 4 == 0))  # 1 : 2 imbalance, class 1 the majority
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images[keep], labels[keep]
+    np.savez(workdir / "pneumonia.npz", **arrays)
+    # a flag of its own: medgen checks a known flag's files against MedMNIST's sample counts
+    overrides = ["data.flag=pneumonia_standin", "data.n_classes=2", f"data.source={workdir / 'pneumonia.npz'}"]
+    overrides += ["classify.train_fraction=1.0"]
+    overrides += ["classify.n_trials=4", "classify.search_epochs=3", "classify.cv_folds=2"]
+    from medgen.params import load_config
+
+    cfg = load_config(workdir / "params.yaml", profile="smoke", overrides=overrides)
+    full = load_config(workdir / "params.yaml")
+    assert cfg.classify.recipes == full.classify.recipes and cfg.classify.tta == full.classify.tta  # unchanged
+    prepare.run(cfg)
+    summary = classify.run(cfg)
+    details = json.loads(Path(cfg.classify.details).read_text())
+    assert [t["recipe"] for t in details["search"]["candidates"]] == list(full.classify.recipes)
+    config = load_model(cfg.classify.checkpoint)[1]["config"]
+    assert len(config["class_names"]) == 2 and config["flag"] == "pneumonia_standin"
+    assert summary["served"]["test_auc"] >= 0.9, summary["served"]  # a bright square per class: learnable

@@ -17,13 +17,22 @@ from __future__ import annotations
 import importlib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
 ENCODER_PREFIXES = ("medgen.",)  # an encoder class named in a checkpoint must be ours
 STEMS = ("standard", "pool", "cifar")  # what a built network can have (config adds "auto": resolve_stem)
 INITS = ("default", "xavier")
-SMALL_IMAGE_MAX = 32  # "auto": sides up to this keep full resolution into layer1 (cifar stem)
+SMALL_IMAGE_MAX = 32
+# test-time views: the image, its mirror, and one-pixel shifts (edge pixels repeated)
+TTA_VIEWS = ("identity", "hflip", "left", "right", "up", "down")
+_SHIFT_PAD = {
+    "left": (0, 1, 0, 0),
+    "right": (1, 0, 0, 0),
+    "up": (0, 0, 0, 1),
+    "down": (0, 0, 1, 0),
+}  # "auto": sides up to this keep full resolution into layer1 (cifar stem)
 
 
 def resolve_stem(stem: str, size: int) -> str:
@@ -114,3 +123,53 @@ def xavier_init(module: nn.Module) -> None:
             nn.init.xavier_uniform_(layer.weight)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
+
+
+def tta_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    """One test-time view of images (N, C, S, S), same shape: identity, horizontal mirror, or the content moved
+    one pixel left/right/up/down with the edge row or column repeated."""
+    if view == "identity":
+        return x
+    if view == "hflip":
+        return torch.flip(x, dims=(3,))
+    if view not in _SHIFT_PAD:
+        raise ValueError(f"unknown test-time view {view!r} (known: {', '.join(TTA_VIEWS)})")
+    padded = F.pad(x, _SHIFT_PAD[view], mode="replicate")  # (N, C, S, S+1) or (N, C, S+1, S)
+    return {
+        "left": padded[..., :, 1:],
+        "right": padded[..., :, :-1],
+        "up": padded[..., 1:, :],
+        "down": padded[..., :-1, :],
+    }[view]
+
+
+MEMBER_CLASSES = {"ResNetClassifier": ResNetClassifier, "EncoderClassifier": EncoderClassifier}
+
+
+class EnsembleClassifier(nn.Module):
+    """K classifiers of one architecture averaged over test-time views: (N, C, S, S) -> (N, n_classes).
+
+    The output is log(mean softmax) over members and views, so softmax(output) is exactly the averaged
+    probability and every consumer of "logits" (predict_proba, the ONNX service) reads it unchanged.
+    """
+
+    def __init__(self, member_class: str, member_kwargs: dict, n_members: int, views: tuple[str, ...] = ("identity",)):
+        super().__init__()
+        if member_class not in MEMBER_CLASSES:
+            raise ValueError(f"member_class must be one of {tuple(MEMBER_CLASSES)}, got {member_class!r}")
+        unknown = [v for v in views if v not in TTA_VIEWS]
+        if n_members < 1 or not views or unknown:
+            raise ValueError(f"need >= 1 member and known views ({', '.join(TTA_VIEWS)}), got {n_members}, {views}")
+        self.members = nn.ModuleList(MEMBER_CLASSES[member_class](**member_kwargs) for _ in range(n_members))
+        self.views = tuple(views)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        views = torch.cat([tta_view(x, v) for v in self.views]) if len(self.views) > 1 else x  # (V*N, C, S, S)
+        total = None
+        for member in self.members:
+            probs = F.softmax(member(views), dim=1)  # (V*N, K)
+            summed = sum(probs[i * n : (i + 1) * n] for i in range(len(self.views)))  # (N, K); K stays static in ONNX
+            total = summed if total is None else total + summed
+        mean = total / (len(self.members) * len(self.views))
+        return torch.log(mean.clamp_min(1e-12))

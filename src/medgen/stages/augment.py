@@ -2,12 +2,13 @@
 
 Arms (augment.arms): `baseline` (real data, no augmentation), `classic` (classic augmentation),
 `synthetic` (real + generator samples rebalancing the classes), `classic+synthetic` (both). Every arm
-retrains the classify stage's model with the hyper-parameters classify chose (read from its
-checkpoint), over the same seeds, so arms are compared seed by seed. Synthetic images only ever enter
+retrains one model per seed with the recipe, lr and weight decay classify chose by cross-validation
+(read from its checkpoint; classic augmentation on or off by arm, early-stopped on validation), over the
+same seeds, so arms are compared seed by seed. Synthetic images only ever enter
 the training split; validation and test stay real. The best arm is chosen on validation AUC; test
 metrics are reported for every arm, never used to choose.
 
-Inputs : data/prepared/<flag>.npz, classify.checkpoint (chosen hyper-parameters),
+Inputs : data/prepared/<flag>.npz, classify.checkpoint (chosen recipe),
          <generate.samples_dir>/<flag>/samples.npz (synthetic arms only).
 Outputs: augment.metrics (per arm: mean, std and 95% interval of each test metric; per arm vs baseline:
          paired difference, interval, p-value and `significant` by medgen.stats' rule), augment.details
@@ -28,8 +29,8 @@ import numpy as np
 import torch
 
 from medgen import arms, data, metrics, plots, tracking
-from medgen.classification import evaluate, fit_classifier, input_spec, predict_proba, subsample
-from medgen.config import Config
+from medgen.classification import evaluate, fit_classifier, input_spec, predict_proba, recipe_of, subsample
+from medgen.config import ClassifyConfig, Config
 from medgen.io import write_json, write_text
 from medgen.outputs import Output, output_file, output_folder
 from medgen.progress import Progress
@@ -38,9 +39,10 @@ from medgen.training import load_checkpoint, pick_device, save_model, set_seed
 log = logging.getLogger(__name__)
 
 
-def chosen_hparams(cfg: Config) -> dict[str, float]:
-    """The hyper-parameters the classify stage selected on validation (stored in its checkpoint)."""
-    return dict(load_checkpoint(cfg.classify.checkpoint)["config"]["hparams"])
+def chosen_recipe(cfg: Config) -> tuple[ClassifyConfig, dict[str, float]]:
+    """The recipe (classify section with its settings) and lr / weight decay classify chose by cross-validation,
+    as its checkpoint records them."""
+    return recipe_of(cfg.classify, load_checkpoint(cfg.classify.checkpoint))
 
 
 def fit_arm(
@@ -49,7 +51,7 @@ def fit_arm(
     seed: int,
     dataset: data.Dataset,
     train: data.Split,
-    hparams: dict,
+    chosen: tuple[ClassifyConfig, dict],
     device: torch.device,
     parent_run_id: str,
 ) -> dict[str, Any]:
@@ -58,13 +60,13 @@ def fit_arm(
     epochs = cfg.augment.epochs or None
     with tracking.child_run(parent_run_id, f"{arm}-seed-{seed}", {"arm": arm, "seed": seed, "n_train": len(train)}):
         model, history = fit_classifier(
-            cfg.classify,
+            chosen[0],
             train,
             dataset.val,
             dataset.n_classes,
             seed,
             device,
-            hparams,
+            chosen[1],
             classic_augmentation="classic" in arm,
             epochs=epochs,
         )
@@ -157,7 +159,7 @@ def run(cfg: Config) -> dict[str, Any]:
     with tracking.stage_run(cfg, "augment", params_sections=("augment", "classify")) as stage:
         device = pick_device(cfg.classify.device)
         dataset = data.load_prepared(cfg.data)
-        hparams = chosen_hparams(cfg)
+        chosen = chosen_recipe(cfg)
         needs_synthetic = any("synthetic" in arm for arm in cfg.augment.arms)
         synthetic = arms.load_synthetic(cfg, dataset) if needs_synthetic else None
         train = subsample(dataset.train, cfg.classify.train_fraction, cfg.seed)
@@ -167,10 +169,10 @@ def run(cfg: Config) -> dict[str, Any]:
             for arm in cfg.augment.arms:
                 for seed in seeds:
                     split = arms.arm_split(arm, train, synthetic, cfg.augment.ratio, seed)
-                    results.append(fit_arm(cfg, arm, seed, dataset, split, hparams, device, stage.info.run_id))
+                    results.append(fit_arm(cfg, arm, seed, dataset, split, chosen, device, stage.info.run_id))
                     progress.update(len(results), arm=arm, seed=seed, test_auc=results[-1]["test"]["auc"])
         summary = arms.summarize(results, cfg.augment.arms, dataset.test.labels)
-        save_best_synthetic(cfg, dataset, results, hparams)
+        save_best_synthetic(cfg, dataset, results, chosen[1])
         files = write_outputs(cfg, results, summary, dataset.test.labels)
         mlflow.log_metrics(tracking.numeric_metrics(summary))
         mlflow.set_tag("medgen.best_arm", summary["best_arm"])

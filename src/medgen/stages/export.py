@@ -95,6 +95,8 @@ def _classifier_spec(model: torch.nn.Module, checkpoint: dict[str, Any], real: n
     }
     if config.get("stem_used"):
         meta["stem"] = config["stem_used"]
+    if config.get("members"):  # the classify ensemble: "logits" = log of the probabilities averaged in the graph
+        meta |= {"members": config["members"], "views": config.get("tta", []), "recipe": config.get("recipe")}
     batches = onnx_export.classifier_batches(real, cfg.export.parity_batches)
     return meta, (torch.from_numpy(real[:2]),), ("images",), ("logits",), batches
 

@@ -1,0 +1,183 @@
+"""Cross-validated recipes and the ensemble they make (issue #11).
+
+A candidate (a recipe with an lr and weight decay) is scored by repeated stratified K-fold cross-validation
+on train+val: each fold model trains on the other folds for a fixed schedule (no early stopping, so the
+held-out fold is never looked at before it is predicted) and predicts its held-out fold. The score is the
+out-of-fold AUC (mean over repeats). The chosen candidate's fold models are the product: an
+`EnsembleClassifier` that averages their softmax over test-time views, exported as one ONNX graph.
+
+Fold fits are independent and seeded by (repeat, fold), so they run in `jobs` spawned processes with one
+torch thread each and give the same weights as in one process (tests/unit/test_ensemble.py checks it).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from medgen import data, metrics
+from medgen.config import ClassifyConfig
+from medgen.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One fit: repeat r (its split seed), fold index, the seed of its fit, the rows it trains on and holds out."""
+
+    repeat: int
+    fold: int
+    seed: int
+    train: np.ndarray
+    held_out: np.ndarray
+
+
+def recipe(cfg: ClassifyConfig, name: str) -> ClassifyConfig:
+    """The classify section with recipe `name` applied (no named recipes: the section is the one, "default")."""
+    return cfg.recipe(name) if cfg.recipes else cfg
+
+
+def candidates(cfg: ClassifyConfig) -> tuple[list[str], list[dict[str, Any]]]:
+    """Recipe names and the study's fixed trials: each named recipe with its own lr and weight decay, in order,
+    at most n_trials of them."""
+    names = list(cfg.recipes) or ["default"]
+    fixed = [{"recipe": n, "lr": recipe(cfg, n).lr, "weight_decay": recipe(cfg, n).weight_decay} for n in names]
+    return names, fixed[: cfg.n_trials]
+
+
+def pool_split(dataset: data.Dataset) -> data.Split:
+    """train + val as one labelled pool (cross-validation replaces the fixed validation split)."""
+    return data.Split(
+        np.concatenate([dataset.train.images, dataset.val.images]),
+        np.concatenate([dataset.train.labels, dataset.val.labels]),
+    )
+
+
+def make_folds(labels: np.ndarray, k: int, repeats: int, seed: int) -> list[Fold]:
+    """Stratified K-fold splits, `repeats` times with split seeds seed, seed+1, ...; fit seeds are distinct."""
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = int(np.bincount(labels).min()) if len(labels) else 0
+    if smallest < k:
+        from medgen.errors import MedgenError
+
+        raise MedgenError(f"classify.cv_folds={k} but the smallest class has {smallest} images in train+val")
+    folds = []
+    for r in range(repeats):
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed + r)
+        for f, (train, held) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+            folds.append(Fold(r, f, (seed + r) * 1000 + f, train, held))
+    return folds
+
+
+def _fit_fold(
+    cfg: ClassifyConfig, pool: data.Split, n_classes: int, fold: Fold, hparams: dict, device: str
+) -> dict[str, Any]:
+    """Train on the fold's rows for cfg.search_epochs, predict its held-out rows; weights as CPU tensors."""
+    from medgen.classification import fit_classifier, predict_proba
+
+    train = data.Split(pool.images[fold.train], pool.labels[fold.train])
+    held = data.Split(pool.images[fold.held_out], pool.labels[fold.held_out])
+    model, history = fit_classifier(cfg, train, None, n_classes, fold.seed, device, hparams, epochs=cfg.search_epochs)
+    probs = predict_proba(model, held, device)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {
+        "fold": fold,
+        "state": state,
+        "init_kwargs": history["init_kwargs"],
+        "rows": history["rows"],
+        "probs": probs,
+    }
+
+
+def _worker_init(threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the workers
+    torch.set_num_threads(max(1, threads))
+
+
+def fit_folds(
+    cfg: ClassifyConfig,
+    pool: data.Split,
+    n_classes: int,
+    folds: list[Fold],
+    hparams: dict,
+    device: torch.device | str,
+    label: str = "folds",
+) -> list[dict[str, Any]]:
+    """Every fold's fit, in fold order; in `cfg.jobs` processes when more than one (CPU only)."""
+    device = str(device)
+    jobs = min(cfg.jobs, len(folds)) if device == "cpu" else 1
+    results: dict[int, dict] = {}
+    with Progress(len(folds), label, unit="fits") as progress:
+        if jobs <= 1:
+            for i, fold in enumerate(folds):
+                results[i] = _fit_fold(cfg, pool, n_classes, fold, hparams, device)
+                progress.update(len(results), repeat=fold.repeat, fold=fold.fold)
+        else:
+            context = multiprocessing.get_context("spawn")
+            executor = ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(cfg.threads,))
+            try:
+                pending = {
+                    executor.submit(_fit_fold, cfg, pool, n_classes, f, hparams, device): i for i, f in enumerate(folds)
+                }
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        results[pending.pop(future)] = future.result()
+                        progress.update(len(results))
+            except BaseException:
+                for process in list(getattr(executor, "_processes", {}).values()):
+                    process.terminate()  # a stopped stage leaves no fold fit running
+                executor.shutdown(wait=False, cancel_futures=True)
+                raise
+            executor.shutdown(wait=True)
+    return [results[i] for i in range(len(folds))]
+
+
+def out_of_fold(pool: data.Split, fits: list[dict[str, Any]], n_classes: int) -> list[np.ndarray]:
+    """One (N, n_classes) out-of-fold probability array per repeat, rows in pool order."""
+    repeats = 1 + max(f["fold"].repeat for f in fits)
+    oof = [np.full((len(pool), n_classes), np.nan) for _ in range(repeats)]
+    for fit in fits:
+        oof[fit["fold"].repeat][fit["fold"].held_out] = fit["probs"]
+    return oof
+
+
+def cv_scores(labels: np.ndarray, oof: list[np.ndarray]) -> dict[str, float]:
+    """Out-of-fold acc, auc, balanced_acc: per repeat, then the mean over repeats (`cv_<metric>`)."""
+    per_repeat = [metrics.classification_metrics(labels, probs) for probs in oof]
+    return {f"cv_{m}": float(np.mean([s[m] for s in per_repeat])) for m in ("auc", "acc", "balanced_acc")}
+
+
+def assemble(fits: list[dict[str, Any]], views: tuple[str, ...]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The fold models as one EnsembleClassifier (eval mode) and its constructor kwargs."""
+    from medgen.models.classifier import EnsembleClassifier
+
+    member_kwargs = fits[0]["init_kwargs"]
+    member_class = "EncoderClassifier" if "encoder_class" in member_kwargs else "ResNetClassifier"
+    kwargs = {
+        "member_class": member_class,
+        "member_kwargs": member_kwargs,
+        "n_members": len(fits),
+        "views": tuple(views),
+    }
+    model = EnsembleClassifier(**kwargs)
+    for member, fit in zip(model.members, fits):
+        member.load_state_dict(fit["state"])
+    return model.eval(), kwargs
+
+
+def members(fits: list[dict[str, Any]]) -> list[dict[str, int]]:
+    """What each member is: repeat, fold, fit seed, training rows."""
+    return [
+        {"repeat": f["fold"].repeat, "fold": f["fold"].fold, "seed": f["fold"].seed, "n_train": len(f["fold"].train)}
+        for f in fits
+    ]
