@@ -144,7 +144,7 @@ def test_fanout_on_two_workers_adds_up_and_retries_a_killed_workers_trial(cluste
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # no trial number lost or doubled
     assert [t.number for t in trials if t.state.name == "FAIL"] == [killed]
     assert "RUNNING" not in {t.state.name for t in trials}
-    points = {tuple(round(v, 12) for _, v in sorted(t.params.items())) for t in finished}
+    points = {tuple(round(v, 12) if isinstance(v, float) else v for _, v in sorted(t.params.items())) for t in finished}
     assert len(points) == len(finished)  # no parameter point drawn twice
     retried_from = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
     (retry,) = [t for t in finished if retried_from(t) == killed]
