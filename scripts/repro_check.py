@@ -38,9 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARED_DIRS = ("metrics", "plots")
-# The first epoch line of each fit; the first two are classify's first two search trials (classify runs
-# before augment, the only other stage that prints them): kill -9 inside trial 1, with trial 0 finished.
-DEFAULT_KILL_AT = r"fit seed \d+: 1/"
+# Classify's progress line after the first fold fit of its second candidate (trial 1; only classify prints
+# "cv <recipe> #<trial>"): kill -9 inside trial 1, with trial 0 finished.
+DEFAULT_KILL_AT = r"cv \w+ #1: 1/"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pipeline", default="dvc repro", help="shell command run in each copy (default: dvc repro)")
     parser.add_argument("--profile", default="smoke", help="profile written into the copies' params.yaml")
     parser.add_argument("--kill-at", default=DEFAULT_KILL_AT, help="regex on the pipeline's output: kill -9 there")
-    parser.add_argument("--kill-count", type=int, default=2, help="kill at the n-th matching line (default 2)")
+    parser.add_argument("--kill-count", type=int, default=1, help="kill at the n-th matching line (default 1)")
     parser.add_argument(
         "--serial",
         dest="parallel",

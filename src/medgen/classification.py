@@ -345,7 +345,7 @@ def summarize_ensemble(
     candidate's out-of-fold scores on train+val (what chose it)."""
     labels = dataset.test.labels
     scored = stats.ensemble(labels, [served], SERVED)
-    chosen = next(t for t in found["candidates"] if t["trial"] == found["best_trial"])
+    chosen = found["candidates"][found["chosen"]]
     return {
         "served": {
             **{f"test_{k}": v for k, v in scored.items()},

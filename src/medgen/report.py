@@ -453,22 +453,21 @@ def classify_section(m: Mapping[str, Any], details: Mapping[str, Any]) -> list[s
     if isinstance(search, dict) and search.get("candidates"):
         rows = [
             [
-                str(t.get("trial")),
-                f"`{t.get('recipe')}`" + (" (chosen)" if t.get("trial") == search.get("best_trial") else ""),
-                num(t.get("lr")),
-                num(t.get("weight_decay")),
+                str(i),
+                f"`{t.get('recipe')}`" + (" (chosen)" if i == search.get("chosen") else ""),
+                *[f"{t[k]:.3g}" if isinstance(t.get(k), float) else "?" for k in ("lr", "weight_decay")],
                 num(t.get("cv_auc")),
                 num(t.get("cv_acc")),
                 num(t.get("cv_balanced_acc")),
             ]
-            for t in search["candidates"]
+            for i, t in enumerate(search["candidates"])
         ]
         out += [
             "",
             f"Candidates (study `{search.get('study', '?')}`), each scored by cross-validation on train+val "
             f"({search.get('pool', '?')} images; out-of-fold figures; test not read):",
             "",
-            table(["trial", "recipe", "lr", "weight decay", "CV AUC", "CV ACC", "CV balanced ACC"], rows),
+            table(["candidate", "recipe", "lr", "weight decay", "CV AUC", "CV ACC", "CV balanced ACC"], rows),
         ]
     rows = [[LABELS.get(k, k), mean_std(m, f"test_{k}"), ci(m.get(f"test_{k}_ci95"))] for k in _test_keys(m)]
     out += [

@@ -66,7 +66,7 @@ def test_the_smoke_pipeline_is_reproducible_run_again_and_killed(tmp_path, breas
     work = tmp_path / "work"
     resumed_log = (work / "b" / "resumed.log").read_text()
     killed_at = resumed_log.index("repro_check: killed (SIGKILL) at: ")
-    assert "fit seed 42: 1/" in resumed_log[killed_at:].splitlines()[0]  # inside classify's second search trial
+    assert "#1: 1/" in resumed_log[killed_at:].splitlines()[0]  # inside classify's second candidate (trial 1)
     assert "were left RUNNING by a killed process; marked FAIL" in resumed_log[killed_at:]
     assert "-classify-" in resumed_log[killed_at:] and "1 of 2 trials finished, running 1" in resumed_log[killed_at:]
     for name in ("classify.json", "augment.json", "represent.json", "generate.json"):

@@ -10,9 +10,11 @@ from tests.conftest import ROOT
 def test_defaults_and_smoke_profile_load():
     full = load_config(ROOT / "params.yaml", profile="full").classify
     smoke = load_config(ROOT / "params.yaml", profile="smoke").classify
-    assert full.seeds >= 3 and full.stem in ("standard", "pool", "cifar")
-    assert smoke.epochs < full.epochs and smoke.n_trials < full.n_trials
+    assert full.cv_folds * full.seeds >= 5 and full.stem in ("standard", "pool", "cifar")  # members of the product
+    assert full.n_trials >= len(full.recipes)  # every named recipe is a candidate
+    assert smoke.search_epochs < full.search_epochs and smoke.n_trials < full.n_trials
     assert (smoke.stem, smoke.augment, smoke.dropout) == (full.stem, full.augment, full.dropout)  # same code path
+    assert smoke.recipes == full.recipes  # the same candidates, fewer of them scored
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,7 @@ def open_search(cfg: Config) -> optuna.Study:
 
 def search_recipes(cfg: Config, dataset: data.Dataset, device, parent_run_id: str) -> tuple:
     """Every candidate's repeated K-fold CV on train+val; the best by out-of-fold AUC. Returns the search
-    summary, the fits this process made for the best candidate so far (by trial number), the pool, the folds."""
+    summary, the chosen candidate's fits when this process made them (else None), the pool, the folds."""
     c = cfg.classify
     pool = subsample(ensemble.pool_split(dataset), c.train_fraction, cfg.seed)
     folds = ensemble.make_folds(pool.labels, c.cv_folds, c.seeds, cfg.seed)
@@ -77,28 +77,28 @@ def search_recipes(cfg: Config, dataset: data.Dataset, device, parent_run_id: st
 
     study = open_search(cfg)
     search.optimize(study, objective, max(c.n_trials, 1), parent_run_id=parent_run_id)
-    table = [
-        {"trial": t.number, **t.params, **{k: v for k, v in t.user_attrs.items() if k.startswith("cv_")}}
-        for t in search.completed(study)
-    ]
-    best = study.best_trial if search.completed(study) else None
+    done = search.completed(study)  # in trial order; numbers themselves depend on kills and retries: not reported
+    if not done:
+        search.best_params(study)  # the "no completed trial" error
+    table = [{**t.params, **{k: v for k, v in t.user_attrs.items() if k.startswith("cv_")}} for t in done]
+    best = max(range(len(done)), key=lambda i: (table[i]["cv_auc"], -i))  # first of equals, in candidate order
     found = {
-        "hparams": search.best_params(study),
+        "hparams": dict(done[best].params),
         **search.counts(study),
-        "best_cv_auc": search.best_value(study),
-        "best_trial": best.number if best else None,
+        "best_cv_auc": table[best]["cv_auc"],
+        "chosen": best,
         "study": study.study_name,
         "candidates": table,
         "pool": len(pool),
     }
-    return found, {n: v["fits"] for n, v in kept.items()}, pool, folds
+    return found, kept.get(done[best].number, {}).get("fits"), pool, folds
 
 
-def members_for(cfg, dataset, found, kept, pool, folds, device) -> list[dict]:
+def members_for(cfg, dataset, found, fits, pool, folds, device) -> list[dict]:
     """The chosen candidate's fold fits: those this process made, else refitted (the same seeds give the same
     weights: a resumed or fanned-out study ends with the model an uninterrupted run makes)."""
-    if found["best_trial"] in kept:
-        return kept[found["best_trial"]]
+    if fits is not None:
+        return fits
     hp = {k: found["hparams"][k] for k in ("lr", "weight_decay")}
     chosen = ensemble.recipe(cfg.classify, found["hparams"]["recipe"])
     return ensemble.fit_folds(chosen, pool, dataset.n_classes, folds, hp, device, "refit chosen")
