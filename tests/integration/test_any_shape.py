@@ -186,6 +186,10 @@ def test_bentoml_serve_classifies_an_rgb_32px_png(cifar_run):
             probs = np.asarray(prediction["probabilities"])
             assert probs.shape == (10,) and abs(probs.sum() - 1) < 1e-5 and prediction["label"] == int(probs.argmax())
             assert response.json()["class_names"][0] == "airplane"
+            # the classify ensemble: /metadata lists its members, views and recipe (smoke: 2 folds x 1 repeat)
+            info = httpx.get(f"{url}/metadata", timeout=30).json()["models"]["classifier"]
+            assert [(m["repeat"], m["fold"]) for m in info["members"]] == [(0, 0), (0, 1)]
+            assert info["views"] == ["identity", "hflip"] and info["recipe"] in ("classic", "plain")
         finally:
             os.killpg(process.pid, 15)
             try:
