@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import mlflow
@@ -31,6 +32,7 @@ N_TRIALS = 8
 OVERRIDES = [
     f"classify.n_trials={N_TRIALS}",
     "classify.search_epochs=2",
+    "classify.train_fraction=1.0",  # trials of several seconds: the kill lands mid-trial
     "tracking.optuna_heartbeat_s=1",
     "tracking.optuna_grace_s=4",
 ]
@@ -100,7 +102,9 @@ def _api(env: dict, method: str, path: str, body: dict | None = None):
 
 
 def _kill_a_running_trial(storage: str, deadline: float) -> tuple[int, int]:
-    """SIGKILL the process running some trial once two trials finished; returns (trial number, pid)."""
+    """SIGKILL the process running some trial once two trials finished; returns (trial number, pid). Only a trial
+    that started less than a second ago is chosen: one near its end could complete between the look and the kill
+    (a loaded CI box did that: no FAIL trial)."""
     import psutil
 
     while time.monotonic() < deadline:
@@ -108,12 +112,13 @@ def _kill_a_running_trial(storage: str, deadline: float) -> tuple[int, int]:
         if studies:
             study = optuna.load_study(study_name=studies[0].study_name, storage=storage)
             if search.finished_trials(study) >= 2:
-                for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                for trial in [t for t in running if (datetime.now() - t.datetime_start).total_seconds() < 1.0]:
                     _host, pid, started = trial.user_attrs.get(search.OWNER_ATTR, "::").split(":")
                     if pid.isdigit() and f"{psutil.Process(int(pid)).create_time():.3f}" == started:
                         os.kill(int(pid), signal.SIGKILL)
                         return trial.number, int(pid)
-        time.sleep(0.2)
+        time.sleep(0.1)
     raise AssertionError("no running trial to kill")
 
 
