@@ -31,8 +31,8 @@ PG_BIN = Path(os.environ.get("MEDGEN_PG_BIN", "/usr/lib/postgresql/15/bin"))
 N_TRIALS = 8
 OVERRIDES = [
     f"classify.n_trials={N_TRIALS}",
-    "classify.search_epochs=2",
-    "classify.train_fraction=1.0",  # trials of several seconds: the kill lands mid-trial
+    "classify.search_epochs=4",
+    "classify.train_fraction=1.0",  # trials of ~10 s: the kill lands mid-trial
     "tracking.optuna_heartbeat_s=1",
     "tracking.optuna_grace_s=4",
 ]
@@ -103,8 +103,8 @@ def _api(env: dict, method: str, path: str, body: dict | None = None):
 
 def _kill_a_running_trial(storage: str, deadline: float) -> tuple[int, int]:
     """SIGKILL the process running some trial once two trials finished; returns (trial number, pid). Only a trial
-    that started less than a second ago is chosen: one near its end could complete between the look and the kill
-    (a loaded CI box did that: no FAIL trial)."""
+    that started less than 3 s ago (of ~10 s) is chosen: one near its end could complete between the look and the
+    kill (a loaded CI box did that: no FAIL trial); the margin leaves room for slow queries under load."""
     import psutil
 
     while time.monotonic() < deadline:
@@ -113,7 +113,7 @@ def _kill_a_running_trial(storage: str, deadline: float) -> tuple[int, int]:
             study = optuna.load_study(study_name=studies[0].study_name, storage=storage)
             if search.finished_trials(study) >= 2:
                 running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                for trial in [t for t in running if (datetime.now() - t.datetime_start).total_seconds() < 1.0]:
+                for trial in [t for t in running if (datetime.now() - t.datetime_start).total_seconds() < 3.0]:
                     _host, pid, started = trial.user_attrs.get(search.OWNER_ATTR, "::").split(":")
                     if pid.isdigit() and f"{psutil.Process(int(pid)).create_time():.3f}" == started:
                         os.kill(int(pid), signal.SIGKILL)
