@@ -153,7 +153,10 @@ def test_fanout_on_two_workers_adds_up_and_retries_a_killed_workers_trial(cluste
     assert len(points) == len(finished)  # no parameter point drawn twice
     retried_from = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
     (retry,) = [t for t in finished if retried_from(t) == killed]
-    assert retry.params == trials[killed].params and f":{killed_pid}:" not in retry.user_attrs[search.OWNER_ATTR]
+    assert (
+        retry.params == (trials[killed].params or trials[killed].system_attrs.get("fixed_params"))
+        and f":{killed_pid}:" not in retry.user_attrs[search.OWNER_ATTR]
+    )
     # both workers ran trials: the killed trial counts, since on a slow box one worker may finish the first two
     # trials before the other finishes any, and the trial killed then is the other worker's first
     owners = {t.user_attrs[search.OWNER_ATTR] for t in trials}
