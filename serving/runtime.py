@@ -61,6 +61,8 @@ class Model:
             "recipe",
             "members",
             "views",
+            "calibrator",
+            "ood",
         )
         return {
             "name": self.name,
@@ -199,18 +201,33 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def classify_outputs(model: Model, x: np.ndarray) -> np.ndarray:
+    """float32 (N, C, H, W) in [-1, 1] -> float64 (N, n_classes) probabilities, followed by one more column, the
+    input guard's out-of-distribution score, when the graph has that output (medgen.guard)."""
+    outputs = model.session.run(None, {"images": np.ascontiguousarray(x, dtype=np.float32)})
+    probs = softmax(outputs[0])
+    return np.column_stack([probs, outputs[1].astype(np.float64)]) if len(outputs) > 1 else probs
+
+
 def classify_probs(model: Model, x: np.ndarray) -> np.ndarray:
     """float32 (N, C, H, W) in [-1, 1] -> probabilities float64 (N, n_classes)."""
-    (logits,) = model.session.run(None, {"images": np.ascontiguousarray(x, dtype=np.float32)})
-    return softmax(logits)
+    return classify_outputs(model, x)[:, : len(model.metadata["class_names"])]
 
 
-def predictions(model: Model, probs: np.ndarray) -> list[dict[str, Any]]:
+def predictions(model: Model, outputs: np.ndarray) -> list[dict[str, Any]]:
+    """One entry per row of classify_outputs: label, class name, probabilities; with a guard also `ood_score`
+    and `in_distribution` (score <= the threshold fixed on held-out training images at export)."""
     names = model.metadata["class_names"]
-    return [
-        {"label": int(np.argmax(p)), "class_name": names[int(np.argmax(p))], "probabilities": [float(v) for v in p]}
-        for p in probs
-    ]
+    threshold = (model.metadata.get("ood") or {}).get("threshold")
+    entries = []
+    for row in outputs:
+        p = row[: len(names)]
+        best = int(np.argmax(p))
+        entry = {"label": best, "class_name": names[best], "probabilities": [float(v) for v in p]}
+        if len(row) > len(names) and threshold is not None:
+            entry |= {"ood_score": float(row[len(names)]), "in_distribution": bool(row[len(names)] <= threshold)}
+        entries.append(entry)
+    return entries
 
 
 def generate(model: Model, label: int, n: int, seed: int) -> np.ndarray:

@@ -117,7 +117,7 @@ class MedGen:
 
     def _classify_batches(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         """One onnxruntime call for the images of several requests; split back per request."""
-        probs = runtime.classify_probs(self.classifier, runtime.to_model_input(np.concatenate(batches)))
+        probs = runtime.classify_outputs(self.classifier, runtime.to_model_input(np.concatenate(batches)))
         return np.split(probs, np.cumsum([len(b) for b in batches])[:-1])
 
     async def _guarded(

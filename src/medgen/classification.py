@@ -419,6 +419,10 @@ def save_ensemble(
         "tta": list(cfg.classify.tta),
         "profile": cfg.profile,
     }
+    served = summary["served"]
+    if "ood" in served:  # medgen.guard: what export and the service need to flag an input
+        keys = ("method", "threshold", "keep")
+        config |= {"calibrator": served["calibrator"], "ood": {k: served["ood"][k] for k in keys}}
     scores = {
         "cv_auc": summary["cv"]["cv_auc"],  # the selection figure: out-of-fold, never test (medgen.registry)
         **{k: v for k, v in summary["served"].items() if k.startswith("test_") and not k.endswith("_ci95")},

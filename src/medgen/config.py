@@ -380,6 +380,9 @@ class ClassifyConfig(Section):
     seeds: int = rule(1, ge=1)
     tta: tuple[str, ...] = rule(("identity", "hflip"), choices=TTA_VIEWS, nonempty=True, distinct=True, item="view")
     jobs: int = rule(2, ge=1)  # fold fits in parallel processes (threads each)
+    # fitted on out-of-fold predictions (medgen.guard): the calibrator, and the input guard's pass share
+    calibration: str = rule("auto", choices=("auto", "none", "temperature", "bias"))
+    ood_keep: float = rule(0.95, gt=0.5, lt=1.0)
     device: str = "auto"
     # torch CPU threads; 0 = torch's default (1 is far faster on a shared CPU)
     threads: int = rule(1, ge=0, note="0 = torch's default")

@@ -105,6 +105,20 @@ def export_onnx(
     return write_file(path, lambda handle: handle.write(proto.SerializeToString()))
 
 
+def with_guard(model: torch.nn.Module, checkpoint: dict[str, Any], meta: dict[str, Any], outputs: tuple[str, ...]):
+    """The module to trace and its output names. A classify ensemble with an input guard (medgen.guard) is
+    traced with two outputs, its calibrated log-probabilities ("logits") and "ood_score" (N,); its metadata
+    (`meta`, updated here) then carries the calibrator and the guard's method and threshold."""
+    from medgen.models.classifier import GuardedOutputs
+
+    if not getattr(model, "guard", None):
+        return model, outputs
+    config = checkpoint.get("config") or {}
+    meta["outputs"].append({"name": "ood_score", "shape": ["batch"], "dtype": "float32"})
+    meta |= {"calibrator": config.get("calibrator"), "ood": config.get("ood")}
+    return GuardedOutputs(model), (*outputs, "ood_score")
+
+
 def session(path: str | Path):
     """An onnxruntime CPU session over the ONNX file at path."""
     import onnxruntime as ort
@@ -113,17 +127,24 @@ def session(path: str | Path):
 
 
 def max_abs_diff(sess: Any, model: torch.nn.Module, batches: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
-    """max |onnxruntime - torch| per batch size (key = batch size) and overall ('max')."""
+    """max |onnxruntime - torch| per batch size (key = batch size) and overall ('max'), over every output: the
+    first absolute, any further one (an OOD score) relative to max(1, |torch|)."""
     model = model.eval()
     diffs: dict[str, float] = {}
     with torch.no_grad():
         for feeds in batches:
-            expected = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
-            (got,) = sess.run(None, feeds)
-            if got.shape != expected.shape:
-                raise MedgenError(f"onnxruntime output shape {got.shape} != torch {expected.shape}")
+            expected = model(*(torch.from_numpy(v) for v in feeds.values()))
+            expected = [t.numpy() for t in expected] if isinstance(expected, tuple) else [expected.numpy()]
+            got = sess.run(None, feeds)
+            shapes = [g.shape for g in got], [e.shape for e in expected]
+            if shapes[0] != shapes[1]:
+                raise MedgenError(f"onnxruntime output shapes {shapes[0]} != torch {shapes[1]}")
             n = len(next(iter(feeds.values())))
-            diffs[str(n)] = float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
+            # the first output absolutely; later ones (the guard's unbounded distance) relative to max(1, |torch|)
+            diffs[str(n)] = max(
+                float(np.max(np.abs(g.astype(np.float64) - e) / (np.maximum(1.0, np.abs(e)) if i else 1.0)))
+                for i, (g, e) in enumerate(zip(got, (e.astype(np.float64) for e in expected)))
+            )
     diffs["max"] = max(diffs.values())
     return diffs
 

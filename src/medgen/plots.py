@@ -204,6 +204,29 @@ def roc_figure(curves: dict[str, dict[str, list[float]]]):
     return fig
 
 
+def reliability_figure(diagrams: dict[str, list[dict]]):
+    """Reliability diagram: per entry {label: medgen.calibration.reliability bins}, accuracy against mean
+    confidence per bin (marker area ~ images in the bin), the diagonal = perfect calibration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    for label, bins in diagrams.items():
+        conf, acc, n = ([b[k] for b in bins] for k in ("confidence", "accuracy", "n"))
+        ax.plot(conf, acc, "-", label=label, alpha=0.8)
+        ax.scatter(conf, acc, s=[8 + 2 * v for v in n], alpha=0.6)
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("mean top probability in the bin")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title("reliability on test (15 bins)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
 # --- generate
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from medgen import classification, data, tracking
+from medgen import classification, data, guard, tracking
 from medgen.errors import MedgenError
 from medgen.models.classifier import TinyEncoder
 from medgen.stages import classify, prepare
@@ -65,6 +65,20 @@ def test_smoke_end_to_end_and_checkpoint_reproduces_test_predictions(smoke_cfg, 
     assert np.sum(details["confusion"]) == len(prepared.test)
     for name in ("history.csv", "confusion.json", "roc.csv", "curves.png", "confusion.png", "roc.png"):
         assert (Path(c.plots_dir) / name).stat().st_size > 0, name
+    # calibration and the input guard (#18): fitted on out-of-fold predictions, scored on test once
+    for key in ("ece", "ece_uncalibrated", "brier", "brier_uncalibrated", "nll", "nll_uncalibrated"):
+        lo, hi = served[f"{key}_ci95"]
+        assert lo <= served[key] <= hi, key
+    calibrator = served["calibrator"]
+    assert calibrator["kind"] == min(calibrator["cv_nll"], key=lambda kind: round(calibrator["cv_nll"][kind], 6))
+    ood = served["ood"]
+    assert ood["method"] == max(ood["selection"], key=lambda name: round(ood["selection"][name], 6))
+    assert set(ood["sets"]) == {"digits", "patches", "constant", "noise", "inverted", "blur", "rot90"}
+    assert all(0.0 <= s["auroc"] <= 1.0 and 0.0 <= s["flagged"] <= 1.0 and s["n"] > 0 for s in ood["sets"].values())
+    assert 0.0 <= ood["test_flagged"] <= 1.0 and ood["keep"] == c.ood_keep
+    reliability = json.loads((Path(c.plots_dir) / "reliability.json").read_text())
+    assert sum(b["n"] for b in reliability["served"]) == len(prepared.test)
+    assert (Path(c.plots_dir) / "reliability.png").stat().st_size > 0
 
     model, checkpoint = load_model(c.checkpoint)
     config = checkpoint["config"]
@@ -76,6 +90,9 @@ def test_smoke_end_to_end_and_checkpoint_reproduces_test_predictions(smoke_cfg, 
     for key in ("acc", "auc", "balanced_acc"):  # the checkpoint is exactly the model the served figures score
         assert again[key] == pytest.approx(served[f"test_{key}"], abs=1e-9), key
     assert checkpoint["metrics"]["cv_auc"] == summary["cv"]["cv_auc"]  # the registry's selection figure
+    assert config["ood"]["threshold"] == ood["threshold"] and config["calibrator"] == calibrator
+    flagged = guard.predict(model, prepared.test.images, "cpu")[1] > ood["threshold"]
+    assert flagged.mean() == pytest.approx(ood["test_flagged"], abs=1e-9)  # the checkpoint flags what was reported
 
     tracking.configure(cfg.tracking)
     experiment = mlflow.get_experiment_by_name("medgen/breastmnist/classify")

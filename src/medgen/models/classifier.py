@@ -68,6 +68,17 @@ class ResNetClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))  # (N, n_classes)
 
+    def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Each residual stage's output averaged over space [(N, 64), (N, 128), (N, 256), (N, 512)] and the
+        logits (N, n_classes): what the input guard (medgen.guard) measures distances on."""
+        net = self.backbone
+        h = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        pooled = []
+        for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+            h = stage(h)
+            pooled.append(h.mean(dim=(2, 3)))
+        return pooled, self.head(pooled[-1])
+
 
 class EncoderClassifier(nn.Module):
     """A feature encoder (N, C, S, S) -> (N, F) followed by dropout and a linear head -> (N, n_classes).
@@ -91,6 +102,11 @@ class EncoderClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The encoder's output [(N, F)] and the logits (N, n_classes) (see ResNetClassifier.features)."""
+        encoded = self.backbone(x)
+        return [encoded], self.head(encoded)
 
 
 class TinyEncoder(nn.Module):
@@ -146,30 +162,102 @@ def tta_view(x: torch.Tensor, view: str) -> torch.Tensor:
 MEMBER_CLASSES = {"ResNetClassifier": ResNetClassifier, "EncoderClassifier": EncoderClassifier}
 
 
+CALIBRATIONS = ("none", "temperature", "bias")
+GUARD_SCORES = ("mahalanobis", "energy", "msp")
+
+
 class EnsembleClassifier(nn.Module):
     """K classifiers of one architecture averaged over test-time views: (N, C, S, S) -> (N, n_classes).
 
     The output is log(mean softmax) over members and views, so softmax(output) is exactly the averaged
     probability and every consumer of "logits" (predict_proba, the ONNX service) reads it unchanged.
+    With `calibration` "temperature" or "bias" the output is log_softmax(log(mean) / T + b) (buffers
+    `cal_temperature`, `cal_bias`; b = 0 for "temperature", which keeps every ranking and argmax).
+    With a `guard` ({"score", "level", "dim"}: medgen.guard), `guarded(x)` also returns an out-of-distribution
+    score (N,), higher = less like the training images: "mahalanobis" = the smallest class-conditional
+    Mahalanobis distance of the view-averaged features of residual stage `level` (buffers `guard_means`
+    (K members, classes, dim), `guard_precision` (K members, dim, dim)), averaged over members; "energy" =
+    -logsumexp(member logits) averaged over members and views; "msp" = 1 - the largest served probability.
     """
 
-    def __init__(self, member_class: str, member_kwargs: dict, n_members: int, views: tuple[str, ...] = ("identity",)):
+    def __init__(
+        self,
+        member_class: str,
+        member_kwargs: dict,
+        n_members: int,
+        views: tuple[str, ...] = ("identity",),
+        calibration: str = "none",
+        guard: dict | None = None,
+    ):
         super().__init__()
         if member_class not in MEMBER_CLASSES:
             raise ValueError(f"member_class must be one of {tuple(MEMBER_CLASSES)}, got {member_class!r}")
         unknown = [v for v in views if v not in TTA_VIEWS]
         if n_members < 1 or not views or unknown:
             raise ValueError(f"need >= 1 member and known views ({', '.join(TTA_VIEWS)}), got {n_members}, {views}")
+        if calibration not in CALIBRATIONS or (guard is not None and guard.get("score") not in GUARD_SCORES):
+            raise ValueError(f"calibration must be one of {CALIBRATIONS} and guard score one of {GUARD_SCORES}")
         self.members = nn.ModuleList(MEMBER_CLASSES[member_class](**member_kwargs) for _ in range(n_members))
         self.views = tuple(views)
+        self.calibration, self.guard = calibration, dict(guard) if guard else None
+        n_classes = int(member_kwargs["n_classes"])
+        if calibration != "none":
+            self.register_buffer("cal_temperature", torch.ones(1))
+            self.register_buffer("cal_bias", torch.zeros(n_classes))
+        if self.guard and self.guard["score"] == "mahalanobis":
+            dim = int(self.guard["dim"])
+            self.register_buffer("guard_means", torch.zeros(n_members, n_classes, dim))
+            self.register_buffer("guard_precision", torch.zeros(n_members, dim, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _split_mean(self, values: torch.Tensor, n: int) -> torch.Tensor:
+        """(V*N, ...) stacked views -> their mean (N, ...), sliced so the trailing axes stay static in ONNX."""
+        return sum(values[i * n : (i + 1) * n] for i in range(len(self.views))) / len(self.views)
+
+    def _run(self, x: torch.Tensor, scored: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         n = x.shape[0]
         views = torch.cat([tta_view(x, v) for v in self.views]) if len(self.views) > 1 else x  # (V*N, C, S, S)
-        total = None
-        for member in self.members:
-            probs = F.softmax(member(views), dim=1)  # (V*N, K)
-            summed = sum(probs[i * n : (i + 1) * n] for i in range(len(self.views)))  # (N, K); K stays static in ONNX
-            total = summed if total is None else total + summed
-        mean = total / (len(self.members) * len(self.views))
-        return torch.log(mean.clamp_min(1e-12))
+        score_kind = self.guard["score"] if scored and self.guard else None
+        total, score = None, None
+        for m, member in enumerate(self.members):
+            if score_kind in ("mahalanobis", "energy"):
+                pooled, logits = member.features(views)
+            else:
+                logits = member(views)
+            mean = self._split_mean(F.softmax(logits, dim=1), n)  # (N, K)
+            total = mean if total is None else total + mean
+            if score_kind == "mahalanobis":
+                feats = self._split_mean(pooled[int(self.guard["level"])], n)  # (N, D)
+                diff = feats[:, None, :] - self.guard_means[m][None]  # (N, K, D)
+                member_score = ((diff @ self.guard_precision[m]) * diff).sum(-1).amin(dim=1)  # (N,)
+            elif score_kind == "energy":
+                member_score = self._split_mean(-torch.logsumexp(logits, dim=1), n)  # (N,)
+            if score_kind in ("mahalanobis", "energy"):
+                score = member_score if score is None else score + member_score
+        log_mean = torch.log((total / len(self.members)).clamp_min(1e-12))
+        if self.calibration != "none":
+            log_mean = F.log_softmax(log_mean / self.cal_temperature + self.cal_bias, dim=1)
+        if score_kind == "msp":
+            score = 1.0 - log_mean.exp().amax(dim=1)
+        elif score is not None:
+            score = score / len(self.members)
+        return log_mean, score
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, scored=False)[0]
+
+    def guarded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(served log-probabilities (N, n_classes), out-of-distribution score (N,)); needs a guard."""
+        if not self.guard:
+            raise ValueError("this ensemble has no input guard")
+        return self._run(x, scored=True)
+
+
+class GuardedOutputs(nn.Module):
+    """An ensemble with a guard as a module of two outputs (logits, ood_score): what export traces."""
+
+    def __init__(self, ensemble: EnsembleClassifier):
+        super().__init__()
+        self.ensemble = ensemble
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ensemble.guarded(x)

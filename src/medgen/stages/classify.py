@@ -2,9 +2,11 @@
 
 Inputs : data/prepared/<flag>.npz; classify.encoder_checkpoint when classify.pretrained=encoder.
 Outputs: classify.checkpoint (an EnsembleClassifier: the chosen candidate's cv_folds x seeds fold models
-         averaged over the classify.tta views, written with medgen.training.save_model; config holds
-         n_classes, class_names, input_shape [C, S, S], the stem, the recipe and its members), classify.metrics
-         (`served`: test metrics of exactly that model with 95% intervals; per member mean, std and interval of
+         averaged over the classify.tta views, calibrated, with an input guard (medgen.guard), written with
+         medgen.training.save_model; config holds n_classes, class_names, input_shape [C, S, S], the stem, the
+         recipe, its members, the calibrator and the guard's method and threshold), classify.metrics
+         (`served`: test metrics of exactly that model with 95% intervals, its calibration before/after and the
+         guard on test and OOD sets; per member mean, std and interval of
          the mean, medgen.stats; the chosen candidate's CV scores), classify.details (every candidate's CV
          scores, the members, per-member test figures), classify.plots_dir (history.csv, confusion.json,
          roc.csv, PNGs). Test is scored once, after the choice.
@@ -26,7 +28,7 @@ import mlflow
 import optuna
 import torch
 
-from medgen import classification, data, ensemble, metrics, plots, search, tracking
+from medgen import calibration, classification, data, ensemble, guard, metrics, plots, search, tracking
 from medgen.classification import build_model, predict_proba, subsample
 from medgen.config import Config
 from medgen.io import write_csv, write_json
@@ -37,9 +39,10 @@ log = logging.getLogger(__name__)
 
 
 def study_spec(cfg: Config) -> dict[str, Any]:
-    """What defines the search: every classify setting that changes a CV score (the repeats included; not
-    the views, parallel jobs or paths), so an ablation never resumes another's trials."""
-    return search.definition(cfg, "classify", ignore=("tta", "jobs"), repeats=cfg.classify.seeds, scheme="cv")
+    """What defines the search: every classify setting that changes a CV score (the repeats included; not the
+    views, jobs, calibration, guard or paths), so an ablation never resumes another's trials."""
+    ignored = ("tta", "jobs", "calibration", "ood_keep")  # fitted after the choice, from its out-of-fold predictions
+    return search.definition(cfg, "classify", ignore=ignored, repeats=cfg.classify.seeds, scheme="cv")
 
 
 def open_search(cfg: Config) -> optuna.Study:
@@ -104,16 +107,20 @@ def members_for(cfg, dataset, found, fits, pool, folds, device) -> list[dict]:
     return ensemble.fit_folds(chosen, pool, dataset.n_classes, folds, hp, device, "refit chosen")
 
 
-def write_plots(cfg: Config, dataset: data.Dataset, fits: list[dict], member_probs: list, served) -> list[Path]:
-    """DVC plot data for the served ensemble (confusion.json, roc.csv), member 0's history.csv, and PNGs."""
+def write_plots(cfg: Config, dataset: data.Dataset, fits: list[dict], member_probs: list, served, raw) -> list[Path]:
+    """DVC plot data for the served ensemble (confusion.json, roc.csv, reliability.json), member 0's history.csv,
+    and PNGs (reliability.png: before and after calibration)."""
     out = Path(cfg.classify.plots_dir)
     labels = dataset.test.labels
+    diagrams = {"uncalibrated": calibration.reliability(labels, raw), "served": calibration.reliability(labels, served)}
     rows = fits[0]["rows"]
     names = dataset.class_names  # may contain commas ("normal, benign"): JSON, not CSV
     pairs = [{"actual": names[a], "predicted": names[p]} for a, p in zip(labels.tolist(), served.argmax(1).tolist())]
     files = [
         write_csv(out / "history.csv", list(rows[0]), [[r[k] for k in rows[0]] for r in rows]),
         write_json(out / "confusion.json", pairs),
+        write_json(out / "reliability.json", diagrams),
+        plots.save_figure(plots.reliability_figure(diagrams), out / "reliability.png"),
     ]
     if dataset.n_classes == 2:
         curve = metrics.roc(labels, served)
@@ -123,14 +130,12 @@ def write_plots(cfg: Config, dataset: data.Dataset, fits: list[dict], member_pro
         }
         curves[f"served ensemble (AUC {metrics.auc(labels, served):.3f})"] = curve
         files.append(plots.save_figure(plots.roc_figure(curves), out / "roc.png"))
-    files.append(
-        plots.save_figure(plots.training_curves({i: f["rows"] for i, f in enumerate(fits)}), out / "curves.png")
-    )
     matrix = metrics.confusion(labels, served.argmax(1), dataset.n_classes)
-    files.append(
-        plots.save_figure(plots.confusion_figure(matrix, names, "test, served ensemble"), out / "confusion.png")
-    )
-    return files
+    return [
+        *files,
+        plots.save_figure(plots.training_curves({i: f["rows"] for i, f in enumerate(fits)}), out / "curves.png"),
+        plots.save_figure(plots.confusion_figure(matrix, names, "test, served ensemble"), out / "confusion.png"),
+    ]
 
 
 def outputs(cfg: Config) -> list[Output]:
@@ -170,18 +175,20 @@ def run(cfg: Config) -> dict[str, Any]:
         found, kept, pool, folds = search_recipes(cfg, dataset, device, stage.info.run_id)
         mlflow.log_params({f"chosen.{k}": v for k, v in found["hparams"].items()})
         fits = members_for(cfg, dataset, found, kept, pool, folds, device)
-        model, kwargs = ensemble.assemble(fits, cfg.classify.tta)
+        raw_model, kwargs = ensemble.assemble(fits, cfg.classify.tta)
+        model, kwargs, fitted = guard.fit(cfg, raw_model, kwargs, pool, folds, dataset.n_classes, device)
         mlflow.log_params(
             {"image_shape": list(dataset.image_shape), "stem_used": kwargs["member_kwargs"].get("stem", "encoder")}
         )
         # the one look at test: the served model, and its members alone (no views) for the spread
-        served = predict_proba(model, dataset.test, device)
+        served, raw = predict_proba(model, dataset.test, device), predict_proba(raw_model, dataset.test, device)
         member_probs = [predict_proba(m, dataset.test, device) for m in model.members]
         summary = classification.summarize_ensemble(cfg, dataset, served, member_probs, found)
+        summary["served"] |= guard.report(model, dataset.test, raw, served, fitted, device)
         classification.save_ensemble(cfg, dataset, model, kwargs, found, ensemble.members(fits), summary)
         write_json(cfg.classify.metrics, summary)
         write_json(cfg.classify.details, classification.ensemble_details(dataset, found, fits, served, member_probs))
-        files = write_plots(cfg, dataset, fits, member_probs, served)
+        files = write_plots(cfg, dataset, fits, member_probs, served, raw)
         mlflow.log_metrics(tracking.numeric_metrics(summary))
         tracking.log_files(files, "plots")
         tracking.log_files([Path(cfg.classify.metrics), Path(cfg.classify.details)], "metrics")

@@ -138,6 +138,7 @@ def export_one(target: Target, cfg: Config, real: np.ndarray) -> tuple[dict[str,
     model, checkpoint = load_model(target.checkpoint)
     if target.kind == "classifier":
         spec, example, inputs, outputs, batches = _classifier_spec(model, checkpoint, real, cfg)
+        model, outputs = onnx_export.with_guard(model, checkpoint, spec, outputs)  # + ood_score (medgen.guard)
     else:
         spec, example, inputs, outputs, batches = _generator_spec(model, checkpoint, real, cfg)
     # No run id or registry version in the files: they are DVC outputs, the same for the same checkpoints.
