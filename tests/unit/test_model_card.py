@@ -150,3 +150,17 @@ def test_write_is_deterministic_and_has_every_section(cfg, tmp_path):
     headings = [line[4:] for line in text.splitlines() if line.startswith("### ")]
     assert headings == [title for _, title in model_card.SECTIONS]
     assert "## classifier: `classifier.onnx` (medgen-classifier)" in text
+
+
+def test_augmented_classifier_card_has_its_arm_and_the_paired_comparison(cfg, monkeypatch):
+    summary = json.loads((ROOT / "metrics" / "augment.json").read_text())
+    write_json(cfg.augment.metrics, summary)
+    recorded = {"config": {"arm": "synthetic", "profile": "full"}, "metrics": {"test_auc": 0.9}}
+    monkeypatch.setattr("medgen.training.load_checkpoint", lambda path: recorded)
+    target = Target("augmented_classifier", "classifier_augmented", "x", Path(cfg.augment.checkpoint), "classifier")
+    results = model_card.build(cfg, target, _meta(), _dataset())["quantitative_analyses"]
+    assert results["test"] == {"test_auc": {"value": 0.9, "ci95": None}}  # one model: no interval of its own
+    arm = summary["arms"]["synthetic"]
+    assert results["arm"]["seed_means"]["auc"] == {"value": arm["test_auc_mean"], "ci95": arm["test_auc_ci95"]}
+    assert results["arm"]["vs_baseline"] == summary["vs_baseline"]["synthetic"]
+    assert results["calibration"] == results["ood"] == model_card.NOT_MEASURED
