@@ -190,11 +190,12 @@ class MedGen:
         return JSONResponse(out)
 
     async def _metadata(self, _: Request, __: str) -> Response:
-        s, classifier = self.settings, self.classifier
+        s, classifier, card = self.settings, self.classifier, startup.card_view(self.served)
         return JSONResponse(
             {
                 "models": {name: model.info() for name, model in self.served.models.items()},
                 "manifest": startup.manifest_view(self.served),
+                **({"model_card": card} if card else {}),
                 "input_spec": {
                     "classify": classifier.contract.describe(s.max_batch, s.max_image_pixels),
                     "generate": {

@@ -97,3 +97,17 @@ def check_or_exit() -> None:
 
 def manifest_view(served: runtime.Served) -> dict[str, Any] | None:
     return integrity.summary(served.manifest) if served.manifest else None
+
+
+CARD_TYPES = {"json": "application/json", "md": "text/markdown"}
+
+
+def card_view(served: runtime.Served) -> dict[str, Any] | None:
+    """What /metadata says of the model card: where, in which media types, each file's sha256; None without one."""
+    if not served.card:
+        return None
+    return {
+        "url": "/model-card",
+        "formats": [CARD_TYPES[kind] for kind in runtime.CARD_FILES if kind in served.card],
+        "sha256": {runtime.CARD_FILES[kind]: integrity.sha256(body) for kind, body in sorted(served.card.items())},
+    }

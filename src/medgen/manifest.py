@@ -37,7 +37,12 @@ def _sha256(path: Path) -> str:
 
 
 # dvc.yaml's code deps of the export stage: the manifest may depend on nothing else (tests/unit/test_manifest.py)
-CODE_PATHS = ("src/medgen/stages/export.py", "src/medgen/onnx_export.py", "src/medgen/manifest.py")
+CODE_PATHS = (
+    "src/medgen/stages/export.py",
+    "src/medgen/onnx_export.py",
+    "src/medgen/manifest.py",
+    "src/medgen/model_card.py",
+)
 
 
 def code_state() -> tuple[str, bool]:

@@ -4,6 +4,7 @@ check that fails the stage."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -63,8 +64,10 @@ def test_export_end_to_end(smoke_cfg, workdir):
         version = client.get_model_version_by_alias(name, "candidate")
         assert str(version.version) == "1" and version.tags["medgen.status"] == "candidate"
         assert "profile" in version.tags["medgen.reason"] and version.tags["medgen.profile"] == "smoke"
+    cards = {n: (Path(cfg.export.out_dir) / n).read_bytes() for n in ("model_card.json", "model_card.md")}
     export.run(cfg)
     assert str(client.get_model_version_by_alias("medgen-classifier", "candidate").version) == "2"
+    assert cards == {n: (Path(cfg.export.out_dir) / n).read_bytes() for n in cards}  # no run id, time or version
     # Same checkpoints, same export files: no registry version or alias in them (those depend on the
     # registry's history); the manifest names the model by the file's sha256, which the version carries.
     first = json.loads((out / "manifest.json").read_text())
@@ -73,6 +76,22 @@ def test_export_end_to_end(smoke_cfg, workdir):
     assert entry == {"file": "classifier.onnx", "sha256": meta["sha256"]}
     latest = client.get_model_version_by_alias("medgen-classifier", "candidate")
     assert latest.tags["medgen.sha256"] == meta["sha256"]
+
+    # Model cards: written before the manifest (so it lists them), the same bytes for the same inputs, and each
+    # registered version's run holds its own model's card, whose sha256 the version carries.
+    card = json.loads((out / "model_card.json").read_text())
+    assert set(card["models"]) == {"classifier", "augmented_classifier", "generator"} and card["schema"] == 1
+    assert {"model_card.json", "model_card.md"} <= set(first["files"])
+    assert first["files"]["model_card.md"]["sha256"] == hashlib.sha256((out / "model_card.md").read_bytes()).hexdigest()
+    assert card["models"]["classifier"]["evaluation_data"]["n"] == 156
+    assert "### Caveats and recommendations" in (out / "model_card.md").read_text()
+    for name, key in (("medgen-classifier", "classifier"), ("medgen-generator", "generator")):
+        version = client.get_model_version_by_alias(name, "candidate")
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=f"model_card/{key}"))
+        own = (folder / "model_card.json").read_text()
+        assert version.tags["medgen.model_card"] == hashlib.sha256(own.encode()).hexdigest()
+        assert json.loads(own)["models"] == {key: card["models"][key]}
+        assert f"## {key}: `" in (folder / "model_card.md").read_text()
 
     # The service loads a registry alias, still without torch or pickle.
     env = {

@@ -16,16 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from medgen import data, manifest
+from medgen import data, manifest, model_card
 from medgen.cli import serve_command
 from medgen.params import load_config
 from tests.conftest import ROOT
 from tests.standins import save_classifier, save_generator
 
 
-def export_standins(folder: Path, npz: Path) -> Path:
+def export_standins(folder: Path, npz: Path, card: bool = False) -> Path:
     """Stand-in classifier + generator -> <folder>/export/{classifier,generator}.{onnx,json} via the stage's
-    own export_one (parity-checked on real BreastMNIST test images), without MLflow."""
+    own export_one (parity-checked on real BreastMNIST test images), without MLflow; with `card`, also the
+    model_card.{json,md} the stage writes (medgen.model_card.write)."""
     from medgen.stages import export
 
     cfg = load_config(
@@ -43,6 +44,8 @@ def export_standins(folder: Path, npz: Path) -> Path:
     save_generator(cfg.export.generator_checkpoint)
     for target in export.targets(cfg):
         export.export_one(target, cfg, real.numpy())
+    if card:
+        model_card.write(cfg, cfg.export.out_dir, export.targets(cfg), data.load_npz(npz, cfg.data))
     manifest.write(cfg, cfg.export.out_dir)  # as the stage does last
     return Path(cfg.export.out_dir)
 

@@ -251,26 +251,31 @@ def test_metadata_and_health(client, export_dir):
     assert proof["code_commit"] and "params_sha256" in proof
     assert meta["limits"]["max_json_depth"] == 8 and meta["limits"]["auth"] == "none"
     assert meta["input_spec"]["generate"]["n"] == "1..256"
+    assert "model_card" not in meta  # these stand-ins were exported without a card: nothing to link
 
 
-def test_model_card_json_and_markdown(export_dir, tmp_path):
-    """/model-card serves the card export wrote (listed in the manifest): JSON, or Markdown on request."""
-    import shutil
+def test_model_card_json_and_markdown(breastmnist_npz, tmp_path):
+    """/model-card serves the card export wrote (medgen.model_card, listed in the manifest): JSON, or Markdown
+    on request; /metadata links it with each file's sha256."""
+    from tests.serving.conftest import export_standins, running
 
-    from medgen import manifest
-    from medgen.params import load_config
-    from tests.conftest import ROOT
-    from tests.serving.conftest import running
-
-    folder = tmp_path / "export"
-    shutil.copytree(export_dir, folder)
-    (folder / "model_card.json").write_text(json.dumps({"intended_use": "research only", "test_auc": 0.9}))
-    (folder / "model_card.md").write_text("# Model card\n\nResearch only.\n")
-    manifest.write(load_config(ROOT / "params.yaml"), folder)  # as export does: the card is listed, then served
+    folder = export_standins(tmp_path, breastmnist_npz, card=True)
+    written = {kind: (folder / name).read_bytes() for kind, name in runtime.CARD_FILES.items()}
     with running(folder, tmp_path) as live, httpx.Client(base_url=live.url, timeout=30) as c:
         card = c.get("/model-card")
-        assert card.status_code == 200 and card.json() == {"intended_use": "research only", "test_auc": 0.9}
+        assert card.status_code == 200 and card.headers["content-type"] == "application/json"
+        assert card.content == written["json"]
+        body = card.json()
+        assert body["schema"] == 1 and set(body["models"]) == {"classifier", "generator"}
+        assert body["models"]["classifier"]["evaluation_data"]["n"] == 156  # the real BreastMNIST test split
         markdown = c.get("/model-card", headers={"accept": "text/markdown"})
         assert markdown.status_code == 200 and markdown.headers["content-type"].startswith("text/markdown")
-        assert markdown.text == "# Model card\n\nResearch only.\n"
-        assert "model_card.json" in c.get("/metadata").json()["manifest"]["files"]
+        assert markdown.content == written["md"]
+        assert "### Intended use" in markdown.text and "NOT a diagnostic device" in markdown.text
+        meta = c.get("/metadata").json()
+        assert meta["model_card"] == {
+            "url": "/model-card",
+            "formats": ["application/json", "text/markdown"],
+            "sha256": {runtime.CARD_FILES[k]: hashlib.sha256(v).hexdigest() for k, v in written.items()},
+        }
+        assert meta["manifest"]["files"]["model_card.json"] == meta["model_card"]["sha256"]["model_card.json"]

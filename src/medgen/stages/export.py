@@ -3,7 +3,8 @@
 
 Inputs : export.classifier_checkpoint, export.generator_checkpoint, export.augmented_checkpoint
          (optional), all written by medgen.training.save_model; data/prepared/<flag>.npz (parity inputs).
-Outputs: <export.out_dir>/{classifier,classifier_augmented,generator}.{onnx,json} and manifest.json
+Outputs: <export.out_dir>/{classifier,classifier_augmented,generator}.{onnx,json}, model_card.{json,md}
+         (medgen.model_card; also on each registered version's run) and manifest.json
          (sha256 of every file, code commit, params hash, registered versions: medgen.manifest), export.metrics
          (`{"classifier": {"max_abs_diff": ...}, "generator": {"max_abs_diff": ...}}`).
 MLflow : experiment medgen/<flag>/export; registered models medgen-classifier[-augmented],
@@ -23,7 +24,7 @@ import mlflow
 import numpy as np
 import torch
 
-from medgen import data, manifest, onnx_export, registry, tracking
+from medgen import data, manifest, model_card, onnx_export, registry, tracking
 from medgen.config import Config
 from medgen.errors import MedgenError
 from medgen.io import remove_output, write_json
@@ -178,19 +179,22 @@ def run(cfg: Config) -> dict[str, Any]:
     set_seed(cfg.seed)
     with tracking.stage_run(cfg, "export", params_sections=("export",)):
         chosen = targets(cfg)  # missing checkpoints fail before any work
-        test_images, _ = data.to_tensors(data.load_prepared(cfg.data).test)
-        real = test_images.numpy()
+        prepared = data.load_prepared(cfg.data)
+        real = data.to_tensors(prepared.test)[0].numpy()
         metrics: dict[str, Any] = {}
+        versions: dict[str, str] = {}  # target key -> registered version
         for target in chosen:
             result, onnx_path, json_path = export_one(target, cfg, real)
             if cfg.export.register:
-                registry.register(
+                versions[target.key] = registry.register(
                     target.kind, target.registry_name, target.key, target.checkpoint, cfg, onnx_path, json_path
                 )
             tracking.log_files([onnx_path, json_path], "onnx")
             metrics[target.key] = result
             log.info("exported %s: max |ort - torch| = %.2e", target.key, result["max_abs_diff"])
         write_json(cfg.export.metrics, metrics)
+        # Model cards before the manifest (which hashes them); each registered version's run gets its own card
+        model_card.log(model_card.write(cfg, cfg.export.out_dir, chosen, prepared), cfg.export.out_dir, versions)
         # Last: the manifest hashes every file now in the folder; the service serves nothing it does not list.
         tracking.log_files([manifest.write(cfg, cfg.export.out_dir)], "onnx")
         mlflow.log_metrics(tracking.numeric_metrics(metrics))
