@@ -137,11 +137,9 @@ def _generator_spec(model: torch.nn.Module, checkpoint: dict[str, Any], real: np
 def export_one(target: Target, cfg: Config, real: np.ndarray) -> tuple[dict[str, Any], Path, Path]:
     """Export, check and compare one model; the ONNX file is removed again when parity fails."""
     model, checkpoint = load_model(target.checkpoint)
-    if target.kind == "classifier":
-        spec, example, inputs, outputs, batches = _classifier_spec(model, checkpoint, real, cfg)
-        model, outputs = onnx_export.with_guard(model, checkpoint, spec, outputs)  # + ood_score (medgen.guard)
-    else:
-        spec, example, inputs, outputs, batches = _generator_spec(model, checkpoint, real, cfg)
+    spec_of = _classifier_spec if target.kind == "classifier" else _generator_spec
+    spec, example, inputs, outputs, batches = spec_of(model, checkpoint, real, cfg)
+    model, outputs = onnx_export.with_guard(model, checkpoint, spec, outputs)  # + ood_score (medgen.guard)
     # No run id or registry version in the files: they are DVC outputs, the same for the same checkpoints.
     # MLflow links them instead (the export run logs them; the registered version records its run).
     meta = {
