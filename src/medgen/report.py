@@ -206,6 +206,7 @@ def classify_rows(m: Mapping[str, Any]) -> list[list[str]]:
         members = served.get("members", "?")
         rows.append([f"served classifier ({members}-model ensemble): test {LABELS[k]}", num(value),
                      ci(served.get(f"test_{k}_ci95")), verdict])  # fmt: skip
+    rows += guard_rows(served)
     members = m.get("members", m.get("seeds", "?"))
     rows += [
         [
@@ -218,6 +219,73 @@ def classify_rows(m: Mapping[str, Any]) -> list[list[str]]:
         if f"test_{k}_mean" in m
     ]
     return rows
+
+
+# issue #18's bars, fixed before the run that they judge
+GUARD_TARGETS = {"ece": 0.05, "far_auroc": 0.95, "test_flagged": 0.10}
+
+
+def _at_most(value: float, limit: float, fmt: str = "{:.2f}") -> str:
+    return f"target ≤ {fmt.format(limit)} met" if value <= limit else f"**target ≤ {fmt.format(limit)} missed**"
+
+
+def guard_rows(served: Mapping[str, Any]) -> list[list[str]]:
+    """Headline rows for calibration and the input guard (metrics/classify.json `served`), when measured."""
+    rows = []
+    if isinstance(served.get("ece"), (int, float)):
+        rows.append(["served classifier: test ECE (15 bins), calibrated", num(served["ece"]),
+                     ci(served.get("ece_ci95")), _at_most(served["ece"], GUARD_TARGETS["ece"])])  # fmt: skip
+    ood = served.get("ood") if isinstance(served.get("ood"), dict) else {}
+    far = {k: v for k, v in (ood.get("sets") or {}).items() if v.get("kind") == "far"}
+    if far:
+        worst = min(far, key=lambda k: far[k]["auroc"])
+        value = far[worst]["auroc"]
+        limit = GUARD_TARGETS["far_auroc"]
+        verdict = f"target ≥ {limit:.2f} met" if value >= limit else f"**target ≥ {limit:.2f} missed**"
+        rows.append([f"input guard: lowest far-OOD AUROC ({worst})", num(value), "—", verdict])
+    if isinstance(ood.get("test_flagged"), (int, float)):
+        limit = GUARD_TARGETS["test_flagged"]
+        rows.append(["input guard: real test images flagged", f"{ood['test_flagged']:.1%}", "—",
+                     _at_most(ood["test_flagged"], limit, "{:.0%}")])  # fmt: skip
+    return rows
+
+
+def guard_section(served: Mapping[str, Any]) -> list[str]:
+    """Results-page lines: calibration before/after with intervals and the calibrator's choice; the input
+    guard's method choice and its test/OOD table."""
+    if not isinstance(served.get("calibrator"), dict):
+        return []
+    cal = served["calibrator"]
+
+    def pair(key: str, label: str) -> list[str]:
+        before = with_ci(served.get(f"{key}_uncalibrated"), served.get(f"{key}_uncalibrated_ci95"))
+        return [label, before, with_ci(served.get(key), served.get(f"{key}_ci95"))]
+
+    rows = [pair(k, label) for k, label in (("ece", "ECE"), ("brier", "Brier"), ("nll", "NLL"))]
+    rows += [pair(f"test_{k}", LABELS.get(k, k)) for k in ("auc", "acc", "balanced_acc")]
+    cv = ", ".join(f"{k} {v:.4f}" for k, v in (cal.get("cv_nll") or {}).items())
+    out = [
+        "",
+        f"Calibration (test, once; fitted on {cal.get('fitted_on', '?')}): calibrator `{cal.get('kind')}` "
+        f"(T = {num(cal.get('temperature'))}, bias {[round(b, 3) for b in cal.get('bias', [])]}), chosen by "
+        f"5-fold cross-validated NLL on those predictions: {cv}.",
+        "",
+        table(["test", "before calibration", "served (calibrated)"], rows),
+    ]
+    ood = served.get("ood")
+    if isinstance(ood, dict):
+        selection = ", ".join(f"{k} {v:.3f}" for k, v in (ood.get("selection") or {}).items())
+        sets = [[name, s.get("kind", "?"), str(s.get("n", "?")), num(s.get("auroc")), f"{s.get('flagged', 0):.1%}"]
+                for name, s in (ood.get("sets") or {}).items()]  # fmt: skip
+        out += [
+            "",
+            f"Input guard: `{ood.get('method')}`, threshold {num(ood.get('threshold'))} (the {ood.get('keep')} "
+            f"quantile of held-out training images' scores); chosen by mean AUROC against the selection half of "
+            f"the OOD sets: {selection}. Real test images flagged: {ood.get('test_flagged', 0):.1%}.",
+            "",
+            table(["OOD set (report half)", "kind", "images", "AUROC vs test", "flagged"], sets),
+        ]
+    return out
 
 
 CLASSIC_METHODS = ("pca", "isomap")  # fitted, not learned by gradient descent (represent's CLASSIC)
@@ -448,6 +516,7 @@ def classify_section(m: Mapping[str, Any], details: Mapping[str, Any]) -> list[s
                 ["metric", "value", "95% interval"],
                 [[LABELS.get(k, k), num(served[f"test_{k}"]), ci(served.get(f"test_{k}_ci95"))] for k in keys],
             ),
+            *guard_section(served),
         ]
     search = details.get("search")
     if isinstance(search, dict) and search.get("candidates"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medgen import report, stats
+from medgen import calibration, report, stats
 from medgen.cli import main
 from medgen.params import load_config
 from medgen.stages import STAGES
@@ -179,3 +179,33 @@ def test_p_values_and_intervals():
     assert report.ci([0.1, 0.25]) == "[0.100, 0.250]" and report.ci(None) == "not in file"
     assert report.decision({"significant": False, "p_holm": 0.5}) == "not significant (Holm p 0.500)"
     assert report.decision({"diff": 0.1}) == "no paired test in file"
+
+
+def test_calibration_and_guard_rows_state_their_targets():
+    labels = np.array([0, 1] * 40)
+    probs = np.column_stack([1 - np.linspace(0.05, 0.95, 80), np.linspace(0.05, 0.95, 80)])
+    served = {
+        **calibration.scores(labels, probs),
+        **calibration.scores(labels, probs[::-1], "_uncalibrated"),
+        "calibrator": {"kind": "bias", "temperature": 1.9, "bias": [0.3, -0.3], "cv_nll": {"none": 0.5, "bias": 0.4}},
+        "ood": {
+            "method": "mahalanobis_stage1",
+            "threshold": 80.0,
+            "keep": 0.95,
+            "selection": {"mahalanobis_stage1": 0.99, "msp": 0.5},
+            "test_flagged": 0.125,
+            "sets": {
+                "digits": {"auroc": 1.0, "flagged": 1.0, "n": 10, "kind": "far"},
+                "noise": {"auroc": 0.94, "flagged": 0.9, "n": 10, "kind": "far"},
+                "rot90": {"auroc": 0.5, "flagged": 0.1, "n": 10, "kind": "corruption"},
+            },
+        },
+    }
+    rows = {r[0]: r for r in report.guard_rows(served)}
+    ece = rows["served classifier: test ECE (15 bins), calibrated"]
+    assert ece[1] == f"{served['ece']:.3f}" and ("met" in ece[3]) == (served["ece"] <= 0.05)
+    assert rows["input guard: lowest far-OOD AUROC (noise)"][3] == "**target ≥ 0.95 missed**"  # rot90 is not far
+    assert rows["input guard: real test images flagged"][1:] == ["12.5%", "—", "**target ≤ 10% missed**"]
+    lines = "\n".join(report.guard_section(served))
+    assert "calibrator `bias`" in lines and "| rot90 | corruption | 10 | 0.500 | 10.0% |" in lines
+    assert report.guard_rows({}) == [] and report.guard_section({}) == []  # files from before #18
