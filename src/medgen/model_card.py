@@ -189,6 +189,9 @@ def _caveats(kind: str, n_test: int, flag: str) -> list[str]:
         return common + [
             "classes are imbalanced: read balanced accuracy and AUC beside accuracy (majority-class baseline)",
             "probabilities are calibrated only when the calibration block says so",
+            "the input guard (ood_score, in_distribution) was chosen and evaluated on digits, photographs, "
+            "constant and noise images and corruptions of the test scans; scans from other devices, sites or "
+            "modalities were not available, so in_distribution=true is no proof that an image is a valid input",
         ]
     return common + [
         "synthetic images are not real patients; fidelity is measured in medgen's own feature space, not with "
