@@ -121,11 +121,16 @@ def _nll(log_probs: np.ndarray, labels: np.ndarray, calibrator: dict[str, Any]) 
 
 def choose(log_probs: np.ndarray, labels: np.ndarray, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
     """The calibrator with the lowest 5-fold cross-validated NLL on out-of-fold log-probabilities (N, K), refit on
-    all of them; ties go to the simpler kind (order of `kinds`). Adds `cv_nll` {kind: value} and `fitted_on`."""
+    all of them; ties go to the simpler kind (order of `kinds`). Adds `cv_nll` {kind: value} and `fitted_on`.
+    Fewer folds when a class has fewer than 5 predictions; "none" when one has fewer than 2."""
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(labels)
-    splits = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=CV_SEED).split(log_probs, labels)
+    folds = min(CV_FOLDS, int(np.bincount(labels).min()) if len(labels) else 0)  # a tiny class: fewer folds
+    if folds < 2:  # some class has < 2 held-out predictions: nothing to cross-validate a calibrator on
+        note = f"not calibrated: a class has {folds} out-of-fold predictions (cross-validation needs >= 2)"
+        return {**_fit("none", log_probs, labels), "cv_nll": {}, "fitted_on": note}
+    splits = StratifiedKFold(folds, shuffle=True, random_state=CV_SEED).split(log_probs, labels)
     held: dict[str, list[float]] = {kind: [] for kind in kinds}
     for train, test in splits:
         for kind in kinds:

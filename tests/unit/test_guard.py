@@ -125,3 +125,13 @@ def test_an_ensemble_without_a_guard_refuses_to_score():
         model.guarded(torch.zeros(1, 1, 28, 28))
     with pytest.raises(ValueError, match="calibration"):
         EnsembleClassifier("ResNetClassifier", MEMBER, 1, calibration="platt")
+
+
+def test_a_tiny_class_gets_fewer_folds_or_no_calibrator():
+    log_probs, labels = _overconfident(200, 2)
+    few = np.r_[labels[labels == 0][:3], labels[labels == 1]]
+    chosen = calibration.choose(np.r_[log_probs[labels == 0][:3], log_probs[labels == 1]], few)  # 3 folds
+    assert set(chosen["cv_nll"]) == set(calibration.KINDS)
+    one = np.r_[labels[labels == 0][:1], labels[labels == 1]]
+    lonely = calibration.choose(np.r_[log_probs[labels == 0][:1], log_probs[labels == 1]], one)
+    assert lonely["kind"] == "none" and lonely["cv_nll"] == {} and "not calibrated" in lonely["fitted_on"]
