@@ -43,6 +43,9 @@ def run_stage(name: str, cfg: Config) -> dict[str, Any]:
                 preflight.check(name, cfg)
                 _close_ghosts(cfg)
                 return module.run(cfg)
+        except KeyboardInterrupt:
+            _kill_own_runs()
+            raise
         except MedgenError as exc:
             exc.args = (f"{exc}; stage {name} stopped, its previous outputs are unchanged",)
             raise
@@ -51,6 +54,20 @@ def run_stage(name: str, cfg: Config) -> dict[str, Any]:
             if translated is None:
                 raise
             raise type(translated)(f"{translated}; stage {name} stopped, its previous outputs are unchanged") from None
+
+
+def _kill_own_runs() -> None:
+    """After Ctrl-C/SIGTERM: no run of this process stays RUNNING (medgen.stores.close_own_runs); best effort,
+    the interrupt itself must propagate whatever happens here."""
+    try:
+        import mlflow
+
+        from medgen import stores
+
+        active = mlflow.active_run()
+        stores.close_own_runs(keep=(active.info.run_id,) if active else ())
+    except Exception as exc:  # noqa: BLE001 - never mask the interrupt
+        log.debug("closing this process's runs after an interrupt failed: %s", exc)
 
 
 def _store_failure(exc: Exception) -> MedgenError | None:

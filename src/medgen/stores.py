@@ -198,6 +198,25 @@ def close_dead_runs() -> list[str]:
     return [r.info.run_id for r in dead]
 
 
+def close_own_runs(keep: tuple[str, ...] = ()) -> list[str]:
+    """Mark KILLED every MLflow run this process left RUNNING (its `medgen.owner` tag), except the run ids in
+    `keep` (runs still open around the caller, e.g. `medgen pipeline`'s). An interrupt can land inside MLflow
+    between creating a run and entering the code that would end it KILLED; the stage runner calls this as it
+    unwinds, so nothing of this process stays RUNNING."""
+    import mlflow
+
+    from medgen.owner import owner_id
+
+    client, me = mlflow.MlflowClient(), owner_id()
+    running = mlflow.search_runs(
+        search_all_experiments=True, filter_string="attributes.status = 'RUNNING'", output_format="list"
+    )
+    own = [r for r in running if r.data.tags.get(OWNER_TAG) == me and r.info.run_id not in keep]
+    for run in own:
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return [r.info.run_id for r in own]
+
+
 def fail_dead_trials(url: str) -> dict[str, list[int]]:
     """In every study of the Optuna storage `url`, mark FAIL the trials whose owner process is dead
     (medgen.search.fail_dead_trials); returns study -> trial numbers. No storage file: nothing to do."""

@@ -143,3 +143,21 @@ def test_ghost_sweep_closes_dead_owners_only(workdir, monkeypatch):
         trial.set_user_attr(search.OWNER_ATTR, owner)
     assert stores.fail_dead_trials(search.storage_url(cfg.tracking)) == {"sweep": [0]}
     assert [t.state.name for t in study.get_trials()] == ["FAIL", "RUNNING"]
+
+
+def test_an_interrupted_stage_leaves_no_run_of_its_process_running(workdir, monkeypatch):
+    """The CI race: SIGTERM landed inside MLflow right after a trial's run was created, and the stage run stayed
+    RUNNING. The runner now closes every run this process owns as it unwinds, except the runs still open."""
+    from medgen import runner
+
+    cfg = load_config("params.yaml")
+    tracking.configure(cfg.tracking)
+    experiment = tracking.ensure_experiment(cfg, "interrupt")
+    client = mlflow.MlflowClient()
+    mine = client.create_run(experiment, run_name="stage", tags={stores.OWNER_TAG: owner_id()}).info.run_id
+    child = client.create_run(experiment, run_name="trial", tags={stores.OWNER_TAG: owner_id()}).info.run_id
+    other = client.create_run(experiment, run_name="other", tags={stores.OWNER_TAG: "elsewhere:1:1.000"}).info.run_id
+    with mlflow.start_run(experiment_id=experiment, run_name="pipeline", tags={stores.OWNER_TAG: owner_id()}) as open_:
+        runner._kill_own_runs()  # what run_stage does on KeyboardInterrupt
+        status = {r: client.get_run(r).info.status for r in (mine, child, other, open_.info.run_id)}
+    assert status == {mine: "KILLED", child: "KILLED", other: "RUNNING", open_.info.run_id: "RUNNING"}
