@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> None:
                 train_cpu += time.process_time() - started
                 epoch += 1
                 progress.update(min(int(train_cpu), int(budget * 60)), epoch=epoch, loss=loss)
-        print(f"[{args.name}] {budget} CPU-min: epoch {epoch}, step {trainer.steps}, loss {loss:.4f}", flush=True)
+        print(f"[{args.name}] {budget} CPU-min: epoch {epoch}, step {trainer.done_steps}, loss {loss:.4f}", flush=True)
         last = budget == max(args.budgets)
         for guidance in args.guidance + (args.guidance_last if last else []):
             report, samples = judge.judge(trainer.sampler(args.steps, guidance), SEED + 1000)
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> None:
                 "budget_cpu_min": budget,
                 "train_cpu_s": round(train_cpu, 1),
                 "epochs": epoch,
-                "steps": trainer.steps,
+                "steps": trainer.done_steps,
                 "loss": loss,
                 "guidance": guidance,
                 "sampler_steps": args.steps,

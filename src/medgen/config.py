@@ -435,6 +435,7 @@ class ClassifyConfig(Section):
 
 
 GAN_VARIANTS = gan.VARIANTS
+DDPM_SEARCH = ("lr", "width", "guidance", "steps")
 
 
 DIFFAUG_POLICIES = gan.AUGMENT_POLICIES
@@ -486,6 +487,31 @@ class GenerateConfig(Section):
     # torch CPU threads. Fixed, because a different thread count changes the order of float reductions and
     # so the GAN's weights; 1 is also the fastest on a shared 2-core machine (as for classify and represent)
     threads: int = rule(1, **POSITIVE)
+    # --- the diffusion model (variant `ddpm`: medgen.models.diffusion, medgen.ddpm_training) ---
+    ddpm: bool = True  # also train it; it competes with the GAN for the chosen generator
+    # chosen generator: auto = lowest validation FD among candidates with memorisation <= max_memorization
+    select: str = rule("auto", choices=("auto", "gan", "ddpm"))
+    max_memorization: float = rule(0.10, ge=0, le=1)  # share of samples nearer a training image than val images are
+    ddpm_width: int = rule(16, **POSITIVE)  # U-Net base width (levels width x channel_mult (1, 2, 2))
+    ddpm_widths: tuple[int, ...] = rule((16, 32), ge=8, nonempty=True, item="width")  # search space of width
+    ddpm_lr: float = rule(1e-3, **OPEN_UNIT)  # AdamW; cosine decay to ddpm_lr_final over the fit
+    ddpm_lr_final: float = rule(1e-4, **OPEN_UNIT)
+    ddpm_lr_min: float = rule(2e-4, **OPEN_UNIT)  # search range (log-uniform) of ddpm_lr
+    ddpm_lr_max: float = rule(2e-3, **OPEN_UNIT)
+    ddpm_epochs: int = rule(150, **POSITIVE)
+    ddpm_eval_every: int = rule(10, **POSITIVE)  # epochs between val-FD checks (the fit keeps the best EMA)
+    ddpm_ema: float = rule(0.995, ge=0, lt=1)
+    ddpm_label_dropout: float = rule(0.1, ge=0, lt=1)  # null-label share (classifier-free guidance)
+    ddpm_sample_size: int = rule(0, ge=0, note="0 = the next power of two >= the image size")  # network canvas
+    ddpm_steps: int = rule(20, ge=1, le=1000)  # DDIM steps: the first (enqueued) trial, or as-is with 0 trials
+    ddpm_step_choices: tuple[int, ...] = rule((10, 20, 40), ge=1, le=1000, nonempty=True, item="steps")
+    ddpm_guidance: float = rule(1.0, ge=0)  # classifier-free guidance scale (1 = conditional model alone)
+    ddpm_guidance_min: float = rule(1.0, ge=0)
+    ddpm_guidance_max: float = rule(3.0, ge=0)
+    ddpm_trials: int = rule(6, ge=0, note="0 = no search, use ddpm_steps/ddpm_guidance")
+    # what the diffusion study searches: steps and guidance reuse one trained model; lr or width train per trial
+    ddpm_search: tuple[str, ...] = rule(("guidance", "steps"), choices=DDPM_SEARCH, distinct=True, item="parameter")
+    ddpm_search_epochs: int = rule(30, **POSITIVE)  # per trial, only when lr or width are searched
     checkpoint: str = "models/generate/generator.pt"
     feature_checkpoint: str = "models/generate/features.pt"
     samples_dir: str = "data/synthetic"  # samples land in <samples_dir>/<flag>/samples.npz
@@ -496,6 +522,18 @@ class GenerateConfig(Section):
         """The search ranges are ordered; device is auto, cpu or cuda[:i]."""
         _require(self.lr_min < self.lr_max, "generate.lr_min", "must be below generate.lr_max")
         _require(self.beta1_min <= self.beta1_max, "generate.beta1_min", "must not exceed generate.beta1_max")
+        _require(self.ddpm_lr_min < self.ddpm_lr_max, "generate.ddpm_lr_min", "must be below generate.ddpm_lr_max")
+        _require(
+            self.ddpm_guidance_min <= self.ddpm_guidance_max,
+            "generate.ddpm_guidance_min",
+            "must not exceed generate.ddpm_guidance_max",
+        )
+        _require(
+            all(w % 8 == 0 for w in (self.ddpm_width, *self.ddpm_widths)),
+            "generate.ddpm_width",
+            "and every generate.ddpm_widths entry must be a multiple of 8 (GroupNorm groups)",
+        )
+        _require(self.ddpm or self.select != "ddpm", "generate.select", "is ddpm but generate.ddpm is false")
         _require(
             self.device in ("auto", "cpu") or self.device.startswith("cuda"),
             "generate.device",

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -143,12 +144,24 @@ class DiffusionTrainer:
         label_dropout: float = 0.1,
         hflip: bool = False,
         weight_decay: float = 0.0,
+        total_steps: int = 0,
+        lr_final: float | None = None,
     ) -> None:
+        """total_steps > 0 with lr_final: the lr follows a cosine from lr down to lr_final over total_steps
+        (then stays there); otherwise it stays at lr (a constant lr plateaued early: docs/diffusion.md)."""
         self.model, self.ema_decay, self.label_dropout, self.hflip = model, ema_decay, label_dropout, hflip
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.noise = noise_scheduler(model)
-        self.steps = 0
+        self.done_steps = 0  # optimiser steps taken (lr schedule, EMA warm-up)
+        self.lr, self.lr_final, self.total_steps = lr, lr if lr_final is None else lr_final, total_steps
+
+    def current_lr(self) -> float:
+        """The lr of the next step (cosine decay, see __init__)."""
+        if self.total_steps <= 0:
+            return self.lr
+        done = min(self.done_steps / self.total_steps, 1.0)
+        return self.lr_final + (self.lr - self.lr_final) * 0.5 * (1.0 + math.cos(math.pi * done))
 
     def train_step(self, x0: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimiser step on x0 (N, C, H, W) in [-1, 1], labels (N,); returns the batch loss."""
@@ -157,10 +170,12 @@ class DiffusionTrainer:
             flip = torch.rand(len(x0), device=x0.device) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         loss = diffusion_loss(self.model, self.noise, x0, labels, self.label_dropout)
+        for group in self.opt.param_groups:
+            group["lr"] = self.current_lr()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        self.steps += 1
+        self.done_steps += 1
         self._update_ema()
         return float(loss.detach())
 
@@ -175,7 +190,7 @@ class DiffusionTrainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         # Warm-up as in TF's ExponentialMovingAverage: early on the EMA follows the live weights closely
-        decay = min(self.ema_decay, (1 + self.steps) / (10 + self.steps))
+        decay = min(self.ema_decay, (1 + self.done_steps) / (10 + self.done_steps))
         for ema_p, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             ema_p.lerp_(p, 1 - decay)
 

@@ -64,19 +64,85 @@ def checkpoint_grid(generator: torch.nn.Module, n_classes: int, seed: int):
     return plots.montage(split.images, columns=GRID_PER_CLASS)
 
 
-def evaluate(cfg: Config, generator: torch.nn.Module, real: Real) -> dict[str, Any]:
-    """FD/KID/C2ST of fresh synthetic sets (held-out's class counts; train's class counts for C2ST)."""
+def evaluate(cfg: Config, generator, real: Real) -> tuple[dict[str, Any], data.Split]:
+    """The quality report of a generator or sampler (`metrics.generation_report`: FD/KID ratios, C2ST,
+    precision/recall/density/coverage, memorisation; overall and per class) from fresh synthetic sets
+    (held-out's class counts for FD/KID; train's for C2ST and memorisation). Returns it with the
+    train-sized synthetic set."""
     seed = cfg.seed + 1000  # not the seeds of the search's or the written samples' z
     like_heldout = synthetic.sample_like(generator, real.heldout.labels, seed)
     like_train = synthetic.sample_like(generator, real.dataset.train.labels, seed + 1000)
     feats = lambda split: extract_features(real.net, data.to_tensors(split)[0])  # noqa: E731
-    return metrics.generation_quality(
+    report = metrics.generation_report(
         (real.train_features, real.dataset.train.labels),
         (real.heldout_features, real.heldout.labels),
         (feats(like_heldout), like_heldout.labels),
-        feats(like_train),
+        (feats(like_train), like_train.labels),
+        pixels=(real.dataset.train.images, real.heldout.images, like_train.images),
         seed=cfg.seed,
     )
+    return report, like_train
+
+
+@dataclass
+class Candidate:
+    """One trained generator competing to be the stage's chosen one."""
+
+    name: str  # the variant: cdcgan | acgan | wgan-gp | ddpm
+    family: str  # gan | diffusion
+    module: torch.nn.Module  # what training.save_model stores
+    init_kwargs: dict[str, Any]
+    sampler: Any  # medgen.synthetic sampler of the module with its chosen sampling settings
+    config: dict[str, Any]  # checkpoint config additions (chosen settings)
+    history: list[dict]
+    best_epoch: int
+    result: dict[str, Any]  # search summary and chosen settings for the metrics file
+    figure: Any = None  # history -> matplotlib figure (plots.gan_history, ddpm_training.history_figure)
+    report: dict[str, Any] | None = None  # `judge` fills these
+    selection: dict[str, float] | None = None
+    seconds: float = 0.0
+
+
+def judge(cfg: Config, candidate: Candidate, real: Real) -> None:
+    """Fill the candidate's quality report (held-out and test images: reported, never chosen on) and its
+    selection figures, from train and val images only: the val FD of a fresh draw (not the seed the fit
+    and the search chose on) and the memorisation share with val images as the yardstick. Writes the
+    montage of its 16 sample/training pairs closest in pixel space."""
+    candidate.report, like_train = evaluate(cfg, candidate.sampler, real)
+    n_eval = cfg.generate.eval_samples or len(real.dataset.val)
+    train_px = metrics.flat_pixels(real.dataset.train.images)
+    memo = metrics.memorization(
+        train_px, metrics.flat_pixels(real.dataset.val.images), metrics.flat_pixels(like_train.images)
+    )
+    candidate.selection = {
+        "val_fd": val_fd(candidate.sampler, real, n_eval, cfg.seed + 7),
+        "val_memorization_share": memo["memorization_share"],
+        "val_memorization_threshold": memo["threshold"],
+    }
+    pairs = metrics.closest_pairs(train_px, metrics.flat_pixels(like_train.images))
+    image = plots.nearest_pairs_montage(like_train.images, real.dataset.train.images, pairs)
+    plots.save_png(image, Path(cfg.generate.plots_dir) / f"closest_pairs_{candidate.name}.png")
+
+
+def choose(candidates: list[Candidate], select: str, max_memorization: float) -> tuple[Candidate, str]:
+    """The chosen generator and why. `select` gan|ddpm forces a family; auto: the lowest selection val FD
+    among candidates whose val memorisation share is <= max_memorization (a copier cannot win); when every
+    candidate is over it, the least memorising one."""
+    if select != "auto":
+        family = "diffusion" if select == "ddpm" else "gan"
+        (chosen,) = [c for c in candidates if c.family == family]
+        return chosen, f"generate.select = {select}"
+    fair = [c for c in candidates if c.selection["val_memorization_share"] <= max_memorization]
+    if fair:
+        chosen = min(fair, key=lambda c: c.selection["val_fd"])
+        return chosen, f"lowest val FD among candidates with val memorisation share <= {max_memorization:g}"
+    chosen = min(candidates, key=lambda c: c.selection["val_memorization_share"])
+    return chosen, f"every candidate's val memorisation share > {max_memorization:g}: the least memorising"
+
+
+def variant_entry(candidate: Candidate) -> dict[str, Any]:
+    """A candidate's block of metrics/generate.json `variants`: its report, selection figures and settings."""
+    return {"family": candidate.family, **candidate.report, "selection": candidate.selection, **candidate.result}
 
 
 def requested_labels(cfg: GenerateConfig, n_classes: int) -> list[int]:
@@ -134,15 +200,16 @@ def fit_final(
     return generator.eval(), fitted.rows, fitted.best_epoch
 
 
-def write_outputs(cfg: Config, generator: torch.nn.Module, history: list[dict]) -> list[Path]:
-    """Samples npz, per-class final grids, loss curves and history.json; returns the figure paths."""
+def write_outputs(cfg: Config, chosen: Candidate) -> list[Path]:
+    """The chosen generator's samples npz, per-class final grids, history figure and history.json; returns
+    the figure paths."""
     gcfg = cfg.generate
-    labels = requested_labels(gcfg, generator.n_classes)
-    samples = synthetic.sample(generator, labels, gcfg.samples_per_class, cfg.seed)
+    labels = requested_labels(gcfg, chosen.sampler.n_classes)
+    samples = synthetic.sample(chosen.sampler, labels, gcfg.samples_per_class, cfg.seed)
     synthetic.save_samples(samples, synthetic.samples_path(cfg))
     plots_dir = Path(gcfg.plots_dir)
-    figures = [plots.save_figure(plots.gan_history(history), plots_dir / "losses.png")]
-    write_json(plots_dir / "history.json", [{k: v for k, v in row.items() if v == v} for row in history])
+    figures = [plots.save_figure(chosen.figure(chosen.history), plots_dir / "losses.png")]
+    write_json(plots_dir / "history.json", [{k: v for k, v in row.items() if v == v} for row in chosen.history])
     for label in labels:
         images = samples.images[samples.labels == label][:64]
         figures.append(plots.save_png(plots.montage(images, columns=8), plots_dir / f"samples_class_{label}.png"))

@@ -1,6 +1,7 @@
 """`generate` on the real BreastMNIST (smoke profile), and a conditional GAN that must follow its labels."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import mlflow
@@ -10,9 +11,11 @@ import torch
 
 from medgen import synthetic, tracking
 from medgen.config import GenerateConfig
+from medgen.diffusion import DiffusionSampler
 from medgen.errors import ConfigError
 from medgen.gan_training import GanHyper, GanTrainer
 from medgen.io import read_json
+from medgen.models.diffusion import ClassConditionalUNet
 from medgen.stages import generate, prepare
 from medgen.synthetic import load_samples, sample
 from medgen.training import load_model
@@ -36,26 +39,77 @@ def test_generate_smoke_end_to_end(smoke_cfg, workdir):
     assert samples.images.shape == (2 * n, 28, 28) and samples.images.dtype == np.uint8
     assert np.bincount(samples.labels).tolist() == [n, n]
     on_disk = read_json(cfg.generate.metrics)
-    for key in ("variant", "fd_real_vs_synth", "fd_real_vs_real", "kid_real_vs_synth", "c2st_acc"):
+    assert on_disk == json.loads(json.dumps(result))
+    # the chosen generator's figures at top level, every candidate's under `variants` (the issue's keys)
+    keys = ("variant", "fd_ratio", "kid_ratio", "c2st_acc", "memorization_share", "precision", "coverage")
+    for key in keys:
         assert key in on_disk, key
-    assert set(on_disk["per_class"]) == {"0", "1"}
-    assert 0.0 <= on_disk["c2st_acc"] <= 1.0 and on_disk["fd_real_vs_real"] > 0
-    assert result["variant"] in cfg.generate.variants
+    gan_variant = on_disk["variants"].keys() - {"ddpm"}
+    assert set(on_disk["variants"]) == {"ddpm", *gan_variant} and gan_variant <= set(cfg.generate.variants)
+    for name, entry in on_disk["variants"].items():
+        for key in keys[1:] + ("family", "selection", "hyper", "search", "best_epoch"):
+            assert key in entry, (name, key)
+        assert set(entry["per_class"]) == {"0", "1"} and "fd_ratio" in entry["per_class"]["0"]
+        assert 0.0 <= entry["memorization_share"] <= 1.0 and entry["memorization_threshold"] > 0
+        assert 0.0 <= entry["c2st_acc"] <= 1.0 and entry["fd_real_vs_real"] > 0
+        assert Path(cfg.generate.plots_dir, f"closest_pairs_{name}.png").exists()
+    chosen = on_disk["variants"][on_disk["variant"]]
+    assert {k: chosen[k] for k in keys[1:]} == {k: on_disk[k] for k in keys[1:]}
+    # the rule, recomputed from the file: lowest selection val FD among the candidates under the limit
+    selection = {name: on_disk["selection"][name] for name in on_disk["variants"]}
+    fair = [k for k, v in selection.items() if v["val_memorization_share"] <= cfg.generate.max_memorization]
+    expected = min(fair, key=lambda k: selection[k]["val_fd"]) if fair else None
+    assert on_disk["selection"]["chosen"] == on_disk["variant"] == (expected or on_disk["variant"])
+    assert (on_disk["family"] == "diffusion") == (on_disk["variant"] == "ddpm")
 
     g, checkpoint = load_model(cfg.generate.checkpoint)
-    assert checkpoint["config"]["latent_dim"] == g.latent_dim and checkpoint["config"]["n_classes"] == 2
-    assert checkpoint["config"]["class_names"] == ["malignant", "normal, benign"]
-    out = g(torch.randn(3, g.latent_dim), torch.tensor([0, 1, 1])).detach()
-    assert out.shape == (3, 1, 28, 28) and float(out.abs().max()) <= 1.0
+    config = checkpoint["config"]
+    assert config["variant"] == on_disk["variant"] and config["family"] == on_disk["family"]
+    assert config["n_classes"] == 2 and config["class_names"] == ["malignant", "normal, benign"]
+    assert checkpoint["metrics"]["fd_ratio"] == on_disk["fd_ratio"]
     plots_dir = Path(cfg.generate.plots_dir)
     assert (plots_dir / "losses.png").exists() and (plots_dir / "samples_class_1.png").exists()
-    assert len(list(plots_dir.glob("grid_epoch_*.png"))) == cfg.generate.epochs
+    assert len(list(plots_dir.glob("grid_epoch_*.png"))) == cfg.generate.epochs  # the GAN's progress grids
     assert Path(cfg.generate.feature_checkpoint).exists()
 
     (stage_run,) = [r for r in _runs(cfg, "generate") if "mlflow.parentRunId" not in r.data.tags]
     assert stage_run.info.status == "FINISHED"
     trials = [r for r in _runs(cfg, "generate") if r.data.tags.get("mlflow.parentRunId") == stage_run.info.run_id]
-    assert len(trials) == cfg.generate.n_trials
+    assert len(trials) == cfg.generate.n_trials + cfg.generate.ddpm_trials
+
+
+@pytest.mark.parametrize("family", ["gan", "ddpm"])
+def test_select_forces_a_family_and_its_checkpoint_rebuilds(smoke_cfg, workdir, family):
+    cfg = smoke_cfg(f"generate.select={family}", "generate.ddpm_trials=0")
+    prepare.run(cfg)
+    result = generate.run(cfg)
+    assert result["selection"]["rule"] == f"generate.select = {family}"
+    g, checkpoint = load_model(cfg.generate.checkpoint)
+    if family == "gan":
+        assert result["variant"] in cfg.generate.variants and result["family"] == "gan"
+        assert checkpoint["config"]["latent_dim"] == g.latent_dim
+        out = g(torch.randn(3, g.latent_dim), torch.tensor([0, 1, 1])).detach()
+    else:
+        assert result["variant"] == "ddpm" and result["family"] == "diffusion"
+        assert isinstance(g, ClassConditionalUNet) and (g.image_size, g.sample_size, g.channels) == (28, 32, 1)
+        assert checkpoint["config"]["sampler_steps"] == cfg.generate.ddpm_steps  # no study: the defaults
+        assert checkpoint["config"]["guidance"] == cfg.generate.ddpm_guidance
+        assert result["search"] == {"n_trials": 0}
+        out = DiffusionSampler(g, 2).draw(torch.tensor([0, 1, 1]), torch.Generator().manual_seed(0))
+        # the written samples are the chosen denoiser's with its sampler settings, seed by seed
+        steps, n = checkpoint["config"]["sampler_steps"], cfg.generate.samples_per_class
+        again = sample(DiffusionSampler(g, steps), [0, 1], n, cfg.seed)
+        written = load_samples(synthetic.samples_path(cfg))
+        assert np.array_equal(again.images, written.images) and np.array_equal(again.labels, written.labels)
+    assert out.shape == (3, 1, 28, 28) and float(out.abs().max()) <= 1.0
+
+
+def test_without_ddpm_only_the_gan_competes(smoke_cfg, workdir):
+    cfg = smoke_cfg("generate.ddpm=false")
+    prepare.run(cfg)
+    result = generate.run(cfg)
+    assert set(result["variants"]) == {result["variant"]} and result["family"] == "gan"
+    assert not list(Path(cfg.generate.plots_dir).glob("closest_pairs_ddpm.png"))
 
 
 def test_bad_label_fails_before_training(smoke_cfg, workdir):

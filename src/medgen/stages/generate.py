@@ -1,15 +1,19 @@
-"""Stage `generate`: search, train and checkpoint a conditional GAN; sample the synthetic set; judge it.
+"""Stage `generate`: train two generator families, choose one, sample the synthetic set, judge every candidate.
 
 Inputs : data/prepared/<flag>.npz.
 Outputs: generate.feature_checkpoint (metric feature net, a small CNN trained on the real train split),
-         generate.checkpoint (the EMA generator, rebuilt by medgen.training.load_model),
-         <generate.samples_dir>/<flag>/samples.npz (samples_per_class per class), generate.metrics,
-         generate.plots_dir (loss curves, per-class sample grids per checkpoint, history.json).
-Search : Optuna over variant, lr_g, lr_d, beta1; objective = Fréchet distance (feature net space) between
-         the real train set and val-sized synthetic samples (val's class counts), pruned on its value
-         every eval_every epochs. The final fit keeps the EMA generator with the best such value.
-Metrics: FD/KID of synthetic vs train-real beside held-out real (val + test) vs train-real, per class and
-         overall, and C2ST accuracy. Test images only enter this report, never the selection.
+         generate.checkpoint (the chosen generator, rebuilt by medgen.training.load_model: a GAN's EMA
+         generator or the diffusion model's EMA denoiser), <generate.samples_dir>/<flag>/samples.npz
+         (samples_per_class per class), generate.metrics, generate.plots_dir (history, per-class samples,
+         GAN grids per checkpoint, the 16 closest sample/training pairs of each candidate).
+Search : the GAN (medgen.gan_search: variant, lr_g, lr_d, beta1) and the diffusion model (medgen.ddpm_training:
+         guidance and DDIM steps; lr and width in the gpu profile), each its own Optuna study; objective =
+         Fréchet distance (feature net space) between train images and val-sized synthetic samples.
+Choice : generation.choose: the lowest val FD of a fresh draw among candidates whose memorisation share
+         (against val images) is <= generate.max_memorization; generate.select forces a family.
+Metrics: for the chosen generator at top level and for each candidate under `variants`: FD/KID ratios to
+         held-out real (val + test) vs train, per class, C2ST, precision/recall/density/coverage and the
+         memorisation share. Test images only enter this report, never a choice.
 """
 
 from __future__ import annotations
@@ -21,75 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import optuna
-import torch
 
-from medgen import data, generation, search, synthetic, tracking
-from medgen.config import Config, GenerateConfig
-from medgen.gan_training import GanHyper, GanTrainer, generator_kwargs
-from medgen.io import output_files, write_json
+from medgen import data, ddpm_training, gan_search, generation, synthetic, tracking
+from medgen.config import Config
+from medgen.io import output_files, remove_output, write_json
 from medgen.outputs import Output, output_file, output_folder
-from medgen.training import fit, pick_device, save_model, set_seed, torch_threads
+from medgen.training import pick_device, save_model, set_seed, torch_threads
 
 log = logging.getLogger(__name__)
-
-
-def hyper_from_trial(trial: optuna.Trial, cfg: GenerateConfig) -> GanHyper:
-    """The GAN settings a trial suggests (variant, lr_g, lr_d, beta1) within generate's search space."""
-    return GanHyper(
-        variant=trial.suggest_categorical("variant", list(cfg.variants)),
-        lr_g=trial.suggest_float("lr_g", cfg.lr_min, cfg.lr_max, log=True),
-        lr_d=trial.suggest_float("lr_d", cfg.lr_min, cfg.lr_max, log=True),
-        beta1=trial.suggest_float("beta1", cfg.beta1_min, cfg.beta1_max),
-    )
-
-
-def make_objective(cfg: Config, real: generation.Real, device: torch.device):
-    """The search objective: a seeded GAN fit for search_epochs; best val FD, reported and pruned on."""
-    gcfg, n_eval = cfg.generate, cfg.generate.eval_samples or len(real.dataset.val)
-
-    def objective(trial: optuna.Trial) -> float:
-        set_seed(cfg.seed)  # every trial starts from the same weights and batches: only hypers differ
-        trainer = GanTrainer(
-            gcfg, hyper_from_trial(trial, gcfg), real.dataset.n_classes, device, real.dataset.image_shape
-        )
-        label = f"gan trial {trial.number} ({trainer.hyper.variant})"
-        loop = generation.gan_loop(gcfg, gcfg.search_epochs, label, device, trial)
-        validate = lambda epoch: {"val_fd": generation.val_fd(trainer.sampler(), real, n_eval, cfg.seed)}  # noqa: E731
-        return fit(trainer.steps(real.x, real.y, prune_diverged=True), len(real.x), loop, validate).best
-
-    return objective
-
-
-# The final fit, sampling and figures: they never enter a study.
-NOT_SEARCH = ("epochs", "checkpoint_every", "samples_per_class", "labels")
-
-
-def study_spec(cfg: Config) -> dict[str, Any]:
-    """What defines the GAN search: the generate section except the final fit's and sampling's settings."""
-    return search.definition(cfg, "generate", ignore=NOT_SEARCH)
-
-
-def choose_hyper(
-    cfg: Config, real: generation.Real, device: torch.device, parent_run_id: str
-) -> tuple[GanHyper, dict[str, Any]]:
-    """Optuna search (resumable study `<flag>-generate`); n_trials = 0 takes the configured defaults."""
-    gcfg = cfg.generate
-    if gcfg.n_trials == 0:
-        return GanHyper.defaults(gcfg), {"n_trials": 0}
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, gcfg.search_epochs // 3))
-    # The DCGAN paper's settings are always the first candidate
-    fixed = (
-        [{"variant": gcfg.variant, "lr_g": gcfg.lr_g, "lr_d": gcfg.lr_d, "beta1": gcfg.beta1}]
-        if gcfg.variant in gcfg.variants
-        else []
-    )
-    study = search.open_study(cfg, "generate", study_spec(cfg), direction="minimize", pruner=pruner, fixed=fixed)
-    search.optimize(study, make_objective(cfg, real, device), gcfg.n_trials, parent_run_id=parent_run_id)
-    best = search.best_params(study)
-    found = search.counts(study)
-    summary = {"n_trials": found["trials"], "n_pruned": found["pruned"], "best_val_fd": float(study.best_value)}
-    return GanHyper(best["variant"], best["lr_g"], best["lr_d"], best["beta1"]), summary
 
 
 def outputs(cfg: Config) -> list[Output]:
@@ -118,56 +61,62 @@ def _run(cfg: Config) -> dict[str, Any]:
         dataset = data.load_prepared(cfg.data)
         generation.requested_labels(gcfg, dataset.n_classes)  # a bad label fails before any training
         started = time.perf_counter()
+        for stale in output_files(gcfg.plots_dir, "closest_pairs_*.png"):
+            remove_output(stale)
         real = generation.prepare_real(cfg, dataset, device)
-        hyper, summary = choose_hyper(cfg, real, device, stage.info.run_id)
-        searched = time.perf_counter()
-        generator, history, best_epoch = generation.fit_final(cfg, hyper, real, device)
-        trained = time.perf_counter()
-        report = generation.evaluate(cfg, generator, real)
+        candidates = [gan_search.candidate(cfg, real, device, stage.info.run_id)]
+        if gcfg.ddpm:
+            candidates.append(ddpm_training.candidate(cfg, real, device, stage.info.run_id))
+        for candidate in candidates:
+            generation.judge(cfg, candidate, real)
+        chosen, why = generation.choose(candidates, gcfg.select, gcfg.max_memorization)
+        report = chosen.report
         # no timings in the metrics file (same inputs, same file): they go to MLflow and the log
         result = {
-            "variant": hyper.variant,
+            "variant": chosen.name,
+            "family": chosen.family,
             **report,
-            "hyper": asdict(hyper),
-            "search": summary,
-            "best_epoch": best_epoch,
+            **chosen.result,
+            "selection": {"rule": why, "chosen": chosen.name, **{c.name: c.selection for c in candidates}},
+            "variants": {c.name: generation.variant_entry(c) for c in candidates},
         }
         extra = {
-            "latent_dim": gcfg.latent_dim,
+            "variant": chosen.name,
+            "family": chosen.family,
+            **chosen.config,
             "n_classes": dataset.n_classes,
             "class_names": list(dataset.class_names),
-            "variant": hyper.variant,
-            "lr_g": hyper.lr_g,
-            "lr_d": hyper.lr_d,
-            "beta1": hyper.beta1,
             "image_shape": list(dataset.image_shape),
             "flag": cfg.data.flag,
             "profile": cfg.profile,
         }
         # val_fd of the kept epoch: what the fit selected on, and what export's champion rule compares
-        selected = {"val_fd": history[best_epoch - 1]["val_fd"]}
+        selected = {"val_fd": chosen.history[chosen.best_epoch - 1]["val_fd"]}
         save_model(
             gcfg.checkpoint,
-            generator,
-            generator_kwargs(gcfg, dataset.n_classes, dataset.image_shape),
+            chosen.module,
+            chosen.init_kwargs,
             config=asdict(gcfg) | extra,
             metrics=tracking.numeric_metrics(report) | selected,
         )
-        figures = generation.write_outputs(cfg, generator, history)
-        seconds = {"search": searched - started, "train": trained - searched, "total": time.perf_counter() - started}
+        figures = generation.write_outputs(cfg, chosen)
         write_json(gcfg.metrics, result)
-        mlflow.log_params({f"chosen.{k}": v for k, v in asdict(hyper).items()})
+        mlflow.log_params({"chosen.variant": chosen.name, **{f"chosen.{k}": v for k, v in chosen.config.items()}})
+        seconds = {c.name: c.seconds for c in candidates} | {"total": time.perf_counter() - started}
         mlflow.log_metrics(tracking.numeric_metrics(report) | {f"seconds_{k}": v for k, v in seconds.items()})
-        tracking.log_files([*figures, *output_files(gcfg.plots_dir, "grid_epoch_*.png")], "plots")
+        pairs = output_files(gcfg.plots_dir, "closest_pairs_*.png")
+        tracking.log_files([*figures, *pairs, *output_files(gcfg.plots_dir, "grid_epoch_*.png")], "plots")
         tracking.log_files([Path(gcfg.checkpoint)], "model")
         tracking.log_dict(result, "generate.json")
-    log.info(
-        "generate: %s fd %.3g (real %.3g) c2st %.3f; %.0f s search, %.0f s final fit",
-        hyper.variant,
-        report["fd_real_vs_synth"],
-        report["fd_real_vs_real"],
-        report["c2st_acc"],
-        seconds["search"],
-        seconds["train"],
-    )
+    for c in candidates:
+        log.info(
+            "generate: %s val fd %.3g, fd ratio %.3g, c2st %.3f, memorisation %.3f; %.0f s",
+            c.name,
+            c.selection["val_fd"],
+            c.report["fd_ratio"],
+            c.report["c2st_acc"],
+            c.report["memorization_share"],
+            c.seconds,
+        )
+    log.info("generate: chosen %s (%s)", chosen.name, why)
     return result

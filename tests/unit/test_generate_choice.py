@@ -1,0 +1,87 @@
+"""The generate stage's choice between generator families, and the diffusion family's settings."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from medgen import ddpm_training, metrics
+from medgen.config import ConfigError, GenerateConfig
+from medgen.diffusion import DiffusionTrainer
+from medgen.generation import Candidate, choose
+from medgen.models.diffusion import ClassConditionalUNet
+
+
+def _candidate(name: str, family: str, val_fd: float, memorised: float) -> Candidate:
+    c = Candidate(name, family, torch.nn.Identity(), {}, None, {}, [], 1, {})
+    c.selection = {"val_fd": val_fd, "val_memorization_share": memorised, "val_memorization_threshold": 1.0}
+    return c
+
+
+def test_the_lowest_val_fd_wins_among_generators_that_do_not_copy():
+    gan, ddpm = _candidate("acgan", "gan", 0.30, 0.0), _candidate("ddpm", "diffusion", 0.20, 0.02)
+    assert choose([gan, ddpm], "auto", 0.10)[0] is ddpm
+    assert choose([gan, _candidate("ddpm", "diffusion", 0.40, 0.0)], "auto", 0.10)[0] is gan
+
+
+def test_a_generator_that_copies_its_training_set_cannot_win():
+    """A copier has the best val FD (its samples are training images) but most of them sit closer to a
+    training image than real unseen images do: it is excluded, whatever its FD."""
+    rng = torch.Generator().manual_seed(0)
+    train = torch.rand(200, 64, generator=rng).numpy()
+    val = torch.rand(60, 64, generator=rng).numpy()
+    copier = metrics.memorization(train, val, train[:100] + 1e-3)["memorization_share"]
+    fresh = metrics.memorization(train, val, torch.rand(100, 64, generator=rng).numpy())["memorization_share"]
+    assert copier == 1.0 and fresh <= 0.10
+    copying, honest = _candidate("ddpm", "diffusion", 0.01, copier), _candidate("acgan", "gan", 0.50, fresh)
+    chosen, why = choose([copying, honest], "auto", 0.10)
+    assert chosen is honest and "memorisation" in why
+    # every candidate over the limit: the least memorising, not the best FD
+    chosen, why = choose([copying, _candidate("acgan", "gan", 0.50, 0.6)], "auto", 0.10)
+    assert chosen.name == "acgan" and why.startswith("every candidate")
+
+
+def test_select_forces_a_family():
+    gan, ddpm = _candidate("acgan", "gan", 0.30, 0.0), _candidate("ddpm", "diffusion", 0.20, 0.0)
+    assert choose([gan, ddpm], "gan", 0.10) == (gan, "generate.select = gan")
+    assert choose([gan, ddpm], "ddpm", 0.10)[0] is ddpm
+
+
+def test_lr_follows_a_cosine_down_to_the_final_value():
+    model = ClassConditionalUNet(width=8, norm_groups=4, channel_mult=[1, 2], attention_levels=[1])
+    trainer = DiffusionTrainer(model, lr=1e-3, total_steps=10, lr_final=1e-4)
+    seen = []
+    x, y = torch.zeros(2, 1, 28, 28), torch.tensor([0, 1])
+    for _ in range(12):
+        seen.append(trainer.current_lr())
+        trainer.train_step(x, y)
+    assert seen[0] == pytest.approx(1e-3) and seen[5] == pytest.approx(5.5e-4) and seen[10:] == [1e-4, 1e-4]
+    assert all(a >= b for a, b in zip(seen, seen[1:]))
+    assert trainer.opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+    constant = DiffusionTrainer(model, lr=1e-3)
+    assert constant.current_lr() == 1e-3
+
+
+def test_canvas_and_settings():
+    g = GenerateConfig()
+    assert [ddpm_training.sample_size(g, s) for s in (28, 32, 64, 224)] == [32, 32, 64, 256]
+    assert ddpm_training.sample_size(dataclasses.replace(g, ddpm_sample_size=28), 28) == 28
+    kwargs = ddpm_training.model_kwargs(g, 3, (3, 28, 28), 16)
+    assert kwargs == {"n_classes": 3, "image_size": 28, "channels": 3, "sample_size": 32, "width": 16}
+    assert ClassConditionalUNet(**kwargs).channels == 3
+    with pytest.raises(ConfigError, match="generate.select"):
+        GenerateConfig(ddpm=False, select="ddpm")
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        GenerateConfig(ddpm_widths=(12,))
+
+
+def test_the_diffusion_study_is_defined_by_its_own_settings_only(tmp_path):
+    from medgen.gan_search import study_spec as gan_spec
+    from medgen.params import load_config
+    from tests.conftest import ROOT
+
+    cfg = load_config(ROOT / "params.yaml", overrides=[f"data.prepared_dir={tmp_path}"])
+    ddpm = ddpm_training.study_spec(cfg)["section"]
+    gan = gan_spec(cfg)["section"]
+    assert "ddpm_lr" in ddpm and "ddpm_trials" not in ddpm and "lr_g" not in ddpm
+    assert not any(k.startswith("ddpm") for k in gan) and "select" not in gan and "lr_g" in gan
