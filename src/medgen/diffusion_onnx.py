@@ -3,11 +3,17 @@
 The graph is the network only (x_t, t, labels) -> prediction, opset 17, batch axis dynamic; the sampling
 loop stays outside it (serving/ddim.py) so the service picks steps and guidance per request. The schedule
 and sampler defaults travel in the metadata, the single source the numpy loop reads.
+
+The export stage checks the service's own numpy loop, not a copy of it: `service_sampler` loads
+serving/ddim.py (numpy only) lazily, for that check alone. Nothing else in medgen imports serving/.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -15,6 +21,7 @@ import torch
 
 from medgen import onnx_export
 from medgen.diffusion import DEFAULT_GUIDANCE, DEFAULT_STEPS, TIMESTEP_SPACING, ddim_sample
+from medgen.errors import MedgenError
 from medgen.models.diffusion import ClassConditionalUNet
 
 INPUTS, OUTPUTS = ("x_t", "t", "labels"), ("prediction",)
@@ -30,6 +37,7 @@ def denoiser_metadata(
         "null_label": model.null_label,
         "channels": model.channels,
         "image_size": model.image_size,
+        "output_shape": [model.channels, model.image_size, model.image_size],  # what serving.contract reads
         "prediction": model.prediction,
         "train_timesteps": model.train_timesteps,
         "beta_schedule": model.beta_schedule,
@@ -78,7 +86,7 @@ def sampler_parity(
 ) -> dict[str, float]:
     """A numpy DDIM step (serving/ddim.py `make_step`, over onnxruntime) against medgen.diffusion.ddim_sample.
 
-    The caller builds `numpy_step` (medgen never imports serving/). Per step, the numpy step gets the
+    The caller builds `numpy_step` (`check_sampler` does, with `service_sampler`). Per step, the numpy step gets the
     torch sampler's own x_t: `step_max` / `prediction_max` = the largest |numpy - torch| of x_prev / of the
     guided network output over all steps (the error one step adds). `trajectory_max`: the largest
     |numpy - torch| of x when the numpy loop runs on its own from the same noise (errors accumulate)."""
@@ -94,3 +102,42 @@ def sampler_parity(
         x = numpy_step(x, t)[1]
         trajectory_max = max(trajectory_max, float(np.abs(x - x_prev).max()))
     return {"step_max": step_max, "prediction_max": prediction_max, "trajectory_max": trajectory_max, "steps": steps}
+
+
+SERVICE_SAMPLER = Path(__file__).resolve().parents[2] / "serving" / "ddim.py"  # beside src/ in the repository
+
+
+def service_sampler() -> ModuleType:
+    """serving/ddim.py, the service's numpy DDIM loop: `serving.ddim` when the repository root is importable
+    (tests, `python -m`), else the file beside src/ (the `medgen` CLI of an editable install, the pipeline
+    image). MedgenError when neither exists: the export must check the very code the service runs."""
+    try:
+        from serving import ddim
+
+        return ddim
+    except ImportError:
+        pass
+    if not SERVICE_SAMPLER.is_file():
+        raise MedgenError(
+            f"{SERVICE_SAMPLER}: not found; exporting a denoiser checks the service's sampler, so run the export "
+            "from a repository checkout with medgen installed editable (pip install -e .)"
+        )
+    name = "medgen_service_ddim"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, SERVICE_SAMPLER)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+def check_sampler(session: Any, model: ClassConditionalUNet, metadata: dict[str, Any], n: int, seed: int) -> dict:
+    """`sampler_parity` of the service's numpy DDIM step over `session` at the metadata's default steps and
+    guidance, for n samples (labels cycling over the classes) from seeded standard-normal noise."""
+    ddim = service_sampler()
+    steps, guidance = int(metadata["default_steps"]), float(metadata["default_guidance"])
+    labels = (np.arange(n) % model.n_classes).astype(np.int64)
+    shape = (n, model.channels, model.image_size, model.image_size)
+    noise = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    step = ddim.make_step(ddim.onnx_denoiser(session), labels, metadata, steps, guidance)
+    return sampler_parity(step, model, labels, noise, steps, guidance) | {"guidance": guidance, "n": n}
