@@ -9,40 +9,15 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from medgen import data, diffusion_onnx, model_card, onnx_export, registry
 from medgen.errors import MedgenError
-from medgen.models.diffusion import ClassConditionalUNet
 from medgen.params import build_config
 from medgen.stages import export
-from medgen.training import save_model
 from serving import ddim, runtime
+from tests.standins import CLASS_NAMES, save_denoiser
 
-TINY = {"n_classes": 2, "width": 8, "norm_groups": 4, "channel_mult": [1, 2], "attention_levels": [1]}
-NAMES = ["malignant", "normal, benign"]
-
-
-def save_denoiser(path, steps: int = 4, guidance: float = 1.0, val_fd: float = 2.5) -> ClassConditionalUNet:
-    """A tiny denoiser checkpoint as the generate stage writes it (random weights that make every layer count)."""
-    torch.manual_seed(0)
-    model = ClassConditionalUNet(**TINY).eval()
-    with torch.no_grad():  # a fresh UNet's output layer is zero-initialised
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    config = {
-        "variant": "ddpm",
-        "family": "diffusion",
-        "sampler_steps": steps,
-        "guidance": guidance,
-        "n_classes": 2,
-        "class_names": NAMES,
-        "image_shape": [1, 28, 28],
-        "flag": "breastmnist",
-        "profile": "full",
-    }
-    save_model(path, model, dict(TINY), config, {"fd_ratio": 3.0, "val_fd": val_fd})
-    return model
+NAMES = CLASS_NAMES
 
 
 @pytest.fixture
@@ -127,7 +102,7 @@ def test_the_cli_path_loads_the_service_sampler_from_its_file(monkeypatch):
 
 
 def test_card_and_champion_rule_read_a_denoiser_generator(cfg):
-    save_denoiser(cfg.export.generator_checkpoint, steps=4, val_fd=2.5)
+    save_denoiser(cfg.export.generator_checkpoint, steps=4)
     _, _, json_path = export.export_one(target(cfg), cfg, REAL)
     split = data.Split(np.zeros((8, 28, 28), np.uint8), np.arange(8) % 2)
     card = model_card.build(
