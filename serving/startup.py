@@ -64,7 +64,8 @@ def check_bind(settings: Settings, host: str | None) -> str | None:
 def describe(served: runtime.Served) -> str:
     manifest = served.manifest
     models = ", ".join(
-        f"{m.name} {m.contract.channels}x{m.contract.size}x{m.contract.size} sha256 {m.sha256[:12]}"
+        f"{m.name}{f' ({m.family})' if m.name == 'generator' else ''} "
+        f"{m.contract.channels}x{m.contract.size}x{m.contract.size} sha256 {m.sha256[:12]}"
         for m in served.models.values()
     )
     proof = (
