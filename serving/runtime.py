@@ -86,7 +86,7 @@ class Model:
 
     @property
     def family(self) -> str:
-        """ "diffusion" for a denoiser, else "gan" (metadata exported before the family was recorded is a GAN's)."""
+        """The generator family: "diffusion" for a denoiser, else "gan" (as any export from before the family)."""
         return "diffusion" if self.denoiser else str(self.metadata.get("family") or "gan")
 
 
@@ -130,12 +130,16 @@ def build_model(
     return Model(name, where, metadata, session, contract, integrity.sha256(onnx), source, version)
 
 
-DENOISER_KEYS = ("n_classes", "null_label", "prediction", "train_timesteps", "beta_schedule", "default_steps")
+# what serving.ddim reads from a denoiser's metadata
+DENOISER_KEYS = (
+    "n_classes", "null_label", "prediction", "train_timesteps", "beta_schedule", "default_steps", "default_guidance",
+    "channels", "image_size",
+)  # fmt: skip
 
 
 def check_denoiser(metadata: dict[str, Any], contract: Contract, where: str) -> None:
     """A denoiser's metadata describes a sampler serving.ddim can run at the contract's shape, else ModelError."""
-    missing = [k for k in (*DENOISER_KEYS, "default_guidance", "channels", "image_size") if k not in metadata]
+    missing = [k for k in DENOISER_KEYS if k not in metadata]
     if missing:
         raise ModelError(f"{where}: denoiser metadata lacks {missing}")
     shape = [metadata["channels"], metadata["image_size"]]

@@ -81,6 +81,12 @@ def check(host: str | None) -> tuple[Settings, runtime.Served, str | None]:
     settings = from_env()
     warning = check_bind(settings, host)
     served = runtime.load()
+    generator = served.models["generator"]
+    if generator.denoiser and int(generator.metadata["default_steps"]) > settings.max_steps:
+        raise SettingsError(
+            f"MEDGEN_MAX_STEPS={settings.max_steps} is below the served denoiser's default_steps "
+            f"({generator.metadata['default_steps']}): a request without steps would exceed it; raise MEDGEN_MAX_STEPS"
+        )
     return settings, served, warning
 
 

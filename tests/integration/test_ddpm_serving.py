@@ -18,7 +18,7 @@ from medgen.params import load_config
 from medgen.stages import export
 from serving import runtime
 from tests.conftest import ROOT
-from tests.serving.conftest import running
+from tests.serving.conftest import running, start_expecting_exit
 from tests.standins import save_classifier, save_denoiser
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
@@ -45,8 +45,12 @@ def export_with_denoiser(folder: Path, npz: Path) -> Path:
     return Path(cfg.export.out_dir)
 
 
-def test_served_denoiser_generates_seeded_images_and_names_itself(tmp_path, breastmnist_npz):
-    folder = export_with_denoiser(tmp_path, breastmnist_npz)
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, breastmnist_npz) -> Path:
+    return export_with_denoiser(tmp_path_factory.mktemp("ddpm-export"), breastmnist_npz)
+
+
+def test_served_denoiser_generates_seeded_images_and_names_itself(folder, tmp_path):
     local = runtime.load_models(str(folder))["generator"]  # the same files, in process
     with running(folder, tmp_path) as server:
         url = server.url
@@ -85,3 +89,8 @@ def test_served_denoiser_generates_seeded_images_and_names_itself(tmp_path, brea
     for what, response in bad.items():
         assert response.status_code == 422, (what, response.status_code, response.text)
         assert ("steps" if "steps" in what else "guidance") in response.json()["error"], what
+
+
+def test_a_step_bound_below_the_exported_default_stops_the_service(folder):
+    code, output, _ = start_expecting_exit(folder, MEDGEN_MAX_STEPS="3")
+    assert code == 1 and "MEDGEN_MAX_STEPS=3 is below the served denoiser's default_steps (4)" in output, output[-2000:]
