@@ -3,14 +3,10 @@
 
 Inputs : export.classifier_checkpoint, export.generator_checkpoint, export.augmented_checkpoint
          (optional), all written by medgen.training.save_model; data/prepared/<flag>.npz (parity inputs).
-         The generator is a GAN's generator (latent, label -> image) or a diffusion model's denoiser
-         (ClassConditionalUNet: x_t, t, label -> prediction; metadata kind "denoiser"), checked also step by step
-         through the service's numpy DDIM sampler (medgen.diffusion_onnx.check_sampler).
 Outputs: <export.out_dir>/{classifier,classifier_augmented,generator}.{onnx,json}, model_card.{json,md}
          (medgen.model_card; also on each registered version's run) and manifest.json
          (sha256 of every file, code commit, params hash, registered versions: medgen.manifest), export.metrics
-         (`{"classifier": {"max_abs_diff": ...}, "generator": {"max_abs_diff": ...}}`; a denoiser's
-         also `"sampler": {"step_max", "prediction_max", "trajectory_max", "steps", "guidance", "n"}`).
+         (`{"classifier": {"max_abs_diff": ...}, "generator": {"max_abs_diff": ..., "sampler": <a denoiser's>}}`).
 MLflow : experiment medgen/<flag>/export; registered models medgen-classifier[-augmented],
          medgen-generator: a new version every run; alias export.alias (default `champion`) moves to it
          only forward (default profile, same flag, at least as good on validation: medgen.registry),
@@ -31,8 +27,7 @@ import torch
 from medgen import data, diffusion_onnx, manifest, model_card, onnx_export, registry, tracking
 from medgen.config import Config
 from medgen.errors import MedgenError
-from medgen.io import remove_output, write_json
-from medgen.models.diffusion import ClassConditionalUNet
+from medgen.io import write_json
 from medgen.outputs import Output, output_file, output_folder
 from medgen.training import load_model, set_seed
 
@@ -122,8 +117,6 @@ def _generator_spec(model: torch.nn.Module, checkpoint: dict[str, Any], real: np
         )
     channels, size = shape[0], shape[-1]
     meta = {
-        "family": "gan",
-        **({"variant": str(config["variant"])} if config.get("variant") else {}),
         "class_names": onnx_export.class_names_of(config, n_classes),
         "n_classes": n_classes,
         "latent_dim": latent,
@@ -141,64 +134,13 @@ def _generator_spec(model: torch.nn.Module, checkpoint: dict[str, Any], real: np
     return meta, example, ("z", "labels"), ("images",), batches
 
 
-def _denoiser_spec(model: ClassConditionalUNet, checkpoint: dict[str, Any], real: np.ndarray, cfg: Config) -> tuple:
-    """A diffusion generator's denoiser: metadata (serving/ddim.py's schedule and the sampler defaults the generate
-    stage chose, beside a GAN's class names, shape and normalisation), example inputs, names and parity batches."""
-    config = checkpoint.get("config") or {}
-    channels, size = model.channels, model.image_size
-    shape = [channels, size, size]
-    if shape != list(real.shape[1:]):
-        raise MedgenError(
-            f"denoiser makes {shape} images but the prepared images are {list(real.shape[1:])}: "
-            "rerun generate on this data"
-        )
-    steps = int(config.get("sampler_steps", diffusion_onnx.DEFAULT_STEPS))
-    guidance = float(config.get("guidance", diffusion_onnx.DEFAULT_GUIDANCE))
-    n_classes = model.n_classes
-    meta = diffusion_onnx.denoiser_metadata(model, steps, guidance) | {
-        "family": "diffusion",
-        "variant": str(config.get("variant", "ddpm")),
-        "class_names": onnx_export.class_names_of(config, n_classes),
-        "input_size": size,
-        "output_shape": shape,
-        "normalisation": onnx_export.normalisation(channels),
-        "inputs": [
-            {"name": "x_t", "shape": ["batch", channels, size, size], "dtype": "float32"},
-            {"name": "t", "shape": ["batch"], "dtype": "int64", "range": [0, model.train_timesteps - 1]},
-            {"name": "labels", "shape": ["batch"], "dtype": "int64", "range": [0, n_classes], "null": n_classes},
-        ],
-        "outputs": [
-            {"name": "prediction", "shape": ["batch", channels, size, size], "dtype": "float32", "of": model.prediction}
-        ],
-    }
-    example_inputs = diffusion_onnx.example_inputs
-    batches = [
-        dict(zip(diffusion_onnx.INPUTS, (v.numpy() for v in example_inputs(model, n, seed=cfg.seed + n))))
-        for n in cfg.export.parity_batches
-    ]
-    return meta, diffusion_onnx.example_inputs(model, 2), diffusion_onnx.INPUTS, diffusion_onnx.OUTPUTS, batches
-
-
-def _spec_of(target: Target, model: torch.nn.Module):
-    if target.kind == "classifier":
-        return _classifier_spec
-    return _denoiser_spec if isinstance(model, ClassConditionalUNet) else _generator_spec
-
-
-def _parity_failed(onnx_path: Path, what: str, value: float, cfg: Config, detail: dict[str, Any]) -> MedgenError:
-    remove_output(onnx_path)
-    return MedgenError(
-        f"{what} differs from PyTorch by {value:.3g} > export.parity_tolerance={cfg.export.parity_tolerance:g} "
-        f"({detail})"
-    )
-
-
 def export_one(target: Target, cfg: Config, real: np.ndarray) -> tuple[dict[str, Any], Path, Path]:
-    """Export, check and compare one model; the ONNX file is removed again when parity fails. A denoiser is also
-    checked step by step through the service's numpy DDIM sampler (serving/ddim.py) at its default steps and
-    guidance: the network and the step each within export.parity_tolerance."""
+    """Export, check and compare one model (a diffusion generator: medgen.diffusion_onnx); no ONNX if parity fails."""
     model, checkpoint = load_model(target.checkpoint)
-    spec, example, inputs, outputs, batches = _spec_of(target, model)(model, checkpoint, real, cfg)
+    spec_of = _classifier_spec if target.kind == "classifier" else _generator_spec
+    if denoiser := isinstance(model, diffusion_onnx.ClassConditionalUNet):  # a diffusion generator
+        spec_of = diffusion_onnx.export_spec
+    spec, example, inputs, outputs, batches = spec_of(model, checkpoint, real, cfg)
     model, outputs = onnx_export.with_guard(model, checkpoint, spec, outputs)  # + ood_score (medgen.guard)
     # No run id or registry version in the files: they are DVC outputs, the same for the same checkpoints.
     # MLflow links them instead (the export run logs them; the registered version records its run).
@@ -209,26 +151,16 @@ def export_one(target: Target, cfg: Config, real: np.ndarray) -> tuple[dict[str,
         "file": f"{target.stem}.onnx",
         "registry_name": target.registry_name,
     }
-    out = Path(cfg.export.out_dir)
-    if isinstance(model, ClassConditionalUNet):
-        onnx_path = diffusion_onnx.export_denoiser(model, out / f"{target.stem}.onnx", cfg.export.opset, meta)
-    else:
-        onnx_path = onnx_export.export_onnx(
-            model, example, out / f"{target.stem}.onnx", inputs, outputs, cfg.export.opset, meta
-        )
-    sess = onnx_export.session(onnx_path)
-    diffs = onnx_export.max_abs_diff(sess, model, batches)
-    if not diffs["max"] <= cfg.export.parity_tolerance:  # `not <=` also catches NaN
-        raise _parity_failed(onnx_path, f"{target.key}: onnxruntime", diffs["max"], cfg, {"batches": diffs})
+    out, opset = Path(cfg.export.out_dir), cfg.export.opset
+    export_onnx = diffusion_onnx.export_traced if denoiser else onnx_export.export_onnx  # the same, quieter
+    onnx_path = export_onnx(model, example, out / f"{target.stem}.onnx", inputs, outputs, opset, meta)
+    diffs = onnx_export.max_abs_diff(sess := onnx_export.session(onnx_path), model, batches)
     result = {"max_abs_diff": diffs["max"], "max_abs_diff_by_batch": {k: v for k, v in diffs.items() if k != "max"}}
-    if isinstance(model, ClassConditionalUNet):
-        n = max(2, model.n_classes)  # every class at least once
-        sampler = diffusion_onnx.check_sampler(sess, model, meta, n, cfg.seed)
-        worst = max(sampler["step_max"], sampler["prediction_max"])
-        if not worst <= cfg.export.parity_tolerance:
-            what = f"{target.key}: one DDIM step of serving/ddim.py over onnxruntime"
-            raise _parity_failed(onnx_path, what, worst, cfg, sampler)
-        result["sampler"] = sampler
+    checks = [(f"{target.key}: onnxruntime", diffs["max"], f"batches {diffs}")]
+    if denoiser:  # and the service's numpy DDIM step (serving/ddim.py) against diffusers', step by step
+        result["sampler"], check = diffusion_onnx.sampler_check(sess, model, meta, cfg.seed, target.key)
+        checks.append(check)
+    onnx_export.check_parity(onnx_path, checks, cfg.export.parity_tolerance)
     meta.update(parity=result, sha256=onnx_export.file_sha256(onnx_path))
     json_path = write_json(out / f"{target.stem}.json", meta)
     return result, onnx_path, json_path
@@ -258,8 +190,6 @@ def run(cfg: Config) -> dict[str, Any]:
             tracking.log_files([onnx_path, json_path], "onnx")
             metrics[target.key] = result
             log.info("exported %s: max |ort - torch| = %.2e", target.key, result["max_abs_diff"])
-            if "sampler" in result:
-                log.info("%s: max |numpy DDIM step - torch| = %.2e", target.key, result["sampler"]["step_max"])
         write_json(cfg.export.metrics, metrics)
         # Model cards before the manifest (which hashes them); each registered version's run gets its own card
         model_card.log(model_card.write(cfg, cfg.export.out_dir, chosen, prepared), cfg.export.out_dir, versions)
