@@ -94,3 +94,24 @@ def test_served_denoiser_generates_seeded_images_and_names_itself(folder, tmp_pa
 def test_a_step_bound_below_the_exported_default_stops_the_service(folder):
     code, output, _ = start_expecting_exit(folder, MEDGEN_MAX_STEPS="3")
     assert code == 1 and "MEDGEN_MAX_STEPS=3 is below the served denoiser's default_steps (4)" in output, output[-2000:]
+
+
+def test_fuzzed_generate_bodies_get_no_5xx_from_a_denoiser(folder, tmp_path):
+    """tests/serving/test_fuzz.py's schemathesis run, on /generate of a diffusion generator (steps, guidance)."""
+    import collections
+
+    import requests
+    import schemathesis
+    from schemathesis.generation.modes import GenerationMode
+
+    from tests.serving.test_fuzz import fuzz
+
+    with running(folder, tmp_path) as server, requests.Session() as session:
+        schema = schemathesis.openapi.from_url(f"{server.url}/docs.json")
+        (operation,) = [r.ok() for r in schema.get_all_operations() if r.ok().path == "/generate"]
+        counts: collections.Counter = collections.Counter()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            fuzz(operation, mode, server.url, session, counts, 30)
+        assert session.get(f"{server.url}/healthz", timeout=10).status_code == 200
+    statuses = {status for (_, _, status) in counts}
+    assert 200 in statuses and 422 in statuses and max(statuses) < 500, counts
