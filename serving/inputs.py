@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from typing import Any
 
 import numpy as np
 
 from serving.bounded import BadInput
 from serving.contract import Contract
+
+GUIDANCE = (0.0, 10.0)  # classifier-free guidance scale accepted per request (0: unconditional, 1: conditional)
+GENERATE_FIELDS = ("label", "n", "seed", "format", "steps", "guidance")
 
 
 def array_batch(body: Any, contract: Contract, max_batch: int) -> np.ndarray:
@@ -54,9 +58,9 @@ def generate_args(body: Any, n_classes: int, max_batch: int) -> tuple[int, int, 
     """{"label": int, "n": 1..max_batch, "seed": int >= 0 (optional), "format": "png"|"array"} -> validated tuple."""
     if not isinstance(body, dict):
         raise BadInput('JSON body must be an object like {"label": 0, "n": 16, "seed": 1}', 422)
-    unknown = set(body) - {"label", "n", "seed", "format"}
+    unknown = set(body) - set(GENERATE_FIELDS)
     if unknown:
-        raise BadInput(f"unknown field(s) {sorted(unknown)[:5]}; known: label, n, seed, format", 422)
+        raise BadInput(f"unknown field(s) {sorted(unknown)[:5]}; known: {', '.join(GENERATE_FIELDS)}", 422)
 
     def integer(key: str, default: Any = None) -> Any:
         value = body.get(key, default)
@@ -75,3 +79,21 @@ def generate_args(body: Any, n_classes: int, max_batch: int) -> tuple[int, int, 
     if fmt not in ("png", "array"):
         raise BadInput(f'format must be "png" or "array", got {json.dumps(fmt)[:40]}', 422)
     return label, n, seed, fmt
+
+
+def sampler_args(body: dict[str, Any], family: str, max_steps: int) -> tuple[int | None, float | None]:
+    """The optional "steps" (1..max_steps) and "guidance" (a number in GUIDANCE) of a /generate body already
+    checked by generate_args; None where absent (the denoiser's defaults apply). A GAN takes neither: 422."""
+    steps, guidance = body.get("steps"), body.get("guidance")
+    if family != "diffusion" and (steps is not None or guidance is not None):
+        raise BadInput(f"steps and guidance apply to a diffusion generator; this service serves a {family}", 422)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= max_steps):
+        shown = json.dumps(steps)[:40]
+        raise BadInput(f"steps must be an integer in 1..{max_steps} (MEDGEN_MAX_STEPS), got {shown}", 422)
+    if guidance is not None:
+        number = not isinstance(guidance, bool) and isinstance(guidance, (int, float)) and math.isfinite(guidance)
+        if not number or not GUIDANCE[0] <= guidance <= GUIDANCE[1]:
+            shown = json.dumps(guidance)[:40]
+            raise BadInput(f"guidance must be a number in {GUIDANCE[0]:g}..{GUIDANCE[1]:g}, got {shown}", 422)
+        guidance = float(guidance)
+    return steps, guidance

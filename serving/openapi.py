@@ -71,6 +71,19 @@ GENERATE_BODY = {
                         "n": {"type": "integer", "minimum": 1, "maximum": 256},
                         "seed": {"type": "integer", "minimum": 0},
                         "format": {"type": "string", "enum": ["png", "array"]},
+                        "steps": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "DDIM steps, diffusion generator only (at most MEDGEN_MAX_STEPS; "
+                            "default: the exported default_steps)",
+                        },
+                        "guidance": {
+                            "type": "number",
+                            "minimum": 0,
+                            "maximum": 10,
+                            "description": "classifier-free guidance scale, diffusion generator only "
+                            "(default: the exported default_guidance)",
+                        },
                     },
                 }
             }

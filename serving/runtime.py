@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from serving import integrity
+from serving import ddim, integrity
 from serving.contract import Contract, ModelError, graph_shape
 
 MODEL_DIR_ENV = "MEDGEN_MODEL_DIR"  # folder with manifest.json, classifier.onnx/.json, generator.onnx/.json
@@ -63,7 +63,11 @@ class Model:
             "views",
             "calibrator",
             "ood",
+            "variant",
+            "default_steps",
+            "default_guidance",
         )
+        family = {"family": self.family} if self.name == "generator" else {}
         return {
             "name": self.name,
             "source": self.source,
@@ -71,8 +75,19 @@ class Model:
             "sha256": self.sha256,
             "channels": self.contract.channels,
             "size": self.contract.size,
+            **family,
             **{k: self.metadata[k] for k in keys if k in self.metadata},
         }
+
+    @property
+    def denoiser(self) -> bool:
+        """A diffusion model's denoiser (sampled by serving.ddim), not a one-pass generator."""
+        return self.metadata.get("kind") == "denoiser"
+
+    @property
+    def family(self) -> str:
+        """The generator family: "diffusion" for a denoiser, else "gan" (as any export from before the family)."""
+        return "diffusion" if self.denoiser else str(self.metadata.get("family") or "gan")
 
 
 @dataclass
@@ -109,8 +124,36 @@ def build_model(
         raise ModelError(f"{where}: no readable medgen metadata (JSON beside it or embedded)") from None
     output = name == "generator"
     contract = Contract.from_metadata(metadata, graph_shape(session, output=output), where)
+    if metadata.get("kind") == "denoiser":
+        check_denoiser(metadata, contract, where)
     version = version or str((metadata.get("registered") or {}).get("version", ""))
     return Model(name, where, metadata, session, contract, integrity.sha256(onnx), source, version)
+
+
+# what serving.ddim reads from a denoiser's metadata
+DENOISER_KEYS = (
+    "n_classes", "null_label", "prediction", "train_timesteps", "beta_schedule", "default_steps", "default_guidance",
+    "channels", "image_size",
+)  # fmt: skip
+
+
+def check_denoiser(metadata: dict[str, Any], contract: Contract, where: str) -> None:
+    """A denoiser's metadata describes a sampler serving.ddim can run at the contract's shape, else ModelError."""
+    missing = [k for k in DENOISER_KEYS if k not in metadata]
+    if missing:
+        raise ModelError(f"{where}: denoiser metadata lacks {missing}")
+    shape = [metadata["channels"], metadata["image_size"]]
+    if shape != [contract.channels, contract.size]:
+        raise ModelError(f"{where}: denoiser channels/image_size {shape} differ from its output shape")
+    try:
+        ints = [int(metadata[k]) for k in ("n_classes", "null_label", "train_timesteps", "default_steps")]
+        ddim.alphas_cumprod(ints[2], metadata["beta_schedule"])
+        ddim.timesteps(ints[2], ints[3])
+        float(metadata["default_guidance"])
+        if metadata["prediction"] not in ("epsilon", "v_prediction"):
+            raise ValueError(f"unknown prediction type {metadata['prediction']!r}")
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{where}: denoiser metadata is not a sampler serving.ddim runs ({exc})") from None
 
 
 def _from_dir(folder: Path) -> Served:
@@ -230,9 +273,18 @@ def predictions(model: Model, outputs: np.ndarray) -> list[dict[str, Any]]:
     return entries
 
 
-def generate(model: Model, label: int, n: int, seed: int) -> np.ndarray:
-    """n images of class `label` as uint8 (n, C, S, S); the latents come from numpy's PCG64 seeded by `seed`,
-    so the same seed gives the same images on any machine with the same model."""
+def generate(
+    model: Model, label: int, n: int, seed: int, steps: int | None = None, guidance: float | None = None
+) -> np.ndarray:
+    """n images of class `label` as uint8 (n, C, S, S), for either family. A GAN's latents, or a denoiser's
+    starting noise, come from numpy's PCG64 seeded by `seed`, so the same seed gives the same images on any
+    machine with the same model. A denoiser runs serving.ddim's DDIM loop, `steps` and `guidance` defaulting to
+    its metadata's default_steps / default_guidance (a GAN takes neither)."""
+    if model.denoiser:
+        pixels = ddim.generate(model.session, model.metadata, label, n, seed, steps, guidance)
+        return pixels[:, None] if pixels.ndim == 3 else np.ascontiguousarray(np.moveaxis(pixels, -1, 1))
+    if steps is not None or guidance is not None:
+        raise ValueError(f"{model.family} generator: steps and guidance apply to a diffusion model only")
     z = np.random.default_rng(seed).standard_normal((n, int(model.metadata["latent_dim"]))).astype(np.float32)
     (images,) = model.session.run(None, {"z": z, "labels": np.full(n, label, dtype=np.int64)})
     return np.round((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)

@@ -168,20 +168,27 @@ class MedGen:
             s.max_json_depth,
             s.max_json_elements,
         )
-        label, n, seed, fmt = inputs.generate_args(body, int(self.generator.metadata["n_classes"]), s.max_batch)
+        generator = self.generator
+        label, n, seed, fmt = inputs.generate_args(body, int(generator.metadata["n_classes"]), s.max_batch)
+        steps, guidance = inputs.sampler_args(body, generator.family, s.max_steps)
         seed = secrets.randbits(63) if seed is None else seed
-        with self.guard.slot(caller):
-            images = await run_in_threadpool(runtime.generate, self.generator, label, n, seed)
-        contract = self.generator.contract
+        if generator.denoiser:
+            steps = steps or int(generator.metadata["default_steps"])
+            guidance = float(generator.metadata["default_guidance"]) if guidance is None else guidance
+        with self.guard.slot(caller):  # a denoiser's time grows with n x steps (x 2 when guidance != 1)
+            images = await run_in_threadpool(runtime.generate, generator, label, n, seed, steps, guidance)
+        contract = generator.contract
         out: dict[str, Any] = {
             "label": label,
-            "class_name": self.generator.metadata["class_names"][label],
+            "class_name": generator.metadata["class_names"][label],
             "n": n,
             "seed": seed,
             "format": fmt,
             "channels": contract.channels,
             "size": contract.size,
-            "model_version": self.generator.version,
+            "model_version": generator.version,
+            "family": generator.family,
+            **({"steps": steps, "guidance": guidance} if generator.denoiser else {}),
         }
         if fmt == "png":
             out["png_base64"] = await run_in_threadpool(runtime.png_grid, images)
@@ -191,6 +198,16 @@ class MedGen:
 
     async def _metadata(self, _: Request, __: str) -> Response:
         s, classifier, card = self.settings, self.classifier, startup.card_view(self.served)
+        generator = self.generator
+        sampler = (
+            {
+                "steps": f"optional integer 1..{s.max_steps} (default {generator.metadata['default_steps']})",
+                "guidance": f"optional number {inputs.GUIDANCE[0]:g}..{inputs.GUIDANCE[1]:g} "
+                f"(default {generator.metadata['default_guidance']:g})",
+            }
+            if generator.denoiser
+            else {}
+        )
         return JSONResponse(
             {
                 "models": {name: model.info() for name, model in self.served.models.items()},
@@ -199,11 +216,18 @@ class MedGen:
                 "input_spec": {
                     "classify": classifier.contract.describe(s.max_batch, s.max_image_pixels),
                     "generate": {
-                        "label": f"0..{self.generator.metadata['n_classes'] - 1}",
+                        "generator": {
+                            "family": generator.family,
+                            "variant": generator.metadata.get("variant", ""),
+                            "version": generator.version,
+                            "source": generator.source,
+                        },
+                        "label": f"0..{generator.metadata['n_classes'] - 1}",
                         "n": f"1..{s.max_batch}",
                         "seed": "optional integer >= 0",
                         "format": ["png", "array"],
-                        "returns": [self.generator.contract.channels, *[self.generator.contract.size] * 2],
+                        **sampler,
+                        "returns": [generator.contract.channels, *[generator.contract.size] * 2],
                     },
                 },
                 "limits": s.public(),
@@ -227,7 +251,8 @@ class MedGen:
 
     @app.post("/generate", openapi_extra={**GENERATE_BODY, **KEYED})
     async def generate(self, request: Request) -> Response:
-        """{"label", "n", "seed" (optional), "format": "png"|"array"} -> a PNG grid or uint8 arrays."""
+        """{"label", "n", "seed" (optional), "format": "png"|"array", "steps"/"guidance" (a diffusion generator,
+        optional)} -> a PNG grid or uint8 arrays, the same for either generator family."""
         return await self._guarded(request, self._generate)
 
     @app.get("/metadata", openapi_extra=KEYED)

@@ -11,6 +11,7 @@ whose defaults a test keeps equal to DEFAULTS here). A bad value stops the servi
 | MEDGEN_MAX_JSON_ELEMENTS | 1,200,000 | JSON values, checked before decoding (256 grey 64 px images = 1,048,576) |
 | MEDGEN_MAX_IMAGE_PIXELS | 16,777,216 | width x height of an upload, read from its header before decoding |
 | MEDGEN_MAX_BATCH | 256 | images per /classify request and n per /generate |
+| MEDGEN_MAX_STEPS | 50 | DDIM steps per /generate request of a diffusion generator (its cost grows with n x steps) |
 | MEDGEN_RATE_PER_S | 50 | requests per second per caller (API key, else client address); 0 = off |
 | MEDGEN_RATE_BURST | 100 | token-bucket size: requests a caller may send at once |
 | MEDGEN_MAX_INFLIGHT | 8 | requests parsing/computing at once per worker; while all are busy, 503 at once |
@@ -31,6 +32,7 @@ DEFAULTS = {
     "max_json_elements": 1_200_000,
     "max_image_pixels": 4096 * 4096,
     "max_batch": 256,
+    "max_steps": 50,
     "rate_per_s": 50.0,
     "rate_burst": 100,
     "max_inflight": 8,
@@ -42,6 +44,7 @@ RANGES = {
     "max_json_elements": (1024, 50_000_000),
     "max_image_pixels": (28 * 28, 200_000_000),
     "max_batch": (1, 4096),
+    "max_steps": (1, 1000),
     "rate_per_s": (0.0, 1e6),
     "rate_burst": (1, 1_000_000),
     "max_inflight": (1, 10_000),
@@ -69,6 +72,7 @@ class Settings:
     max_json_elements: int = DEFAULTS["max_json_elements"]
     max_image_pixels: int = DEFAULTS["max_image_pixels"]
     max_batch: int = DEFAULTS["max_batch"]
+    max_steps: int = DEFAULTS["max_steps"]
     rate_per_s: float = DEFAULTS["rate_per_s"]
     rate_burst: int = DEFAULTS["rate_burst"]
     max_inflight: int = DEFAULTS["max_inflight"]

@@ -64,7 +64,8 @@ def check_bind(settings: Settings, host: str | None) -> str | None:
 def describe(served: runtime.Served) -> str:
     manifest = served.manifest
     models = ", ".join(
-        f"{m.name} {m.contract.channels}x{m.contract.size}x{m.contract.size} sha256 {m.sha256[:12]}"
+        f"{m.name}{f' ({m.family})' if m.name == 'generator' else ''} "
+        f"{m.contract.channels}x{m.contract.size}x{m.contract.size} sha256 {m.sha256[:12]}"
         for m in served.models.values()
     )
     proof = (
@@ -80,6 +81,12 @@ def check(host: str | None) -> tuple[Settings, runtime.Served, str | None]:
     settings = from_env()
     warning = check_bind(settings, host)
     served = runtime.load()
+    generator = served.models["generator"]
+    if generator.denoiser and int(generator.metadata["default_steps"]) > settings.max_steps:
+        raise SettingsError(
+            f"MEDGEN_MAX_STEPS={settings.max_steps} is below the served denoiser's default_steps "
+            f"({generator.metadata['default_steps']}): a request without steps would exceed it; raise MEDGEN_MAX_STEPS"
+        )
     return settings, served, warning
 
 

@@ -81,6 +81,41 @@ def save_generator(
     return save_model(path, model, kwargs, config=config, metrics=metrics or {})
 
 
+TINY_DENOISER = {"n_classes": 2, "width": 8, "norm_groups": 4, "channel_mult": [1, 2], "attention_levels": [1]}
+
+
+def save_denoiser(
+    path: str | Path,
+    seed: int = 0,
+    steps: int = 4,
+    guidance: float = 1.0,
+    profile: str | None = "full",
+    metrics: dict | None = None,
+) -> torch.nn.Module:
+    """A tiny ClassConditionalUNet saved as the generate stage saves a chosen diffusion generator; random weights
+    that make every layer count (a fresh UNet's output layer is zero). Returns the model (eval mode)."""
+    from medgen.models.diffusion import ClassConditionalUNet
+
+    torch.manual_seed(seed)
+    model = ClassConditionalUNet(**TINY_DENOISER).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    config = {
+        "variant": "ddpm",
+        "family": "diffusion",
+        "sampler_steps": steps,
+        "guidance": guidance,
+        "n_classes": 2,
+        "class_names": CLASS_NAMES,
+        "image_shape": [1, 28, 28],
+        "flag": "breastmnist",
+        **_recorded(profile),
+    }
+    save_model(path, model, dict(TINY_DENOISER), config=config, metrics=metrics or {"fd_ratio": 3.0, "val_fd": 2.5})
+    return model
+
+
 if __name__ == "__main__":
     classifier, generator = sys.argv[1:3]
     print(save_classifier(classifier), save_generator(generator))

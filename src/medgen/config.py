@@ -305,6 +305,8 @@ class ServeConfig(Section):
     # width x height of an upload, from its header (decompression bombs)
     max_image_pixels: int = rule(4096 * 4096, ge=784)
     max_batch: int = rule(256, ge=1)  # images per /classify request, n per /generate
+    # DDIM steps per /generate request of a diffusion generator (n = 256 at 50 steps: ~15 s on one core)
+    max_steps: int = rule(50, ge=1, le=1000)
     # requests per second per caller (key, else client address)
     rate_per_s: float = rule(50.0, ge=0, note="0 = no rate limit")
     rate_burst: int = rule(100, ge=1)  # token-bucket size

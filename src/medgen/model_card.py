@@ -212,6 +212,11 @@ def build(cfg: Config, target: Any, metadata: dict[str, Any], dataset: data.Data
         results = _generator_results(cfg, Path(target.checkpoint), ckpt)
     commit, dirty = manifest.code_state()
     described = {k: config[k] for k in ("recipe", "arm", "seed", "variant", "stem_used", "tta") if k in config}
+    if target.kind == "generator":  # which generator family: a GAN's checkpoint before "family" existed is a GAN
+        described["family"] = metadata.get("family") or config.get("family") or "gan"
+        if metadata.get("kind") == "denoiser":
+            described |= {"sampler": "DDIM", "sampler_steps": metadata.get("default_steps")}
+            described["guidance"] = metadata.get("default_guidance")
     training = _training_data(dataset)
     return {
         "model_details": {

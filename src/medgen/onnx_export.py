@@ -20,7 +20,7 @@ import torch
 
 from medgen import __version__
 from medgen.errors import MedgenError
-from medgen.io import readable, write_file
+from medgen.io import readable, remove_output, write_file
 
 METADATA_KEY = "medgen"  # ONNX metadata_props key holding the metadata JSON (read by the service)
 
@@ -149,6 +149,17 @@ def max_abs_diff(sess: Any, model: torch.nn.Module, batches: Sequence[dict[str, 
     return diffs
 
 
+def check_parity(onnx_path: Path, checks: Sequence[tuple[str, float, Any]], tolerance: float) -> None:
+    """checks: (what, max |onnxruntime - torch|, detail); the first above `tolerance` (or NaN) removes the ONNX
+    file and raises MedgenError naming it."""
+    for what, value, detail in checks:
+        if not value <= tolerance:  # `not <=` also catches NaN
+            remove_output(onnx_path)
+            raise MedgenError(
+                f"{what} differs from PyTorch by {value:.3g} > export.parity_tolerance={tolerance:g} ({detail})"
+            )
+
+
 def classifier_batches(images: np.ndarray, sizes: Sequence[int]) -> list[dict[str, np.ndarray]]:
     """Consecutive real images (float32 (N,1,H,W) in [-1,1]) cut into batches of `sizes` (wrapping)."""
     total = sum(sizes)
@@ -171,7 +182,9 @@ def generator_batches(latent_dim: int, n_classes: int, sizes: Sequence[int], see
 
 
 def base_metadata(kind: str, checkpoint_path: str | Path, checkpoint: dict[str, Any], opset: int) -> dict[str, Any]:
-    """What any consumer needs to call the model right, without torch or the training code."""
+    """What any consumer needs to call the model right, without torch or the training code (and, for a generator,
+    the variant its checkpoint records: cdcgan, acgan, wgan-gp, ddpm)."""
+    variant = (checkpoint.get("config") or {}).get("variant")
     return {
         "kind": kind,
         "format": "onnx",
@@ -181,5 +194,6 @@ def base_metadata(kind: str, checkpoint_path: str | Path, checkpoint: dict[str, 
         "source_checkpoint_sha256": file_sha256(checkpoint_path),
         "source_run_id": source_run_id(checkpoint),
         "model_class": (checkpoint.get("model") or {}).get("class", ""),
+        **({"variant": str(variant)} if variant else {}),
         "medgen_version": __version__,
     }

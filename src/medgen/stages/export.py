@@ -6,7 +6,7 @@ Inputs : export.classifier_checkpoint, export.generator_checkpoint, export.augme
 Outputs: <export.out_dir>/{classifier,classifier_augmented,generator}.{onnx,json}, model_card.{json,md}
          (medgen.model_card; also on each registered version's run) and manifest.json
          (sha256 of every file, code commit, params hash, registered versions: medgen.manifest), export.metrics
-         (`{"classifier": {"max_abs_diff": ...}, "generator": {"max_abs_diff": ...}}`).
+         (`{"classifier": {"max_abs_diff": ...}, "generator": {"max_abs_diff": ..., "sampler": <a denoiser's>}}`).
 MLflow : experiment medgen/<flag>/export; registered models medgen-classifier[-augmented],
          medgen-generator: a new version every run; alias export.alias (default `champion`) moves to it
          only forward (default profile, same flag, at least as good on validation: medgen.registry),
@@ -24,10 +24,10 @@ import mlflow
 import numpy as np
 import torch
 
-from medgen import data, manifest, model_card, onnx_export, registry, tracking
+from medgen import data, diffusion_onnx, manifest, model_card, onnx_export, registry, tracking
 from medgen.config import Config
 from medgen.errors import MedgenError
-from medgen.io import remove_output, write_json
+from medgen.io import write_json
 from medgen.outputs import Output, output_file, output_folder
 from medgen.training import load_model, set_seed
 
@@ -135,9 +135,11 @@ def _generator_spec(model: torch.nn.Module, checkpoint: dict[str, Any], real: np
 
 
 def export_one(target: Target, cfg: Config, real: np.ndarray) -> tuple[dict[str, Any], Path, Path]:
-    """Export, check and compare one model; the ONNX file is removed again when parity fails."""
+    """Export, check and compare one model (a diffusion generator: medgen.diffusion_onnx); no ONNX if parity fails."""
     model, checkpoint = load_model(target.checkpoint)
     spec_of = _classifier_spec if target.kind == "classifier" else _generator_spec
+    if denoiser := isinstance(model, diffusion_onnx.ClassConditionalUNet):  # a diffusion generator
+        spec_of = diffusion_onnx.export_spec
     spec, example, inputs, outputs, batches = spec_of(model, checkpoint, real, cfg)
     model, outputs = onnx_export.with_guard(model, checkpoint, spec, outputs)  # + ood_score (medgen.guard)
     # No run id or registry version in the files: they are DVC outputs, the same for the same checkpoints.
@@ -149,18 +151,16 @@ def export_one(target: Target, cfg: Config, real: np.ndarray) -> tuple[dict[str,
         "file": f"{target.stem}.onnx",
         "registry_name": target.registry_name,
     }
-    out = Path(cfg.export.out_dir)
-    onnx_path = onnx_export.export_onnx(
-        model, example, out / f"{target.stem}.onnx", inputs, outputs, cfg.export.opset, meta
-    )
-    diffs = onnx_export.max_abs_diff(onnx_export.session(onnx_path), model, batches)
-    if not diffs["max"] <= cfg.export.parity_tolerance:  # `not <=` also catches NaN
-        remove_output(onnx_path)
-        raise MedgenError(
-            f"{target.key}: onnxruntime differs from PyTorch by {diffs['max']:.3g} "
-            f"> export.parity_tolerance={cfg.export.parity_tolerance:g} (batches {diffs})"
-        )
+    out, opset = Path(cfg.export.out_dir), cfg.export.opset
+    export_onnx = diffusion_onnx.export_traced if denoiser else onnx_export.export_onnx  # the same, quieter
+    onnx_path = export_onnx(model, example, out / f"{target.stem}.onnx", inputs, outputs, opset, meta)
+    diffs = onnx_export.max_abs_diff(sess := onnx_export.session(onnx_path), model, batches)
     result = {"max_abs_diff": diffs["max"], "max_abs_diff_by_batch": {k: v for k, v in diffs.items() if k != "max"}}
+    checks = [(f"{target.key}: onnxruntime", diffs["max"], f"batches {diffs}")]
+    if denoiser:  # and the service's numpy DDIM step (serving/ddim.py) against diffusers', step by step
+        result["sampler"], check = diffusion_onnx.sampler_check(sess, model, meta, cfg.seed, target.key)
+        checks.append(check)
+    onnx_export.check_parity(onnx_path, checks, cfg.export.parity_tolerance)
     meta.update(parity=result, sha256=onnx_export.file_sha256(onnx_path))
     json_path = write_json(out / f"{target.stem}.json", meta)
     return result, onnx_path, json_path
