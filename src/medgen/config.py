@@ -479,7 +479,7 @@ class GenerateConfig(Section):
     ema_decay: float = rule(0.995, ge=0, lt=1, note="0 = no EMA")  # EMA copy of G used for sampling
     gp_weight: float = rule(10.0, ge=0)  # wgan-gp gradient penalty weight
     n_critic: int = rule(2, **POSITIVE)  # wgan-gp critic steps per G step
-    samples_per_class: int = rule(2000, ge=1, note="samples per class")
+    samples_per_class: int = rule(1000, ge=1, note="samples per class")
     labels: tuple[int, ...] = rule((), ge=0, item="class label")  # classes to sample; empty = all
     # synthetic samples per quality check in the search; 0 = size of the val split
     eval_samples: int = rule(0, ge=0, note="0 = size of the val split")
@@ -511,6 +511,7 @@ class GenerateConfig(Section):
     ddpm_guidance_min: float = rule(1.0, ge=0)
     ddpm_guidance_max: float = rule(3.0, ge=0)
     ddpm_trials: int = rule(6, ge=0, note="0 = no search, use ddpm_steps/ddpm_guidance")
+    ddpm_eval_samples: int = rule(256, ge=0, note="0 = size of the val split")  # samples per sampler-study trial
     # what the diffusion study searches: steps and guidance reuse one trained model; lr or width train per trial
     ddpm_search: tuple[str, ...] = rule(("guidance", "steps"), choices=DDPM_SEARCH, distinct=True, item="parameter")
     ddpm_search_epochs: int = rule(30, **POSITIVE)  # per trial, only when lr or width are searched

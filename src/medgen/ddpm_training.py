@@ -4,7 +4,9 @@ loop and its Optuna study.
 The study searches what `generate.ddpm_search` lists. Sampler settings (DDIM `steps`, guidance scale
 `guidance`) cost no training: every trial samples the one trained model. `lr` and `width` need a model per
 trial (`ddpm_search_epochs` each, pruned on the val FD): the `gpu` profile searches them, a 2-core CPU
-cannot afford it inside the stage's budget (docs/diffusion.md). Objective: the generate stage's val FD.
+cannot afford it inside the stage's budget (docs/diffusion.md). Objective: the FD of `ddpm_eval_samples`
+samples (val's class proportions) against the train images: at val size (78) FD's small-sample bias
+favours low-diversity samplers such as a high guidance scale.
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ def model_kwargs(g: GenerateConfig, n_classes: int, image_shape: tuple[int, ...]
 def fit_model(
     cfg: Config, real: generation.Real, device: torch.device, lr: float, width: int, epochs: int, label: str, trial=None
 ) -> tuple[ClassConditionalUNet, list[dict], int]:
-    """Train a denoiser for `epochs` (cosine lr decay, EMA); keep the EMA weights with the best val FD
-    (default sampler settings, every ddpm_eval_every epochs). Returns them, the history and the kept epoch."""
+    """Train a denoiser for `epochs` (cosine lr decay, EMA); returns the final EMA weights, the history
+    (loss per epoch, val FD with the default sampler every ddpm_eval_every epochs: the curve and a trial's
+    pruning) and the last epoch. The final weights, not the best-FD epoch: at val size (78 images) the FD
+    check is too noisy to pick an epoch by (it picked epoch 50 of a loss still falling at 150)."""
     g = cfg.generate
     set_seed(cfg.seed)  # every fit starts from the same weights and batches: only its settings differ
     dataset = real.dataset
@@ -99,12 +103,12 @@ def fit_model(
         sampler = DiffusionSampler(kept, g.ddpm_steps, g.ddpm_guidance)
         return {"val_fd": generation.val_fd(sampler, real, n_eval, cfg.seed)}
 
-    fitted = fit(trainer.steps(real.x, real.y), len(real.x), loop, validate, keep=kept)
+    fitted = fit(trainer.steps(real.x, real.y), len(real.x), loop, validate)
     if not any(math.isfinite(row.get("val_fd", math.nan)) for row in fitted.rows):
         from medgen.errors import MedgenError
 
         raise MedgenError("generate: the diffusion model diverged (no finite val FD); lower generate.ddpm_lr")
-    return kept.eval(), fitted.rows, fitted.best_epoch
+    return kept.eval(), fitted.rows, len(fitted.rows)
 
 
 def study_spec(cfg: Config) -> dict[str, Any]:
@@ -145,7 +149,7 @@ def train_and_choose(
     if g.ddpm_trials == 0:
         model, rows, best_epoch = final
         return model, base, {"n_trials": 0}, rows, best_epoch
-    n_eval = g.eval_samples or len(real.dataset.val)
+    n_eval = g.ddpm_eval_samples or len(real.dataset.val)
 
     def objective(trial: optuna.Trial) -> float:
         hyper = suggest(trial, g)
@@ -198,16 +202,20 @@ def candidate(cfg: Config, real: generation.Real, device: torch.device, run_id: 
     """The diffusion candidate (medgen.ddpm_training): trained, its sampler settings searched."""
     started = time.perf_counter()
     model, hyper, summary, history, best_epoch = train_and_choose(cfg, real, device, run_id)
+    sampler = DiffusionSampler(model, hyper.steps, hyper.guidance)
+    # the GAN's val_fd figure (val-sized, cfg.seed) of the denoiser as it is served: export's champion rule
+    val_fd = generation.val_fd(sampler, real, cfg.generate.eval_samples or len(real.dataset.val), cfg.seed)
     return generation.Candidate(
         "ddpm",
         "diffusion",
         model,
         model_kwargs(cfg.generate, real.dataset.n_classes, real.dataset.image_shape, hyper.width),
-        DiffusionSampler(model, hyper.steps, hyper.guidance),
+        sampler,
         {"sampler_steps": hyper.steps, "guidance": hyper.guidance, "lr": hyper.lr, "width": hyper.width},
         history,
         best_epoch,
         {"hyper": asdict(hyper), "search": summary, "best_epoch": best_epoch},
         figure=history_figure,
         seconds=time.perf_counter() - started,
+        val_fd=val_fd,
     )

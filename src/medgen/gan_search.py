@@ -94,4 +94,5 @@ def candidate(cfg: Config, real: generation.Real, device: torch.device, run_id: 
         {"hyper": asdict(hyper), "search": summary, "best_epoch": best_epoch},
         figure=plots.gan_history,
         seconds=time.perf_counter() - started,
+        val_fd=history[best_epoch - 1]["val_fd"],  # the kept epoch's: what the fit selected on
     )

@@ -549,6 +549,40 @@ def classify_section(m: Mapping[str, Any], details: Mapping[str, Any]) -> list[s
     return out
 
 
+VARIANT_KEYS = ("fd_ratio", "kid_ratio", "c2st_acc", "precision", "recall", "density", "coverage", "memorization_share")
+
+
+def variants_table(m: Mapping[str, Any]) -> list[str]:
+    """Every generator the stage trained (`variants`), side by side: what the choice read (FD of a train-sized
+    synthetic set against the train images, memorisation against val images) and the test-side report, with
+    each class's FD ratio."""
+    variants = _entries(m.get("variants", {}))
+    if not variants:
+        return []
+    selection = m.get("selection", {}) if isinstance(m.get("selection"), dict) else {}
+    classes = sorted({c for e in variants.values() for c in _entries(e.get("per_class", {}))})
+    rows = []
+    for name, e in variants.items():
+        chosen = " (chosen)" if name == m.get("variant") else ""
+        sel = e.get("selection", {}) if isinstance(e.get("selection"), dict) else {}
+        ratios = class_fd_ratios(e)
+        rows.append(
+            [
+                f"`{name}`{chosen}",
+                num(sel.get("fd")),
+                num(sel.get("val_memorization_share")),
+                *[ratio(e.get(k)) if k.endswith("_ratio") else num(e.get(k)) for k in VARIANT_KEYS],
+                *[ratio(ratios.get(c)) for c in classes],
+            ]
+        )
+    header = ["variant", "FD, train-sized set (choice)", "val memorisation", *[f"`{k}`" for k in VARIANT_KEYS]]
+    out = ["", "Every generator trained (the choice read only the next two columns; the rest is on val + test):", ""]
+    out += [table([*header, *[f"FD ratio class {c}" for c in classes]], rows)]
+    if selection.get("rule"):
+        out += ["", f"Choice: {selection['rule']}."]
+    return out
+
+
 def generate_section(m: Mapping[str, Any], _details: Mapping[str, Any]) -> list[str]:
     """Results-page lines for the generate stage: every scalar of the metrics file."""
     scalars = [
@@ -561,6 +595,7 @@ def generate_section(m: Mapping[str, Any], _details: Mapping[str, Any]) -> list[
         keys = sorted({k for e in per_class.values() for k in e if isinstance(e[k], (int, float))})
         rows = [[c, *[num(e.get(k)) for k in keys], ratio(ratios.get(c))] for c, e in per_class.items()]
         out += ["", "Per class:", "", table(["class", *[f"`{k}`" for k in keys], "FD ratio"], rows)]
+    out += variants_table(m)
     hyper = m.get("hyper")
     if isinstance(hyper, dict):
         out += [

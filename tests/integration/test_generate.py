@@ -58,7 +58,7 @@ def test_generate_smoke_end_to_end(smoke_cfg, workdir):
     # the rule, recomputed from the file: lowest selection val FD among the candidates under the limit
     selection = {name: on_disk["selection"][name] for name in on_disk["variants"]}
     fair = [k for k, v in selection.items() if v["val_memorization_share"] <= cfg.generate.max_memorization]
-    expected = min(fair, key=lambda k: selection[k]["val_fd"]) if fair else None
+    expected = min(fair, key=lambda k: selection[k]["fd"]) if fair else None
     assert on_disk["selection"]["chosen"] == on_disk["variant"] == (expected or on_disk["variant"])
     assert (on_disk["family"] == "diffusion") == (on_disk["variant"] == "ddpm")
 

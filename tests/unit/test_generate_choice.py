@@ -14,11 +14,11 @@ from medgen.models.diffusion import ClassConditionalUNet
 
 def _candidate(name: str, family: str, val_fd: float, memorised: float) -> Candidate:
     c = Candidate(name, family, torch.nn.Identity(), {}, None, {}, [], 1, {})
-    c.selection = {"val_fd": val_fd, "val_memorization_share": memorised, "val_memorization_threshold": 1.0}
+    c.selection = {"fd": val_fd, "val_memorization_share": memorised, "val_memorization_threshold": 1.0}
     return c
 
 
-def test_the_lowest_val_fd_wins_among_generators_that_do_not_copy():
+def test_the_lowest_fd_wins_among_generators_that_do_not_copy():
     gan, ddpm = _candidate("acgan", "gan", 0.30, 0.0), _candidate("ddpm", "diffusion", 0.20, 0.02)
     assert choose([gan, ddpm], "auto", 0.10)[0] is ddpm
     assert choose([gan, _candidate("ddpm", "diffusion", 0.40, 0.0)], "auto", 0.10)[0] is gan

@@ -90,8 +90,7 @@ def _run(cfg: Config) -> dict[str, Any]:
             "flag": cfg.data.flag,
             "profile": cfg.profile,
         }
-        # val_fd of the kept epoch: what the fit selected on, and what export's champion rule compares
-        selected = {"val_fd": chosen.history[chosen.best_epoch - 1]["val_fd"]}
+        selected = {"val_fd": chosen.val_fd}  # what export's champion rule compares
         save_model(
             gcfg.checkpoint,
             chosen.module,
@@ -110,9 +109,9 @@ def _run(cfg: Config) -> dict[str, Any]:
         tracking.log_dict(result, "generate.json")
     for c in candidates:
         log.info(
-            "generate: %s val fd %.3g, fd ratio %.3g, c2st %.3f, memorisation %.3f; %.0f s",
+            "generate: %s fd %.3g (train-sized set), fd ratio %.3g, c2st %.3f, memorisation %.3f; %.0f s",
             c.name,
-            c.selection["val_fd"],
+            c.selection["fd"],
             c.report["fd_ratio"],
             c.report["c2st_acc"],
             c.report["memorization_share"],
