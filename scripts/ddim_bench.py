@@ -2,7 +2,8 @@
 (numpy DDIM over onnxruntime, one intra-op thread as the service runs it) and, with --http, POST /generate on a
 real `bentoml serve` on loopback.
 
-    python scripts/ddim_bench.py [--n 16 256] [--steps 20] [--guidance 1] [--repeat 5] [--http] [--onnx FILE]
+    python scripts/ddim_bench.py [--n 16 256] [--steps 20] [--guidance 1] [--repeat 5] [--http]
+                                 [--onnx FILE | --checkpoint models/generate/generator.pt]
 
 Without --onnx it saves a denoiser of the study's default size (ClassConditionalUNet() defaults: width 16,
 channel_mult (1, 2, 2), 32 px sample, 28 px images; random weights, the time does not depend on them) as the
@@ -29,9 +30,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 from serving import runtime  # noqa: E402
 
 
-def export_default(folder: Path, steps: int, guidance: float, http: bool) -> tuple[Path, dict]:
-    """<folder>/export with the default-size denoiser as generator.onnx (and, for --http, a stand-in classifier
-    and the manifest); returns the folder and the generator's parity figures."""
+def export_default(
+    folder: Path, steps: int, guidance: float, http: bool, checkpoint: Path | None = None
+) -> tuple[Path, dict]:
+    """<folder>/export with the default-size denoiser (or the trained `checkpoint`, a generate-stage
+    generator.pt) as generator.onnx (and, for --http, a stand-in classifier and the manifest); returns the
+    folder and the generator's parity figures."""
     import torch
 
     from medgen import data, manifest
@@ -51,6 +55,10 @@ def export_default(folder: Path, steps: int, guidance: float, http: bool) -> tup
             f"export.out_dir={folder / 'export'}",
         ],
     )
+    if checkpoint is not None:
+        import shutil
+
+        shutil.copyfile(checkpoint, cfg.export.generator_checkpoint)
     torch.manual_seed(0)
     model = ClassConditionalUNet().eval()
     with torch.no_grad():  # a fresh UNet's output layer is zero: weights that make every layer compute
@@ -58,7 +66,8 @@ def export_default(folder: Path, steps: int, guidance: float, http: bool) -> tup
             p.add_(torch.randn_like(p) * 0.02)
     config = {"variant": "ddpm", "family": "diffusion", "sampler_steps": steps, "guidance": guidance}
     config |= {"n_classes": 2, "class_names": CLASS_NAMES, "image_shape": [1, 28, 28], "profile": "bench"}
-    save_model(cfg.export.generator_checkpoint, model, {}, config=config, metrics={})
+    if checkpoint is None:
+        save_model(cfg.export.generator_checkpoint, model, {}, config=config, metrics={})
     if http:
         real, _ = data.to_tensors(data.load_npz(cfg.data.source_path(), cfg.data).test)
         save_classifier(cfg.export.classifier_checkpoint, images=real[:64])
@@ -114,6 +123,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--onnx", type=Path, help="an exported denoiser (generator.onnx, metadata embedded)")
+    parser.add_argument("--checkpoint", type=Path, help="a trained denoiser checkpoint (generate's generator.pt)")
     parser.add_argument("--http", action="store_true", help="also time POST /generate on a real bentoml serve")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "ddim_bench.json")
     args = parser.parse_args()
@@ -122,7 +132,7 @@ def main() -> None:
         if args.onnx:
             path = args.onnx
         else:
-            folder, parity = export_default(Path(scratch), args.steps, args.guidance, args.http)
+            folder, parity = export_default(Path(scratch), args.steps, args.guidance, args.http, args.checkpoint)
             path = folder / "generator.onnx"
             print(f"export parity: {json.dumps(parity)}")
         model = runtime.build_model("generator", path.read_bytes(), None, str(path))
@@ -144,7 +154,7 @@ def main() -> None:
             )
         http = time_http(folder, args.n, args.repeat) if args.http and not args.onnx else None
     report = {
-        "model": str(args.onnx or "ClassConditionalUNet() defaults, random weights"),
+        "model": str(args.onnx or args.checkpoint or "ClassConditionalUNet() defaults, random weights"),
         "steps": args.steps,
         "guidance": args.guidance,
         "ort_threads": int(os.environ.get("MEDGEN_ORT_THREADS", 1)),
