@@ -209,3 +209,29 @@ def test_calibration_and_guard_rows_state_their_targets():
     lines = "\n".join(report.guard_section(served))
     assert "calibrator `bias`" in lines and "| rot90 | corruption | 10 | 0.500 | 10.0% |" in lines
     assert report.guard_rows({}) == [] and report.guard_section({}) == []  # files from before #18
+
+
+def test_every_generator_trained_gets_a_row_and_the_choice_is_stated():
+    entry = {
+        "fd_ratio": 3.3,
+        "kid_ratio": 1.4,
+        "c2st_acc": 0.70,
+        "memorization_share": 0.0,
+        "per_class": {"0": {"fd_ratio": 7.7}, "1": {"fd_ratio": 3.3}},
+    }
+    m = {
+        "variant": "acgan",
+        **entry,
+        "selection": {"rule": "lowest FD of a train-sized synthetic set", "chosen": "acgan"},
+        "variants": {
+            "acgan": {**entry, "selection": {"fd": 0.169, "val_memorization_share": 0.0}},
+            "ddpm": {**entry, "fd_ratio": 9.6, "selection": {"fd": 0.320, "val_memorization_share": 0.02}},
+        },
+    }
+    lines = "\n".join(report.generate_section(m, {}))
+    assert "| `acgan` (chosen) | 0.169 | 0.000 | 3.3× |" in lines
+    assert "| `ddpm` | 0.320 | 0.020 | 9.6× |" in lines and "7.7×" in lines
+    assert "Choice: lowest FD of a train-sized synthetic set." in lines
+    assert report.variants_table({"variant": "acgan"}) == []  # files from before the families
+    rows = report.generate_rows(m)
+    assert rows[-1][0].startswith("generator: memorisation share") and rows[-1][-1] == "target met"
