@@ -22,7 +22,10 @@ from medgen.training import Loop, fit, save_checkpoint, set_seed
 
 log = logging.getLogger(__name__)
 
-GRID_PER_CLASS = 16  # images per class in each checkpoint grid
+GRID_PER_CLASS = 16
+# fewer images than this in a class of the train or held-out set: no per-class extended report
+# (metrics.precision_recall's k = 3 neighbours, c2st_accuracy's 5 folds)
+MIN_PER_CLASS = 5  # images per class in each checkpoint grid
 
 
 @dataclass
@@ -76,14 +79,22 @@ def evaluate(cfg: Config, generator, real: Real) -> tuple[dict[str, Any], data.S
     like_heldout = synthetic.sample_like(generator, real.heldout.labels, seed)
     like_train = synthetic.sample_like(generator, real.dataset.train.labels, seed + 1000)
     feats = lambda split: extract_features(real.net, data.to_tensors(split)[0])  # noqa: E731
-    report = metrics.generation_report(
-        (real.train_features, real.dataset.train.labels),
-        (real.heldout_features, real.heldout.labels),
-        (feats(like_heldout), like_heldout.labels),
-        (feats(like_train), like_train.labels),
-        pixels=(real.dataset.train.images, real.heldout.images, like_train.images),
-        seed=cfg.seed,
+    train = (real.train_features, real.dataset.train.labels)
+    heldout, fake = (real.heldout_features, real.heldout.labels), (feats(like_heldout), like_heldout.labels)
+    c2st = feats(like_train)
+    counts = [np.bincount(y, minlength=real.dataset.n_classes) for y in (train[1], heldout[1])]
+    if min(c.min() for c in counts) > MIN_PER_CLASS:
+        pixels = (real.dataset.train.images, real.heldout.images, like_train.images)
+        report = metrics.generation_report(train, heldout, fake, (c2st, like_train.labels), pixels, cfg.seed)
+        return report, like_train
+    # a class too small for per-class precision/recall (k = 3) or a 5-fold C2ST: the overall figures only
+    log.warning(
+        "generate: a class has <= %d train or held-out images: no per-class P/R, C2ST, memorisation", MIN_PER_CLASS
     )
+    report = metrics.generation_quality(train, heldout, fake, c2st, seed=cfg.seed)
+    px = metrics.flat_pixels
+    memo = metrics.memorization(px(real.dataset.train.images), px(real.heldout.images), px(like_train.images))
+    report.update(memorization_share=memo["memorization_share"], memorization_threshold=memo["threshold"])
     return report, like_train
 
 

@@ -114,7 +114,7 @@ def _run(cfg: Config) -> dict[str, Any]:
             c.selection["fd"],
             c.report["fd_ratio"],
             c.report["c2st_acc"],
-            c.report["memorization_share"],
+            c.report.get("memorization_share", float("nan")),
             c.seconds,
         )
     log.info("generate: chosen %s (%s)", chosen.name, why)
