@@ -13,41 +13,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medgen import data, manifest
-from medgen.params import load_config
-from medgen.stages import export
 from serving import runtime
-from tests.conftest import ROOT
-from tests.serving.conftest import running, start_expecting_exit
-from tests.standins import save_classifier, save_denoiser
+from tests.serving.conftest import export_standins, running, start_expecting_exit
+from tests.standins import save_denoiser
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 
-def export_with_denoiser(folder: Path, npz: Path) -> Path:
-    """Stand-in classifier + tiny denoiser -> <folder>/export (ONNX, JSON, manifest) by export_one, without MLflow."""
-    cfg = load_config(
-        ROOT / "params.yaml",
-        profile="smoke",
-        overrides=[
-            f"export.classifier_checkpoint={folder / 'classifier.pt'}",
-            f"export.generator_checkpoint={folder / 'generator.pt'}",
-            f"export.augmented_checkpoint={folder / 'absent.pt'}",
-            f"export.out_dir={folder / 'export'}",
-        ],
-    )
-    real, _ = data.to_tensors(data.load_npz(npz, cfg.data).test)
-    save_classifier(cfg.export.classifier_checkpoint, images=real[:64])
-    save_denoiser(cfg.export.generator_checkpoint, steps=4, guidance=1.0)
-    for target in export.targets(cfg):
-        export.export_one(target, cfg, real.numpy())
-    manifest.write(cfg, cfg.export.out_dir)
-    return Path(cfg.export.out_dir)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, breastmnist_npz) -> Path:
-    return export_with_denoiser(tmp_path_factory.mktemp("ddpm-export"), breastmnist_npz)
+    write = lambda path: save_denoiser(path, steps=4, guidance=1.0)  # noqa: E731
+    return export_standins(tmp_path_factory.mktemp("ddpm-export"), breastmnist_npz, write_generator=write)
 
 
 def test_served_denoiser_generates_seeded_images_and_names_itself(folder, tmp_path):

@@ -23,10 +23,11 @@ from tests.conftest import ROOT
 from tests.standins import save_classifier, save_generator
 
 
-def export_standins(folder: Path, npz: Path, card: bool = False) -> Path:
+def export_standins(folder: Path, npz: Path, card: bool = False, write_generator=save_generator) -> Path:
     """Stand-in classifier + generator -> <folder>/export/{classifier,generator}.{onnx,json} via the stage's
     own export_one (parity-checked on real BreastMNIST test images), without MLflow; with `card`, also the
-    model_card.{json,md} the stage writes (medgen.model_card.write)."""
+    model_card.{json,md} the stage writes (medgen.model_card.write). `write_generator(path)` saves the
+    generator checkpoint (default: the stand-in GAN; tests.standins.save_denoiser for a diffusion model)."""
     from medgen.stages import export
 
     cfg = load_config(
@@ -41,7 +42,7 @@ def export_standins(folder: Path, npz: Path, card: bool = False) -> Path:
     )
     real, _ = data.to_tensors(data.load_npz(npz, cfg.data).test)
     save_classifier(cfg.export.classifier_checkpoint, images=real[:64])
-    save_generator(cfg.export.generator_checkpoint)
+    write_generator(cfg.export.generator_checkpoint)
     for target in export.targets(cfg):
         export.export_one(target, cfg, real.numpy())
     if card:
