@@ -59,7 +59,7 @@ bench-serve:  ## /classify p50/p99 + throughput at concurrency 1/8/32 vs in-proc
 load-serve:  ## 60 s of mixed good and bad requests; fails on any 5xx/unexpected status -> reports/serve_load.json
 	$(BIN)/python scripts/serve_bench.py load --seconds 60
 
-bench-backpressure:  ## keys + rate limit + in-flight bound at concurrency 32/128 vs unloaded -> reports/serve_backpressure.json
+bench-backpressure:  ## keys + rate limit + in-flight bound + wait budget at concurrency 32/128 vs unloaded -> reports/serve_backpressure.json
 	$(BIN)/python scripts/serve_backpressure.py
 
 container-check:  ## build the serve image (podman or docker), run it as docs/serving.md prints, check it end to end

@@ -90,6 +90,7 @@ def start_server(model_dir: Path, batcher: str = "greedy", **extra: str) -> tupl
         "MEDGEN_BATCHER": batcher,
         "MEDGEN_RATE_PER_S": "0",
         "MEDGEN_MAX_INFLIGHT": "64",
+        "MEDGEN_MAX_WAIT_MS": "600000",
         **extra,
     }
     cmd = serve_command("127.0.0.1", port)

@@ -12,6 +12,10 @@ Each refusal costs microseconds and answers at once with a Retry-After, so a sat
 - Back-pressure: at most `max_inflight` requests of the compute endpoints parse and compute at once per worker.
   A request is refused at once (before its body is read) when the slots are full, and takes a slot only once
   its body has arrived: a slow upload never holds one.
+- Wait budget: when the service gives the guard its load (`set_load`: the batcher's expected time for one more
+  image, counting admitted requests not yet queued as one image each), a compute request that arrives while others
+  are in progress is refused at once (503) if it would wait longer than the budget (`max_wait_ms`; 0 = twice the
+  one-image time measured at start). The in-flight bound counts requests; the budget counts their cost.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -71,6 +75,8 @@ class Guard:
         self._logged: dict[str, float] = {}
         self._seen: set[str] = set()
         self.inflight = 0
+        self._load: Callable[[int], float] | None = None
+        self.budget_ms = math.inf
         self.counts = {"admitted": 0, "401": 0, "429": 0, "503": 0}
 
     def caller(self, authorization: str | None, client: str) -> str | Refusal:
@@ -116,11 +122,19 @@ class Guard:
                 )
         if compute and self.inflight >= self.settings.max_inflight:
             return self._refuse(caller, self._saturated())
+        if compute and self.inflight and self._load is not None:
+            expected = self._load(self.inflight)
+            if expected > self.budget_ms:
+                return self._refuse(caller, busy(expected, self.budget_ms))
         self.counts["admitted"] += 1
         if caller not in self._seen and len(self._seen) < MAX_CALLERS:
             self._seen.add(caller)
             log.info("first request from %s", caller)
         return caller, None
+
+    def set_load(self, expected_ms: Callable[[int], float], budget_ms: float) -> None:
+        """expected_ms(requests in progress) -> ms a new one-image request would wait; refuse above budget_ms."""
+        self._load, self.budget_ms = expected_ms, budget_ms
 
     def _saturated(self) -> Refusal:
         return Refusal(
@@ -139,6 +153,11 @@ class Guard:
         finally:
             self.inflight -= 1
 
+    def refused(self, caller: str, refusal: Refusal) -> BadInput:
+        """A refusal decided past the head (e.g. the batcher's wait budget), counted and logged like the others."""
+        self._refuse(caller, refusal)
+        return BadInput(refusal.reason, refusal.status, refusal.headers)
+
     def _refuse(self, caller: str, refusal: Refusal) -> tuple[str, Refusal]:
         self.counts[str(refusal.status)] += 1
         now, key = self.clock(), f"{caller}:{refusal.status}"
@@ -148,6 +167,15 @@ class Guard:
                 self._logged.clear()
             log.warning("refused %s: %d %s", caller, refusal.status, refusal.reason)
         return caller, refusal
+
+
+def busy(expected_ms: float, budget_ms: float) -> Refusal:
+    """The 503 of a request that would wait longer than the budget (the head check here, the batcher's check)."""
+    return Refusal(
+        503,
+        f"service busy: expected {expected_ms:.0f} ms, over the {budget_ms:.0f} ms wait budget: retry later",
+        {"Retry-After": "1"},
+    )
 
 
 def shared_guard(settings: Settings | None = None) -> Guard:

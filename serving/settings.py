@@ -15,6 +15,7 @@ whose defaults a test keeps equal to DEFAULTS here). A bad value stops the servi
 | MEDGEN_RATE_PER_S | 50 | requests per second per caller (API key, else client address); 0 = off |
 | MEDGEN_RATE_BURST | 100 | token-bucket size: requests a caller may send at once |
 | MEDGEN_MAX_INFLIGHT | 8 | requests parsing/computing at once per worker; while all are busy, 503 at once |
+| MEDGEN_MAX_WAIT_MS | 0 | expected /classify wait to admit a request while others run, else 503; 0 = 1.5 x one image |
 | MEDGEN_API_KEYS / MEDGEN_API_KEYS_FILE | unset | Bearer keys (comma-separated / one a line); unset = anonymous |
 | MEDGEN_ALLOW_ANONYMOUS | 0 | 1 = serve without keys on a non-loopback address |
 """
@@ -36,6 +37,7 @@ DEFAULTS = {
     "rate_per_s": 50.0,
     "rate_burst": 100,
     "max_inflight": 8,
+    "max_wait_ms": 0,
 }
 # (lowest, highest) accepted; the highest values keep one request's memory bounded on a small machine.
 RANGES = {
@@ -48,6 +50,7 @@ RANGES = {
     "rate_per_s": (0.0, 1e6),
     "rate_burst": (1, 1_000_000),
     "max_inflight": (1, 10_000),
+    "max_wait_ms": (0, 600_000),
 }
 KEY_MIN_CHARS = 16  # a guessable key is no key: refuse short ones at start
 
@@ -76,6 +79,7 @@ class Settings:
     rate_per_s: float = DEFAULTS["rate_per_s"]
     rate_burst: int = DEFAULTS["rate_burst"]
     max_inflight: int = DEFAULTS["max_inflight"]
+    max_wait_ms: int = DEFAULTS["max_wait_ms"]
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # never printed
     allow_anonymous: bool = False
 

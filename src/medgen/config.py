@@ -311,6 +311,8 @@ class ServeConfig(Section):
     rate_per_s: float = rule(50.0, ge=0, note="0 = no rate limit")
     rate_burst: int = rule(100, ge=1)  # token-bucket size
     max_inflight: int = rule(8, ge=1)  # compute requests in progress per worker; more -> 503 + Retry-After at once
+    # expected /classify wait a request may be admitted to while others are in progress; more -> 503 at once
+    max_wait_ms: int = rule(0, ge=0, le=600_000, note="0 = 1.5 x the one-image time measured at start")
 
     def environment(self) -> dict[str, str]:
         """{MEDGEN_<KEY>: value} for every limit, as the service reads them."""

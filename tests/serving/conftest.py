@@ -74,8 +74,17 @@ def free_port() -> int:
 def serve_env(export_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a test server: these models, no keys, no rate limit unless `extra` sets them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDGEN_") or k == "MEDGEN_DATA_SOURCE"}
-    # Tests send bursts from one address: no rate limit and room for 64 requests at once, unless `extra` says
-    env.update({"MEDGEN_MODEL_DIR": str(export_dir), "MEDGEN_RATE_PER_S": "0", "MEDGEN_MAX_INFLIGHT": "64", **extra})
+    # Tests send bursts from one address: no rate limit, room for 64 requests at once and no wait budget (a loaded
+    # CI box would refuse some), unless `extra` says
+    env.update(
+        {
+            "MEDGEN_MODEL_DIR": str(export_dir),
+            "MEDGEN_RATE_PER_S": "0",
+            "MEDGEN_MAX_INFLIGHT": "64",
+            "MEDGEN_MAX_WAIT_MS": "600000",
+            **extra,
+        }
+    )
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")])
     return env
 
