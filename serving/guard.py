@@ -14,7 +14,7 @@ Each refusal costs microseconds and answers at once with a Retry-After, so a sat
   its body has arrived: a slow upload never holds one.
 - Wait budget: when the service gives the guard its load (`set_load`: the batcher's expected time for one more
   image, counting admitted requests not yet queued as one image each), a compute request that arrives while others
-  are in progress is refused at once (503) if it would wait longer than the budget (`max_wait_ms`; 0 = twice the
+  are in progress is refused at once (503) if it would wait longer than the budget (`max_wait_ms`; 0 = 1.5 x the
   one-image time measured at start). The in-flight bound counts requests; the budget counts their cost.
 """
 

@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,24 @@ def serve_env(export_dir: Path, **extra: str) -> dict[str, str]:
     )
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")])
     return env
+
+
+def burst_of_503s(url: str, body: dict, reason: str, workers: int, requests: int = 24) -> list[int]:
+    """POST `requests` copies of the JSON `body` to /classify from `workers` threads at once: every answer must be a
+    200 or a 503 with `Retry-After: 1` and `reason` in its error, and both must occur. The status codes."""
+    import httpx
+
+    def post(_):
+        return httpx.post(f"{url}/classify", json=body, timeout=60)
+
+    with ThreadPoolExecutor(workers) as pool:
+        responses = list(pool.map(post, range(requests)))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers["Retry-After"] == "1" and reason in response.json()["error"], response.text
+    return codes
 
 
 def serve_cmd(port: int, host: str = "127.0.0.1") -> list[str]:

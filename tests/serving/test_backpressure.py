@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.serving.conftest import running
+from tests.serving.conftest import burst_of_503s, running
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +21,7 @@ def one_slot(export_dir, tmp_path_factory):
 
 def test_burst_beyond_the_inflight_bound_gets_503_with_retry_after(one_slot):
     batch = {"images": np.zeros((256, 28, 28), dtype=int).tolist()}  # big enough to overlap
-
-    def post(_):
-        return httpx.post(f"{one_slot}/classify", json=batch, timeout=60)
-
-    with ThreadPoolExecutor(12) as pool:
-        responses = list(pool.map(post, range(24)))
-    codes = [r.status_code for r in responses]
-    assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
-    for response in responses:
-        if response.status_code == 503:
-            assert response.headers["Retry-After"] == "1" and "saturated" in response.json()["error"]
+    burst_of_503s(one_slot, batch, "saturated", workers=12)
     assert httpx.get(f"{one_slot}/healthz", timeout=10).status_code == 200
 
 

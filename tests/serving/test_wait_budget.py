@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 from serving.batching import CallCost, GreedyBatcher, Overloaded
 from serving.guard import Guard
 from serving.settings import Settings
-from tests.serving.conftest import running
+from tests.serving.conftest import burst_of_503s, running
 
 
 def test_call_cost_prices_calls_and_follows_them():
@@ -88,17 +87,7 @@ def test_a_burst_over_a_tiny_budget_gets_503_busy_and_the_rest_200(tiny_budget):
     limits = httpx.get(f"{tiny_budget}/metadata", timeout=10).json()["limits"]
     assert limits["max_wait_ms"] == 1 and limits["wait_budget_ms"] == 1.0
     batch = {"images": np.zeros((64, 28, 28), dtype=int).tolist()}
-
-    def post(_):
-        return httpx.post(f"{tiny_budget}/classify", json=batch, timeout=60)
-
-    with ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(post, range(24)))
-    codes = [r.status_code for r in responses]
-    assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
-    for response in responses:
-        if response.status_code == 503:
-            assert response.headers["Retry-After"] == "1" and "wait budget" in response.json()["error"]
+    burst_of_503s(tiny_budget, batch, "wait budget", workers=8)
     assert httpx.post(f"{tiny_budget}/classify", json=batch, timeout=60).status_code == 200  # idle again: served
 
 
