@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from medgen import __version__, stages
 from medgen.config import Config
@@ -111,12 +111,13 @@ def run_pipeline(cfg: Config, only: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def serve(cfg: Config, host: str, port: int, source: str, allow_anonymous: bool = False) -> int:
-    """`bentoml serve serving.service:MedGen` with the model location and the `serve:` limits from the config.
+def serve(cfg: Config, host: str, port: int, source: str, allow_anonymous: bool = False) -> NoReturn:
+    """Become `bentoml serve serving.service:MedGen` (exec: same PID, so a SIGTERM to `medgen serve` stops the
+    service and its workers instead of orphaning them), with the model location and the `serve:` limits from the
+    config.
 
     The service itself checks keys, the bind address and every served file before it listens, and exits
     1 with one line when any is wrong (serving/startup.py)."""
-    import subprocess
     from pathlib import Path
 
     if not (Path.cwd() / "serving" / "service.py").is_file():
@@ -134,7 +135,9 @@ def serve(cfg: Config, host: str, port: int, source: str, allow_anonymous: bool 
     if allow_anonymous:
         env["MEDGEN_ALLOW_ANONYMOUS"] = "1"
     cmd = serve_command(host, port, "--working-dir", str(Path.cwd()), "--timeout-graceful-shutdown", "5")
-    return subprocess.run(cmd, env=env).returncode
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(cmd[0], cmd, env)
 
 
 def serve_command(host: str, port: int, *extra: str) -> list[str]:

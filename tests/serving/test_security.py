@@ -5,7 +5,10 @@ within 30 s) on a tampered, missing or unlisted file, a public bind without keys
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +24,7 @@ from medgen.params import load_config
 from serving.settings import Settings, key_id
 from serving.startup import check_bind, is_loopback
 from tests.conftest import ROOT
-from tests.serving.conftest import running, serve_env, start_expecting_exit
+from tests.serving.conftest import free_port, running, serve_env, start_expecting_exit, stop, wait_ready
 
 KEY_A = "medgen-test-key-A-4f9c2b7e1d0a"  # rate-limit test only
 KEY_B = "medgen-test-key-B-8e3d6a5c2f1b"
@@ -168,6 +171,27 @@ def test_medgen_serve_without_models_exits_within_30s_naming_the_file(tmp_path):
     command = [sys.executable, "-m", "medgen.cli", "serve", "-S", f"export.out_dir={missing}", "--port", "0"]
     out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert_refused(out.returncode, out.stdout + out.stderr, time.monotonic() - t0, f"{missing}/manifest.json")
+
+
+def test_sigterm_to_medgen_serve_stops_the_service_and_its_workers(export_dir, tmp_path):
+    """`kill <pid of medgen serve>` leaves no server behind: medgen serve becomes bentoml serve (exec), so the signal
+    reaches the process that stops its workers (a child process would have been orphaned, still answering)."""
+    port = free_port()
+    env = {**serve_env(export_dir), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    command = [sys.executable, "-m", "medgen.cli", "serve", "-S", f"export.out_dir={export_dir}", "--port", str(port)]
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process)
+        process.send_signal(signal.SIGTERM)  # to the PID `medgen serve` started as, not to its process group
+        process.wait(timeout=30)
+        with pytest.raises(httpx.TransportError):  # nothing answers on the port any more
+            httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    finally:
+        stop(process)
+        with contextlib.suppress(ProcessLookupError):  # anything left in its session (an orphaned worker)
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
 
 
 def test_manifest_lists_every_file_the_service_checks(export_dir):
