@@ -142,7 +142,9 @@ def test_kill_9_mid_search_then_rerun_side_by_side(checkout):
     still = [n for n, status in stage_runs.items() if status == "RUNNING"]
     assert still and len(ghosts) >= 2 * len(still)  # stage runs and their trial runs
     ghost_trials = running_trials(checkout / "mlruns/optuna.db")
-    assert len(ghost_trials) >= len(still)
+    # Not one per still-running stage: a trial seen RUNNING can finish before the SIGKILL lands (generate's
+    # diffusion trials only sample, milliseconds in smoke), leaving its stage run RUNNING with no trial open.
+    assert ghost_trials
 
     reruns = {s: _start(checkout, s) for s in SEARCHED}  # side by side on the store the ghosts are in
     logs = {}
