@@ -30,7 +30,7 @@ def test_q1_profile_is_the_assignment_question():
 
 def test_gpu_profile_is_the_costlier_classify_recipe():
     full, gpu = load_config(ROOT / "params.yaml"), load_config(ROOT / "params.yaml", profile="gpu")
-    assert gpu.classify.device == "cuda" and gpu.classify.jobs == 1
+    assert gpu.classify.device == "cuda" and gpu.classify.jobs > 1  # fold fits share the GPU
     assert set(full.classify.recipes) < set(gpu.classify.recipes)  # every CPU candidate, and more
     assert gpu.classify.recipe("official").stem == "cifar" and not gpu.classify.recipe("official").augment
     assert gpu.classify.n_trials >= len(gpu.classify.recipes)  # every named recipe is scored
