@@ -168,13 +168,16 @@ def evaluate(model: EnsembleClassifier, test: data.Split, threshold: float, devi
 
 def report(model: EnsembleClassifier, test: data.Split, raw: np.ndarray, served: np.ndarray, fitted: dict, device):
     """The `served` block's calibration and guard entries (test scored once): ece/brier/nll with intervals,
-    calibrated and not; acc/auc/balanced acc before calibration; the calibrator; the guard on test and OOD."""
+    calibrated and not; the ECE perfectly calibrated probabilities would show here and the observed one's p-value;
+    acc/auc/balanced acc before calibration; the calibrator; the guard on test and OOD."""
     from medgen import stats
 
     weights = stats.draw(test.labels)
     before = stats.ensemble(test.labels, [raw], ("acc", "auc", "balanced_acc"), weights)
+    scored = calibration.scores(test.labels, served, weights=weights)
     return {
-        **calibration.scores(test.labels, served, weights=weights),
+        **scored,
+        **calibration.consistency(served, scored["ece"]),
         **calibration.scores(test.labels, raw, "_uncalibrated", weights),
         **{f"test_{k.replace('_ci95', '')}_uncalibrated{'_ci95' * k.endswith('_ci95')}": v for k, v in before.items()},
         "calibrator": fitted["calibrator"],

@@ -79,8 +79,10 @@ def _measured(block: dict, keys: tuple[str, ...]) -> dict[str, Any] | str:
 
 
 def _calibration(served: dict) -> dict[str, Any] | str:
-    keys = tuple(f"{k}{suffix}" for k in CALIBRATION for suffix in ("", "_uncalibrated"))
+    keys = tuple(f"{k}{suffix}" for k in CALIBRATION for suffix in ("", "_uncalibrated")) + ("ece_if_calibrated",)
     found = _measured(served, keys)
+    if isinstance(found, dict) and isinstance(served.get("ece_calibration_p"), (int, float)):
+        found["ece_calibration_p"] = served["ece_calibration_p"]  # p-value of the observed ECE if calibrated
     if isinstance(found, dict) and isinstance(served.get("calibrator"), dict):
         found["calibrator"] = served["calibrator"]
     return found

@@ -272,6 +272,11 @@ def guard_section(served: Mapping[str, Any]) -> list[str]:
         "",
         table(["test", "before calibration", "served (calibrated)"], rows),
     ]
+    if isinstance(served.get("ece_if_calibrated"), (int, float)) and "ece_calibration_p" in served:
+        floor = with_ci(served["ece_if_calibrated"], served.get("ece_if_calibrated_ci95"))
+        out += ["", f"Perfectly calibrated probabilities would show ECE {floor} on this test set (consistency "
+                f"resampling: labels drawn from the served probabilities); the observed ECE's p-value is "
+                f"{served['ece_calibration_p']:.2f} (small = miscalibrated)."]  # fmt: skip
     ood = served.get("ood")
     if isinstance(ood, dict):
         selection = ", ".join(f"{k} {v:.3f}" for k, v in (ood.get("selection") or {}).items())

@@ -38,6 +38,45 @@ def _overconfident(n: int, seed: int, shift: float = 0.0):
     return sharp - np.log(np.exp(sharp).sum(1, keepdims=True)), labels
 
 
+def _calibrated(n: int, seed: int, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (n, k) and labels drawn from them: calibrated by construction."""
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.full(k, 0.7), size=n)
+    labels = (rng.random((n, 1)) > probs.cumsum(axis=1)).sum(axis=1)
+    return probs, labels
+
+
+def test_the_ece_of_calibrated_probabilities_is_not_zero_on_a_small_set_and_its_p_value_is_uniform():
+    probs, labels = _calibrated(156, 0)
+    small = calibration.consistency(probs, 0.0)
+    large = calibration.consistency(_calibrated(5000, 0)[0], 0.0)
+    assert small["ece_if_calibrated"] > 0.03 and small["ece_calibration_p"] == 1.0  # an ECE of 0 is never reached
+    assert large["ece_if_calibrated"] < small["ece_if_calibrated"] / 3  # the floor shrinks ~ 1/sqrt(N)
+    lo, hi = small["ece_if_calibrated_ci95"]
+    assert lo < small["ece_if_calibrated"] < hi
+    # 300 calibrated test sets: p < 0.05 about 5% of the time (binomial 95% range 2-8%), and the same call repeats
+    p_values = []
+    for seed in range(300):
+        probs, labels = _calibrated(156, 1000 + seed)
+        p_values.append(
+            calibration.consistency(probs, calibration.scores(labels, probs)["ece"], draws=400)["ece_calibration_p"]
+        )
+    assert 0.02 <= np.mean(np.array(p_values) < 0.05) <= 0.09
+    assert calibration.consistency(probs, 0.05, draws=400) == calibration.consistency(probs, 0.05, draws=400)
+
+
+def test_over_confident_probabilities_get_a_small_consistency_p_value_in_any_number_of_classes():
+    for k in (2, 10):
+        probs, labels = _calibrated(400, 7, k)
+        sharp = np.exp(4 * np.log(probs))  # the same ranking, pushed toward 0/1
+        sharp /= sharp.sum(axis=1, keepdims=True)
+        observed = calibration.scores(labels, sharp)["ece"]
+        assert calibration.consistency(sharp, observed)["ece_calibration_p"] < 0.01
+        assert calibration.consistency(probs, calibration.scores(labels, probs)["ece"])["ece_calibration_p"] > 0.01
+    with pytest.raises(ValueError, match="N, K"):
+        calibration.consistency(np.zeros(5), 0.1)
+
+
 def test_temperature_is_chosen_and_recovered_for_an_overconfident_model():
     log_probs, labels = _overconfident(2000, 0)
     chosen = calibration.choose(log_probs, labels)

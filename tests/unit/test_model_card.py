@@ -28,6 +28,9 @@ CALIBRATED = {
     "brier_ci95": [0.08, 0.12],
     "nll": 0.33,
     "nll_ci95": [0.28, 0.39],
+    "ece_if_calibrated": 0.06,
+    "ece_if_calibrated_ci95": [0.03, 0.097],
+    "ece_calibration_p": 0.52,
     "calibrator": {"kind": "temperature", "temperature": 1.7},
     "ood": {
         "method": "energy",
@@ -82,6 +85,7 @@ def test_classifier_card_renders_calibration_and_ood_when_measured(cfg):
     assert results["per_class"]["malignant"] == report["malignant"]  # classify_details' report, per class
     text = model_card.render_markdown(model_card.document(cfg, {"classifier": card}))
     assert "- **ece**: 0.031 (95% CI 0.02 to 0.05)" in text
+    assert "- **ece_if_calibrated**: 0.06 (95% CI 0.03 to 0.097)" in text and "- **ece_calibration_p**: 0.52" in text
     assert "- **temperature**: 1.7" in text and "- **pneumoniamnist**:" in text
     assert "- **auroc**: 0.97" in text
 

@@ -208,6 +208,10 @@ def test_calibration_and_guard_rows_state_their_targets():
     assert rows["input guard: real test images flagged"][1:] == ["12.5%", "—", "**target ≤ 10% missed**"]
     lines = "\n".join(report.guard_section(served))
     assert "calibrator `bias`" in lines and "| rot90 | corruption | 10 | 0.500 | 10.0% |" in lines
+    assert "Perfectly calibrated" not in lines  # files from before the consistency figures
+    served |= calibration.consistency(probs, served["ece"], draws=200)
+    lines = "\n".join(report.guard_section(served))
+    assert f"p-value is {served['ece_calibration_p']:.2f}" in lines and "Perfectly calibrated" in lines
     assert report.guard_rows({}) == [] and report.guard_section({}) == []  # files from before #18
 
 
