@@ -68,7 +68,9 @@ def test_smoke_end_to_end_and_checkpoint_reproduces_test_predictions(smoke_cfg, 
     # calibration and the input guard (#18): fitted on out-of-fold predictions, scored on test once
     for key in ("ece", "ece_uncalibrated", "brier", "brier_uncalibrated", "nll", "nll_uncalibrated"):
         lo, hi = served[f"{key}_ci95"]
-        assert lo <= served[key] <= hi, key
+        # 1e-12: the smoke model's bootstrap bound can equal the point figure, summed in another order
+        # (seen on an AVX-512 machine: brier 0.39349146641125077 against its upper bound ...1125050)
+        assert lo - 1e-12 <= served[key] <= hi + 1e-12, key
     calibrator = served["calibrator"]
     assert calibrator["kind"] == min(calibrator["cv_nll"], key=lambda kind: round(calibrator["cv_nll"][kind], 6))
     ood = served["ood"]
