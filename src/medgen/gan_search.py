@@ -45,7 +45,16 @@ def make_objective(cfg: Config, real: generation.Real, device: torch.device):
 
 # The final fit, sampling, figures, the choice between families and the diffusion model's settings (its own
 # study, medgen.ddpm_training): none of them changes what a GAN trial measures.
-NOT_SEARCH = ("epochs", "checkpoint_every", "samples_per_class", "labels", "ddpm", "select", "max_memorization")
+NOT_SEARCH = (
+    "epochs",
+    "checkpoint_every",
+    "samples_per_class",
+    "labels",
+    "ddpm",
+    "select",
+    "max_memorization",
+    "fd_draws",
+)
 
 
 def study_spec(cfg: Config) -> dict[str, Any]:

@@ -85,3 +85,60 @@ def test_the_diffusion_study_is_defined_by_its_own_settings_only(tmp_path):
     gan = gan_spec(cfg)["section"]
     assert "ddpm_lr" in ddpm and "ddpm_trials" not in ddpm and "lr_g" not in ddpm
     assert not any(k.startswith("ddpm") for k in gan) and "select" not in gan and "lr_g" in gan
+
+
+class _NoiseSampler:
+    """A stand-in generator: uniform noise whose contrast depends on the class."""
+
+    n_classes, max_batch = 2, 500
+
+    def draw(self, labels: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        x = torch.rand(len(labels), 1, 28, 28, generator=rng) * 2 - 1
+        return x * (0.4 + 0.4 * labels.view(-1, 1, 1, 1).float())
+
+
+def test_the_report_fd_is_the_mean_over_fresh_synthetic_draws():
+    """fd_draws = 1 leaves the one-draw figures as they were; more draws average FD(train, synthetic) over
+    held-out-sized sets drawn at the documented seeds, overall and per class, with the range of the ratio."""
+    import copy
+
+    import numpy as np
+
+    from medgen import data, generation, synthetic
+    from medgen.gan_training import extract_features
+    from medgen.models.features import FeatureNet
+
+    torch.manual_seed(0)
+    sampler = _NoiseSampler()
+    labels = np.array([0] * 30 + [1] * 50)
+    split = lambda seed: synthetic.sample_like(sampler, labels, seed)  # noqa: E731
+    train, val, test = split(1), split(2), split(3)
+    net = FeatureNet(2, channels=4, feature_dim=6).eval()
+    feats = lambda s: extract_features(net, data.to_tensors(s)[0])  # noqa: E731
+    heldout = data.Split(np.concatenate([val.images, test.images]), np.concatenate([val.labels, test.labels]))
+    dataset = data.Dataset("noise", 2, ("a", "b"), train, val, test)
+    x, y = data.to_tensors(train)
+    real = generation.Real(dataset, x, y, net, feats(train), heldout, feats(heldout))
+    seed = 11
+    first = synthetic.sample_like(sampler, heldout.labels, seed)
+    first = (feats(first), first.labels)
+    report = metrics.generation_quality(
+        (real.train_features, train.labels), (real.heldout_features, heldout.labels), first, first[0], seed=0
+    )
+    one = copy.deepcopy(report)
+    generation.average_fd(one, sampler, real, first, 1, seed)
+    assert one["fd_real_vs_synth"] == report["fd_real_vs_synth"] and one["fd_draws"] == 1
+    assert one["fd_ratio_range95"] == [one["fd_ratio"]] * 2
+    generation.average_fd(report, sampler, real, first, 4, seed)
+    draws = [first] + [
+        (feats(s), s.labels)
+        for s in (synthetic.sample_like(sampler, heldout.labels, seed + generation.DRAW_STRIDE * k) for k in (1, 2, 3))
+    ]
+    for name, target in [("all", report), *report["per_class"].items()]:
+        keep = (lambda f, y: f) if name == "all" else (lambda f, y, c=int(name): f[y == c])  # noqa: E731
+        ref = real.train_features if name == "all" else real.train_features[train.labels == int(name)]
+        fds = [metrics.frechet_distance(ref, keep(f, y)) for f, y in draws]
+        assert target["fd_real_vs_synth"] == pytest.approx(np.mean(fds))
+        assert target["fd_ratio"] == pytest.approx(np.mean(fds) / target["fd_real_vs_real"])
+        low, high = target["fd_ratio_range95"]
+        assert low < target["fd_ratio"] < high
