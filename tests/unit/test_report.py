@@ -239,3 +239,9 @@ def test_every_generator_trained_gets_a_row_and_the_choice_is_stated():
     assert report.variants_table({"variant": "acgan"}) == []  # files from before the families
     rows = report.generate_rows(m)
     assert rows[-1][0].startswith("generator: memorisation share") and rows[-1][-1] == "target met"
+    assert [r[2] for r in rows[1:3]] == ["—", "—"]  # files from before the draws
+    m |= {"fd_draws": 10, "fd_ratio_range95": [1.5, 6.25]}
+    m["per_class"]["0"]["fd_ratio_range95"] = [5.0, 12.0]
+    rows = report.generate_rows(m)
+    assert rows[1][1:] == ["3.3×", "[1.5×, 6.2×] over 10 draws", "**target missed**"]
+    assert rows[2][0].startswith("generator: worst class FD ratio (class 0") and rows[2][2] == "[5.0×, 12.0×] over 10 draws"
