@@ -485,7 +485,8 @@ class GenerateConfig(Section):
     labels: tuple[int, ...] = rule((), ge=0, item="class label")  # classes to sample; empty = all
     # synthetic samples per quality check in the search; 0 = size of the val split
     eval_samples: int = rule(0, ge=0, note="0 = size of the val split")
-    # held-out-sized synthetic sets the report's FD(train, synthetic) is averaged over (overall and per class)
+    # held-out-sized synthetic sets the report's FD(train, synthetic) is averaged over (overall and per class):
+    # the report's own and class-stratified subsets of every synthetic image the judge drew (generation.average_fd)
     fd_draws: int = rule(10, **POSITIVE)
     feature_epochs: int = rule(10, **POSITIVE)  # fit of the metric feature net on real train images
     feature_dim: int = rule(64, **POSITIVE)

@@ -97,9 +97,10 @@ class _NoiseSampler:
         return x * (0.4 + 0.4 * labels.view(-1, 1, 1, 1).float())
 
 
-def test_the_report_fd_is_the_mean_over_fresh_synthetic_draws():
-    """fd_draws = 1 leaves the one-draw figures as they were; more draws average FD(train, synthetic) over
-    held-out-sized sets drawn at the documented seeds, overall and per class, with the range of the ratio."""
+def test_the_report_fd_is_the_mean_over_subsets_of_the_drawn_synthetic_pool():
+    """fd_draws = 1 leaves the one-draw figures as they were; more draws average FD(train, synthetic) over the
+    report's own set and class-stratified, held-out-sized subsets of the synthetic pool, overall and per class,
+    with the range of the ratio; no subset repeats an image and the generator is not sampled again."""
     import copy
 
     import numpy as np
@@ -122,22 +123,35 @@ def test_the_report_fd_is_the_mean_over_fresh_synthetic_draws():
     seed = 11
     first = synthetic.sample_like(sampler, heldout.labels, seed)
     first = (feats(first), first.labels)
+    extra = synthetic.sample_like(sampler, train.labels, seed + 1)
+    pool = (np.concatenate([first[0], feats(extra)]), np.concatenate([first[1], extra.labels]))
     report = metrics.generation_quality(
         (real.train_features, train.labels), (real.heldout_features, heldout.labels), first, first[0], seed=0
     )
     one = copy.deepcopy(report)
-    generation.average_fd(one, sampler, real, first, 1, seed)
+    generation.average_fd(one, real, first, pool, 1, seed)
     assert one["fd_real_vs_synth"] == report["fd_real_vs_synth"] and one["fd_draws"] == 1
     assert one["fd_ratio_range95"] == [one["fd_ratio"]] * 2
-    generation.average_fd(report, sampler, real, first, 4, seed)
-    draws = [first] + [
-        (feats(s), s.labels)
-        for s in (synthetic.sample_like(sampler, heldout.labels, seed + generation.DRAW_STRIDE * k) for k in (1, 2, 3))
-    ]
-    for name, target in [("all", report), *report["per_class"].items()]:
-        keep = (lambda f, y: f) if name == "all" else (lambda f, y, c=int(name): f[y == c])  # noqa: E731
+
+    seen = []
+    real_fd = metrics.frechet_distance
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sampler, "draw", lambda *a: pytest.fail("the generator was sampled again"))
+        mp.setattr(metrics, "frechet_distance", lambda ref, f: seen.append(f) or real_fd(ref, f))
+        generation.average_fd(report, real, first, pool, 4, seed)
+    assert len(seen) == 4 * 3  # 4 sets x (all, class 0, class 1)
+    sets = seen[0:4]  # the overall group's sets, in draw order
+    assert np.array_equal(sets[0], first[0])
+    for s in sets[1:]:
+        assert len(s) == len(first[0]) and not np.array_equal(s, first[0])
+        rows = {r.tobytes() for r in s}
+        assert len(rows) == len(s)  # without replacement
+        assert rows <= {r.tobytes() for r in pool[0]}
+    for g, (name, target) in enumerate([("all", report), *report["per_class"].items()]):
         ref = real.train_features if name == "all" else real.train_features[train.labels == int(name)]
-        fds = [metrics.frechet_distance(ref, keep(f, y)) for f, y in draws]
+        fds = [real_fd(ref, f) for f in seen[4 * g : 4 * g + 4]]
+        if name != "all":  # each class's subsets hold exactly the held-out count of that class
+            assert [len(f) for f in seen[4 * g : 4 * g + 4]] == [int((heldout.labels == int(name)).sum())] * 4
         assert target["fd_real_vs_synth"] == pytest.approx(np.mean(fds))
         assert target["fd_ratio"] == pytest.approx(np.mean(fds) / target["fd_real_vs_real"])
         low, high = target["fd_ratio_range95"]

@@ -244,4 +244,7 @@ def test_every_generator_trained_gets_a_row_and_the_choice_is_stated():
     m["per_class"]["0"]["fd_ratio_range95"] = [5.0, 12.0]
     rows = report.generate_rows(m)
     assert rows[1][1:] == ["3.3×", "[1.5×, 6.2×] over 10 draws", "**target missed**"]
-    assert rows[2][0].startswith("generator: worst class FD ratio (class 0") and rows[2][2] == "[5.0×, 12.0×] over 10 draws"
+    assert (
+        rows[2][0].startswith("generator: worst class FD ratio (class 0")
+        and rows[2][2] == "[5.0×, 12.0×] over 10 draws"
+    )
