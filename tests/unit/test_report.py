@@ -248,3 +248,11 @@ def test_every_generator_trained_gets_a_row_and_the_choice_is_stated():
         rows[2][0].startswith("generator: worst class FD ratio (class 0")
         and rows[2][2] == "[5.0×, 12.0×] over 10 draws"
     )
+    m["fd_ratio"], m["per_class"]["0"]["fd_ratio"] = 2.5, 4.5  # means under the targets, ranges past them
+    m["per_class"]["1"]["fd_ratio"] = 1.0
+    m["per_class"]["0"]["fd_ratio_range95"] = [2.0, 7.5]
+    rows = report.generate_rows(m)
+    assert rows[1][-1] == "met by the mean only (draws reach 6.2×)"
+    assert rows[2][-1] == "met by the mean only (draws reach 7.5×)"
+    m["fd_ratio_range95"] = [1.5, 2.9]
+    assert report.generate_rows(m)[1][-1] == "target met"
