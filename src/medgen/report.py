@@ -394,12 +394,13 @@ def generate_rows(m: Mapping[str, Any]) -> list[list[str]]:
     ratios = class_fd_ratios(m)
     if ratios:
         worst = max(ratios, key=lambda c: ratios[c])
+        entry = _entries(m.get("per_class", {})).get(worst)
         rows.append(
             [
                 f"generator: worst class FD ratio (class {worst}; target ≤ 5× each)",
                 ratio(ratios[worst]),
-                draws_range(_entries(m.get("per_class", {})).get(worst), m.get("fd_draws")),
-                _ranged_target(ratios[worst], _entries(m.get("per_class", {})).get(worst), TARGETS["class_fd_ratio"]),
+                draws_range(entry, m.get("fd_draws")),
+                _ranged_target(ratios[worst], entry, TARGETS["class_fd_ratio"]),
             ]
         )
     if "memorization_share" in m:
