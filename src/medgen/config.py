@@ -494,6 +494,9 @@ class GenerateConfig(Section):
     # torch CPU threads. Fixed, because a different thread count changes the order of float reductions and
     # so the GAN's weights; 1 is also the fastest on a shared 2-core machine (as for classify and represent)
     threads: int = rule(1, **POSITIVE)
+    # processes: 2 trains the diffusion model in a worker while this process trains the GAN, and shares the
+    # judge's diffusion sampling; every fit and draw is seeded on its own, so the outputs equal a 1-process run's
+    jobs: int = rule(2, ge=1, le=2)
     # --- the diffusion model (variant `ddpm`: medgen.models.diffusion, medgen.ddpm_training) ---
     ddpm: bool = True  # also train it; it competes with the GAN for the chosen generator
     # chosen generator: auto = lowest validation FD among candidates with memorisation <= max_memorization

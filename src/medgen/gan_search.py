@@ -54,6 +54,7 @@ NOT_SEARCH = (
     "select",
     "max_memorization",
     "fd_draws",
+    "jobs",
 )
 
 

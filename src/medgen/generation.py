@@ -3,9 +3,10 @@ metric feature net's fit, validation FD, the quality report of a generator, and 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,16 @@ class Real:
     heldout_features: np.ndarray
 
 
+def portable(real: Real) -> Real:
+    """`real` on the CPU, the feature net a copy: what is sent to a worker process (`on_device` there)."""
+    return replace(real, x=real.x.cpu(), y=real.y.cpu(), net=copy.deepcopy(real.net).cpu())
+
+
+def on_device(real: Real, device: torch.device | str) -> Real:
+    """`real` with its tensors and feature net on `device`."""
+    return replace(real, x=real.x.to(device), y=real.y.to(device), net=real.net.to(device))
+
+
 def prepare_real(cfg: Config, dataset: data.Dataset, device: torch.device) -> Real:
     """Fit and checkpoint the metric feature net on the train split; return it with every real set's features."""
     x, y = data.to_tensors(dataset.train, str(device))
@@ -70,14 +81,24 @@ def checkpoint_grid(generator: torch.nn.Module, n_classes: int, seed: int):
     return plots.montage(split.images, columns=GRID_PER_CLASS)
 
 
-def evaluate(cfg: Config, generator, real: Real) -> tuple[dict[str, Any], data.Split]:
+def judged_sets(cfg: Config, generator, real: Real, executor=None) -> tuple[data.Split, data.Split]:
+    """The judge's fresh synthetic sets: held-out's class counts (FD/KID) and train's (C2ST, memorisation),
+    drawn with seeds that are not the search's or the written samples'; `executor` (a medgen.workers pool)
+    shares the drawing with a worker and changes no pixel (synthetic.sample_like_sets)."""
+    seed = cfg.seed + 1000
+    wanted = [(real.heldout.labels, seed), (real.dataset.train.labels, seed + 1000)]
+    like_heldout, like_train = synthetic.sample_like_sets(generator, wanted, executor)
+    return like_heldout, like_train
+
+
+def evaluate(
+    cfg: Config, generator, real: Real, sets: tuple[data.Split, data.Split] | None = None
+) -> tuple[dict[str, Any], data.Split]:
     """The quality report of a generator or sampler (`metrics.generation_report`: FD/KID ratios, C2ST,
-    precision/recall/density/coverage, memorisation; overall and per class) from fresh synthetic sets
-    (held-out's class counts for FD/KID; train's for C2ST and memorisation). Returns it with the
-    train-sized synthetic set."""
-    seed = cfg.seed + 1000  # not the seeds of the search's or the written samples' z
-    like_heldout = synthetic.sample_like(generator, real.heldout.labels, seed)
-    like_train = synthetic.sample_like(generator, real.dataset.train.labels, seed + 1000)
+    precision/recall/density/coverage, memorisation; overall and per class) from the `judged_sets` (drawn
+    here unless given). Returns it with the train-sized synthetic set."""
+    seed = cfg.seed + 1000
+    like_heldout, like_train = sets or judged_sets(cfg, generator, real)
     feats = lambda split: extract_features(real.net, data.to_tensors(split)[0])  # noqa: E731
     train = (real.train_features, real.dataset.train.labels)
     heldout, fake = (real.heldout_features, real.heldout.labels), (feats(like_heldout), like_heldout.labels)
@@ -162,15 +183,16 @@ class Candidate:
     val_fd: float = float("nan")  # val-sized FD (seed cfg.seed) as served: export's champion rule compares it
 
 
-def judge(cfg: Config, candidate: Candidate, real: Real) -> None:
+def judge(cfg: Config, candidate: Candidate, real: Real, executor=None) -> None:
     """Fill the candidate's quality report (held-out and test images: reported, never chosen on) and its
     selection figures, from train and val images only: `fd` = FD between the train images and a
     train-sized synthetic set (train's class counts; the set the C2ST and the memorisation check use), and
     the memorisation share with val images as the yardstick. Writes the montage of its 16
-    sample/training pairs closest in pixel space."""
+    sample/training pairs closest in pixel space. `executor`: see `judged_sets`."""
     n = len(real.heldout.labels) + len(real.dataset.train.labels)
     log.info("generate: judging %s (%d samples)", candidate.name, n)
-    candidate.report, like_train = evaluate(cfg, candidate.sampler, real)
+    sets = judged_sets(cfg, candidate.sampler, real, executor)
+    candidate.report, like_train = evaluate(cfg, candidate.sampler, real, sets)
     train_px, synthetic_px = metrics.flat_pixels(real.dataset.train.images), metrics.flat_pixels(like_train.images)
     memo = metrics.memorization(train_px, metrics.flat_pixels(real.dataset.val.images), synthetic_px)
     features = extract_features(real.net, data.to_tensors(like_train)[0])

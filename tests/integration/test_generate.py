@@ -78,6 +78,33 @@ def test_generate_smoke_end_to_end(smoke_cfg, workdir):
     assert len(trials) == cfg.generate.n_trials + cfg.generate.ddpm_trials
 
 
+def test_diffusion_in_a_worker_process_changes_nothing(smoke_cfg, workdir):
+    """generate.jobs = 2 (the diffusion model trained and its judge's sampling shared with a worker process)
+    writes what one process writes: the same metrics file, samples and checkpoint; the worker's study trials
+    are MLflow runs under the stage's run. Each run has its own Optuna store: the second must not resume the
+    first's finished studies."""
+    written = {}
+    for jobs in (1, 2):
+        store = f"tracking.optuna_storage=sqlite:///optuna{jobs}.db"
+        cfg = smoke_cfg(f"generate.jobs={jobs}", store, "generate.n_trials=0")  # the GAN: no search
+        if jobs == 1:
+            prepare.run(cfg)
+        result = generate.run(cfg)
+        samples = load_samples(synthetic.samples_path(cfg))
+        state = load_model(cfg.generate.checkpoint)[0].state_dict()
+        written[jobs] = (read_json(cfg.generate.metrics), samples, state, result)
+    (m1, s1, w1, _), (m2, s2, w2, result) = written[1], written[2]
+    assert m1 == m2 and "ddpm" in m2["variants"]
+    assert np.array_equal(s1.images, s2.images) and np.array_equal(s1.labels, s2.labels)
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    stage_runs = [r for r in _runs(cfg, "generate") if "mlflow.parentRunId" not in r.data.tags]
+    last = max(stage_runs, key=lambda r: r.info.start_time)
+    trials = [r for r in _runs(cfg, "generate") if r.data.tags.get("mlflow.parentRunId") == last.info.run_id]
+    studies = {r.data.tags["optuna.study"] for r in trials}
+    assert len(trials) == cfg.generate.ddpm_trials and len(studies) == 1 and "-ddpm-" in studies.pop()
+    assert last.info.status == "FINISHED" and result["variants"]["ddpm"]["search"]["n_trials"] == 2
+
+
 @pytest.mark.parametrize("family", ["gan", "ddpm"])
 def test_select_forces_a_family_and_its_checkpoint_rebuilds(smoke_cfg, workdir, family):
     cfg = smoke_cfg(f"generate.select={family}", "generate.ddpm_trials=0")

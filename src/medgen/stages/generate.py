@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import torch
 
-from medgen import data, ddpm_training, gan_search, generation, synthetic, tracking
+from medgen import data, ddpm_training, gan_search, generation, synthetic, tracking, workers
 from medgen.config import Config
 from medgen.io import output_files, remove_output, write_json
 from medgen.outputs import Output, output_file, output_folder
@@ -47,6 +48,42 @@ def outputs(cfg: Config) -> list[Output]:
     ]
 
 
+def train_candidates(cfg: Config, real: generation.Real, device: torch.device, run_id: str) -> list:
+    """The GAN candidate (searched, trained) and the diffusion one when generate.ddpm, each judged.
+
+    With generate.jobs = 2 the diffusion model trains and has its sampler searched in a worker process
+    (medgen.workers) while this process searches and trains the GAN, and the judge's diffusion sampling is
+    shared between the two. Every fit and draw is seeded on its own, so the candidates equal those of one
+    process (tests/integration/test_generate.py); on 2 cores the stage takes about as long as its diffusion
+    part alone."""
+    g = cfg.generate
+    if not g.ddpm or g.jobs < 2:
+        candidates = [gan_search.candidate(cfg, real, device, run_id)]
+        if g.ddpm:
+            candidates.append(ddpm_training.candidate(cfg, real, device, run_id))
+        for candidate in candidates:
+            generation.judge(cfg, candidate, real)
+        return candidates
+    with workers.process_pool(1, g.threads) as executor:
+        future = executor.submit(_diffusion_candidate, cfg, generation.portable(real), str(device), run_id)
+        gan = gan_search.candidate(cfg, real, device, run_id)
+        generation.judge(cfg, gan, real)
+        log.info("generate: GAN done; waiting for the diffusion model's worker")
+        diffusion = future.result()
+        diffusion.module.to(device)  # the sampler holds the same module
+        generation.judge(cfg, diffusion, real, executor)
+    return [gan, diffusion]
+
+
+def _diffusion_candidate(cfg: Config, real: generation.Real, device: str, run_id: str) -> generation.Candidate:
+    """In a worker: the diffusion candidate (trials logged as MLflow runs under run_id), returned on the CPU."""
+    tracking.configure(cfg.tracking)
+    with torch_threads(cfg.generate.threads):
+        candidate = ddpm_training.candidate(cfg, generation.on_device(real, device), torch.device(device), run_id)
+    candidate.module.cpu()
+    return candidate
+
+
 def run(cfg: Config) -> dict[str, Any]:
     """The stage: feature net, GAN search and final fit, samples, quality report, checkpoints and figures."""
     with torch_threads(cfg.generate.threads):
@@ -64,11 +101,7 @@ def _run(cfg: Config) -> dict[str, Any]:
         for stale in output_files(gcfg.plots_dir, "closest_pairs_*.png"):
             remove_output(stale)
         real = generation.prepare_real(cfg, dataset, device)
-        candidates = [gan_search.candidate(cfg, real, device, stage.info.run_id)]
-        if gcfg.ddpm:
-            candidates.append(ddpm_training.candidate(cfg, real, device, stage.info.run_id))
-        for candidate in candidates:
-            generation.judge(cfg, candidate, real)
+        candidates = train_candidates(cfg, real, device, stage.info.run_id)
         chosen, why = generation.choose(candidates, gcfg.select, gcfg.max_memorization)
         report = chosen.report
         # no timings in the metrics file (same inputs, same file): they go to MLflow and the log
