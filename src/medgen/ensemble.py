@@ -14,14 +14,16 @@ On CUDA the processes share the GPU: a 28 px ResNet-18 step is launch-bound, so 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import FIRST_COMPLETED, wait
+import multiprocessing
+import signal
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from medgen import data, metrics, workers
+from medgen import data, metrics
 from medgen.config import ClassifyConfig
 from medgen.progress import Progress
 
@@ -97,6 +99,11 @@ def _fit_fold(
     }
 
 
+def _worker_init(threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the workers
+    torch.set_num_threads(max(1, threads))
+
+
 def fit_folds(
     cfg: ClassifyConfig,
     pool: data.Split,
@@ -116,7 +123,9 @@ def fit_folds(
                 results[i] = _fit_fold(cfg, pool, n_classes, fold, hparams, device)
                 progress.update(len(results), repeat=fold.repeat, fold=fold.fold)
         else:
-            with workers.process_pool(jobs, cfg.threads) as executor:
+            context = multiprocessing.get_context("spawn")
+            executor = ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(cfg.threads,))
+            try:
                 pending = {
                     executor.submit(_fit_fold, cfg, pool, n_classes, f, hparams, device): i for i, f in enumerate(folds)
                 }
@@ -125,6 +134,12 @@ def fit_folds(
                     for future in done:
                         results[pending.pop(future)] = future.result()
                         progress.update(len(results))
+            except BaseException:
+                for process in list(getattr(executor, "_processes", {}).values()):
+                    process.terminate()  # a stopped stage leaves no fold fit running
+                executor.shutdown(wait=False, cancel_futures=True)
+                raise
+            executor.shutdown(wait=True)
     return [results[i] for i in range(len(folds))]
 
 

@@ -84,11 +84,49 @@ def checkpoint_grid(generator: torch.nn.Module, n_classes: int, seed: int):
 def judged_sets(cfg: Config, generator, real: Real, executor=None) -> tuple[data.Split, data.Split]:
     """The judge's fresh synthetic sets: held-out's class counts (FD/KID) and train's (C2ST, memorisation),
     drawn with seeds that are not the search's or the written samples'; `executor` (a medgen.workers pool)
-    shares the drawing with a worker and changes no pixel (synthetic.sample_like_sets)."""
+    shares the drawing with a worker and changes no pixel (`sample_like_sets`)."""
     seed = cfg.seed + 1000
     wanted = [(real.heldout.labels, seed), (real.dataset.train.labels, seed + 1000)]
-    like_heldout, like_train = synthetic.sample_like_sets(generator, wanted, executor)
+    like_heldout, like_train = sample_like_sets(generator, wanted, executor)
     return like_heldout, like_train
+
+
+def sample_like_sets(generator, wanted: list[tuple[np.ndarray, int]], executor=None) -> list[data.Split]:
+    """`synthetic.sample_like(generator, labels, seed)` for each (labels, seed) in `wanted`: the same images, in order.
+
+    With an `executor` (a medgen.workers pool) the per-class parts are shared between this process and one
+    worker: the largest part goes to the worker, each next one to the side with fewer images so far. A part
+    is seeded on its own (seed + class), so which process draws it changes no pixel."""
+    sampler = synthetic.as_sampler(generator)
+    parts = [
+        (i, c, int(k), seed + c)
+        for i, (labels, seed) in enumerate(wanted)
+        for c, k in enumerate(np.bincount(labels, minlength=sampler.n_classes))
+        if k > 0
+    ]
+    theirs: list[tuple] = []
+    if executor is not None and len(parts) > 1:
+        load = {"theirs": 0, "mine": 0}
+        for part in sorted(parts, key=lambda p: -p[2]):
+            side = "theirs" if not theirs or load["theirs"] < load["mine"] else "mine"
+            load[side] += part[2]
+            if side == "theirs":
+                theirs.append(part)
+    mine = [p for p in parts if p not in theirs]
+    future = executor.submit(_draw_parts, sampler, theirs) if theirs else None
+    drawn = dict(zip([p[:2] for p in mine], _draw_parts(sampler, mine)))
+    if future is not None:
+        drawn.update(zip([p[:2] for p in theirs], future.result()))
+    sets = []
+    for i in range(len(wanted)):
+        chunks = [drawn[p[:2]] for p in parts if p[0] == i]
+        sets.append(data.Split(np.concatenate([s.images for s in chunks]), np.concatenate([s.labels for s in chunks])))
+    return sets
+
+
+def _draw_parts(sampler, parts: list[tuple[int, int, int, int]]) -> list[data.Split]:
+    """Each (set, class, count, seed) part drawn as `sample_like` draws it."""
+    return [synthetic.sample(sampler, [c], k, seed) for _, c, k, seed in parts]
 
 
 def evaluate(

@@ -156,3 +156,38 @@ def test_the_report_fd_is_the_mean_over_subsets_of_the_drawn_synthetic_pool():
         assert target["fd_ratio"] == pytest.approx(np.mean(fds) / target["fd_real_vs_real"])
         low, high = target["fd_ratio_range95"]
         assert low < target["fd_ratio"] < high
+
+
+class _NoiseSampler:
+    """A sampler whose images are its rng's noise plus the label: any change of seed or order shows."""
+
+    n_classes, max_batch = 3, 4
+
+    def draw(self, labels, rng):
+        return torch.rand(len(labels), 1, 4, 4, generator=rng) * 0.5 + labels.view(-1, 1, 1, 1) * 0.25 - 0.5
+
+
+def test_sets_drawn_with_a_worker_are_the_sets_one_process_draws():
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from medgen import generation, synthetic
+
+    sampler = _NoiseSampler()
+    wanted = [(np.array([2, 0, 0, 1, 0, 0, 0]), 11), (np.array([1] * 9 + [0, 2]), 50)]
+    alone = [synthetic.sample_like(sampler, labels, seed) for labels, seed in wanted]
+    calls = []
+
+    class Recording(ThreadPoolExecutor):
+        def submit(self, fn, *args):
+            calls.append(args[1])
+            return super().submit(fn, *args)
+
+    with Recording(1) as executor:
+        shared = generation.sample_like_sets(sampler, wanted, executor)
+    # the worker got the largest part (set 1's 9 images of class 1), this process the other 5 parts (9 images)
+    assert calls == [[(1, 1, 9, 51)]]
+    for a, b in zip(alone, shared):
+        assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    assert [len(s.labels) for s in shared] == [7, 11]
