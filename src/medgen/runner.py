@@ -45,6 +45,7 @@ def run_stage(name: str, cfg: Config) -> dict[str, Any]:
                 return module.run(cfg)
         except KeyboardInterrupt:
             _kill_own_runs()
+            _close_dead_ones(cfg)
             raise
         except MedgenError as exc:
             exc.args = (f"{exc}; stage {name} stopped, its previous outputs are unchanged",)
@@ -68,6 +69,15 @@ def _kill_own_runs() -> None:
         stores.close_own_runs(keep=(active.info.run_id,) if active else ())
     except Exception as exc:  # noqa: BLE001 - never mask the interrupt
         log.debug("closing this process's runs after an interrupt failed: %s", exc)
+
+
+def _close_dead_ones(cfg: Config) -> None:
+    """After Ctrl-C/SIGTERM: what the stage's worker processes (medgen.workers: ended before the interrupt
+    got here) left RUNNING, closed now rather than by the next run; best effort, as `_kill_own_runs`."""
+    try:
+        _close_ghosts(cfg)
+    except Exception as exc:  # noqa: BLE001 - never mask the interrupt
+        log.debug("closing the runs of ended workers after an interrupt failed: %s", exc)
 
 
 def _store_failure(exc: Exception) -> MedgenError | None:

@@ -1,10 +1,11 @@
-"""Worker processes for a stage's independent pieces of work (classify's fold fits, generate's two families).
+"""Worker processes for a stage's independent pieces of work (generate's diffusion model beside its GAN).
 
 `process_pool(jobs, threads)` is a spawned `ProcessPoolExecutor` whose workers ignore SIGINT (the stage's
 process handles Ctrl-C), die with that process (Linux: kill -9 included), run `threads` torch threads each
 (0 = torch's default) and log like the CLI, without progress bars (two bars from two processes garble a
-terminal). When the block ends by an exception, Ctrl-C included, every worker is terminated: a stopped
-stage leaves nothing running.
+terminal). When the block ends by an exception, Ctrl-C included, every worker is terminated and waited
+for: a stopped stage leaves nothing running, and the runs and trials a worker left RUNNING belong to a dead
+process, which the stage runner closes as it unwinds (medgen.runner).
 
 Workers write no output files: a stage's outputs are one transaction of the stage's own process
 (medgen.outputs), so work in a worker returns its results and the stage writes them.
@@ -55,8 +56,14 @@ def process_pool(jobs: int, threads: int) -> Iterator[ProcessPoolExecutor]:
     try:
         yield executor
     except BaseException:
-        for process in list((getattr(executor, "_processes", None) or {}).values()):
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        for process in processes:
             process.terminate()
         executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:  # gone before the stage closes the runs and trials they left RUNNING
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
         raise
     executor.shutdown(wait=True)

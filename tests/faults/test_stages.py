@@ -4,8 +4,9 @@ Every test starts from a prepared checkout whose stage outputs hold a "previous 
 classifier checkpoint at models/classify/best.pt, marker bytes elsewhere: the checks are byte-level).
 Then: represent, classify and generate killed with kill -9 mid-search, side by side on one store, and
 re-run side by side (different stages sharing a store must not crash); Ctrl-C and SIGTERM (one line,
-runs KILLED and trials FAIL at once); a read-only metrics folder (refused before training, best.pt
-byte-identical); a full disk after training (previous set kept, stage run FAILED).
+runs KILLED and trials FAIL at once, generate's diffusion worker included); a read-only metrics folder
+(refused before training, best.pt byte-identical); a full disk after training (previous set kept, stage
+run FAILED).
 """
 
 from __future__ import annotations
@@ -113,9 +114,9 @@ def _kill_each_mid_search(children: dict[str, subprocess.Popen], store: Path, ti
         time.sleep(0.05)
 
 
-def _start(workdir: Path, stage: str, **popen) -> subprocess.Popen:
+def _start(workdir: Path, stage: str, *extra: str, **popen) -> subprocess.Popen:
     return subprocess.Popen(
-        [*MEDGEN, "stage", stage, *FAST],
+        [*MEDGEN, "stage", stage, *FAST, *extra],
         cwd=workdir,
         env=env_for(workdir),
         text=True,
@@ -194,6 +195,50 @@ def test_interrupt_mid_search_is_one_line_and_leaves_no_ghosts(checkout, sig, li
     with sqlite3.connect(checkout / "mlruns/mlflow.db") as con:
         statuses = dict(con.execute("SELECT name, status FROM runs WHERE name = 'classify'").fetchall())
     assert statuses == {"classify": "KILLED"}
+
+
+def _diffusion_trial_owner(store: Path) -> str | None:
+    """The owner tag (host:pid:start) of a RUNNING diffusion-study trial run whose Optuna trial is RUNNING too."""
+    try:
+        with sqlite3.connect(store / "optuna.db") as con:
+            running = con.execute(
+                "SELECT count(*) FROM trials t JOIN studies s ON t.study_id = s.study_id "
+                "WHERE t.state = 'RUNNING' AND s.study_name LIKE '%-generate-ddpm-%'"
+            ).fetchone()[0]
+        with sqlite3.connect(store / "mlflow.db") as con:
+            owners = con.execute(
+                "SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid WHERE r.status = 'RUNNING' "
+                "AND r.name LIKE 'breastmnist-generate-ddpm-%' AND t.key = 'medgen.owner'"
+            ).fetchall()
+    except sqlite3.Error:  # schema being created right now
+        return None
+    return owners[0][0] if running and owners else None
+
+
+def test_interrupt_while_the_diffusion_worker_runs_a_trial_leaves_no_ghosts(checkout):
+    """generate.jobs = 2: Ctrl-C while the worker process (medgen.workers) runs a diffusion-study trial. The
+    stage ends the worker and closes what it left RUNNING at once, not at the next run: one line, exit 130,
+    the previous outputs unchanged, no RUNNING run or trial, the worker gone."""
+    import psutil
+
+    before = previous_set(checkout, "generate")
+    child = _start(checkout, "generate", "-S", "generate.jobs=2", preexec_fn=default_sigint)
+    deadline, owner = time.monotonic() + 600, None
+    while owner is None:
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()[1][-3000:]
+        owner = _diffusion_trial_owner(checkout / "mlruns")
+        time.sleep(0.05)
+    worker = int(owner.split(":")[1])
+    assert worker != child.pid  # the trial runs in the worker process
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 130, err[-3000:]
+    assert err.rstrip("\n").splitlines()[-1] == "medgen: interrupted"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+    assert snapshot(*outputs_of(checkout, "generate")) == before and leftovers(checkout) == []
+    assert running_runs(checkout / "mlruns/mlflow.db") == []
+    assert running_trials(checkout / "mlruns/optuna.db") == []
 
 
 def _read_only(folder: Path) -> list[str] | None:
