@@ -8,22 +8,21 @@
 4. makes the tracking store ready (fail fast when unreachable, schema created under a lock) and closes
    the ghosts of killed runs: MLflow runs left RUNNING -> KILLED, Optuna trials -> FAIL;
 then runs the stage inside one output transaction: its files replace the previous set together, or
-not at all. SIGTERM unwinds like Ctrl-C (runs KILLED, trials FAIL, staged files dropped).
+not at all. SIGTERM unwinds like Ctrl-C (runs KILLED, trials FAIL, staged files dropped); neither is raised
+inside a database client's code (medgen.interrupts).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medgen import locks, outputs, preflight
+from medgen import interrupts, locks, outputs, preflight
 from medgen.config import Config
-from medgen.errors import Interrupted, MedgenError
+from medgen.errors import MedgenError
 from medgen.stages import module as stage_module
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ def run_stage(name: str, cfg: Config) -> dict[str, Any]:
     state = Path(cfg.tracking.state_dir)
     # The lock comes first and the stage module (torch, MLflow: seconds to import) after it, so a
     # refused second run says so at once.
-    with locks.StageLock(state / "locks" / f"{name}.lock", name), _signals_unwind(), _quiet_interrupts():
+    with locks.StageLock(state / "locks" / f"{name}.lock", name), interrupts.unwinding_signals(), _quiet_interrupts():
         module = stage_module(name)
         declared = module.outputs(cfg)
         _recover(state, name)
@@ -110,23 +109,6 @@ def _close_ghosts(cfg: Config) -> None:
     tracking.configure(cfg.tracking)  # fails fast when the store is unreachable or corrupt
     stores.close_dead_runs()
     stores.fail_dead_trials(search.storage_url(cfg.tracking))
-
-
-@contextlib.contextmanager
-def _signals_unwind() -> Iterator[None]:
-    """SIGTERM raises Interrupted in the main thread, so a terminated stage unwinds like Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Prefect's worker threads: signals are the main thread's business
-        return
-
-    def terminate(signum: int, _frame: Any) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class _DropInterruptTracebacks(logging.Filter):
