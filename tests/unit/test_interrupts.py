@@ -112,10 +112,11 @@ def test_mlflow_writes_to_sqlite_interrupted_at_random_moments_leave_nothing_loc
     lock ('database is locked', after MLflow's 20 s busy timeout), or the interrupt was dropped (the loop ran on)."""
     import mlflow
 
+    # Global MLflow state is restored afterwards (no mlflow.set_experiment: its active id outlives the test).
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
-    experiment = mlflow.set_experiment("interrupts").experiment_id
     client = mlflow.MlflowClient()
+    experiment = client.create_experiment("interrupts")
     rng = random.Random(0)
     try:
         for attempt in range(30):
