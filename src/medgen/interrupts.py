@@ -85,7 +85,8 @@ class _Guard:
     """The state of one `unwinding_signals()` block."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # re-entrant: a signal handler runs on the main thread, maybe while that thread holds the lock
+        self.lock = threading.RLock()
         self.armed = True
         self.held: str | None = None  # the name of a signal not raised yet
         self.raised: Interrupted | None = None
@@ -168,6 +169,8 @@ def unwinding_signals() -> Iterator[None]:
     try:
         yield
     finally:
-        guard.disarm()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        try:
+            guard.disarm()  # a signal landing in here raises; the handlers are restored all the same
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
