@@ -375,6 +375,8 @@ class ClassifyConfig(Section):
     # candidates = the named recipes (fixed trials, in order), then Optuna draws recipe, lr, weight_decay
     recipes: dict = field(default_factory=dict)  # name -> {classify key: value}; none: this section is the one recipe
     cv_folds: int = rule(5, ge=2)
+    # the first cv_screen folds score every candidate; the best one alone fits the other folds (0 = all folds)
+    cv_screen: int = rule(0, ge=0, note="0 = every fold")
     n_trials: int = rule(4, ge=1, note="the named recipes first, then Optuna's draws")
     search_epochs: int = rule(20, ge=1)  # each fold's fit (no early stopping: the held-out fold stays unseen)
     lr_range: tuple[float, ...] = rule((1e-4, 3e-3), **RANGE)

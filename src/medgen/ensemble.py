@@ -144,7 +144,7 @@ def fit_folds(
 
 
 def out_of_fold(pool: data.Split, fits: list[dict[str, Any]], n_classes: int) -> list[np.ndarray]:
-    """One (N, n_classes) out-of-fold probability array per repeat, rows in pool order."""
+    """One (N, n_classes) out-of-fold probability array per repeat, rows in pool order (NaN: no fit held it out)."""
     repeats = 1 + max(f["fold"].repeat for f in fits)
     oof = [np.full((len(pool), n_classes), np.nan) for _ in range(repeats)]
     for fit in fits:
@@ -152,9 +152,19 @@ def out_of_fold(pool: data.Split, fits: list[dict[str, Any]], n_classes: int) ->
     return oof
 
 
+def screened(folds: list[Fold], n: int) -> list[Fold]:
+    """The folds every candidate is scored on: the first n (repeat 0 first), or all when n is 0 or >= their number."""
+    return list(folds[:n]) if 0 < n < len(folds) else list(folds)
+
+
 def cv_scores(labels: np.ndarray, oof: list[np.ndarray]) -> dict[str, float]:
-    """Out-of-fold acc, auc, balanced_acc: per repeat, then the mean over repeats (`cv_<metric>`)."""
-    per_repeat = [metrics.classification_metrics(labels, probs) for probs in oof]
+    """Out-of-fold acc, auc, balanced_acc over the rows some fit held out: per repeat, then the mean over
+    repeats (`cv_<metric>`)."""
+    per_repeat = []
+    for probs in oof:
+        seen = ~np.isnan(probs).any(axis=1)
+        if seen.any():
+            per_repeat.append(metrics.classification_metrics(labels[seen], probs[seen]))
     return {f"cv_{m}": float(np.mean([s[m] for s in per_repeat])) for m in ("auc", "acc", "balanced_acc")}
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from medgen import classification, data, guard, tracking
+from medgen import classification, data, ensemble, guard, tracking
 from medgen.errors import MedgenError
 from medgen.models.classifier import TinyEncoder
 from medgen.stages import classify, prepare
@@ -60,7 +60,10 @@ def test_smoke_end_to_end_and_checkpoint_reproduces_test_predictions(smoke_cfg, 
     assert all(0.0 <= t["cv_auc"] <= 1.0 for t in table)
     best = max(table, key=lambda t: t["cv_auc"])  # first of equals
     assert table[details["search"]["chosen"]] == best and "trial" not in best  # trial numbers depend on kills
-    assert summary["cv"] == {"recipe": best["recipe"], **{m: best[m] for m in ("cv_auc", "cv_acc", "cv_balanced_acc")}}
+    scores = ("cv_auc", "cv_acc", "cv_balanced_acc")
+    cv = summary["cv"]  # the smoke profile screens on every fold: the choice's figures are the chosen one's CV
+    assert cv["recipe"] == best["recipe"] and cv["folds"] == cv["screen_folds"] == k
+    assert {m: cv[m] for m in scores} == {m: cv[f"screen_{m}"] for m in scores} == {m: best[m] for m in scores}
     assert [(m["repeat"], m["fold"]) for m in details["members"]] == [(0, 0), (0, 1)]
     assert np.sum(details["confusion"]) == len(prepared.test)
     for name in ("history.csv", "confusion.json", "roc.csv", "curves.png", "confusion.png", "roc.png"):
@@ -117,6 +120,35 @@ def test_a_rerun_reuses_the_study_and_refits_the_same_ensemble(smoke_cfg, prepar
     assert second == first
     again = load_model(cfg.classify.checkpoint)[0].state_dict()
     assert all(torch.equal(weights[k], again[k]) for k in weights)
+
+
+def test_screening_scores_candidates_on_the_first_folds_and_completes_only_the_chosen(smoke_cfg, prepared, caplog):
+    """classify.cv_screen=1 of 3 folds: each candidate fits one fold; the chosen one then fits the other two,
+    and its members are the weights a full cross-validation of that candidate makes."""
+    caplog.set_level(logging.INFO, logger="medgen.progress")
+    cfg = smoke_cfg("classify.cv_folds=3", "classify.cv_screen=1")
+    summary = classify.run(cfg)
+    c = cfg.classify
+    details = json.loads(Path(c.details).read_text())
+    found = details["search"]
+    assert found["screen_folds"] == 1 and found["folds"] == 3 and summary["members"] == 3
+    best = found["candidates"][found["chosen"]]
+    cv = summary["cv"]
+    assert cv["screen_cv_auc"] == best["cv_auc"] and (cv["screen_folds"], cv["folds"]) == (1, 3)
+    lines = [r.getMessage() for r in caplog.records if r.name == "medgen.progress"]
+    assert any(line.startswith("cv classic #0: 1/1 fits") for line in lines), lines[-8:]
+    assert any(line.startswith("chosen: the other 2 folds: 2/2 fits") for line in lines), lines[-8:]
+    assert [(m["repeat"], m["fold"]) for m in details["members"]] == [(0, 0), (0, 1), (0, 2)]
+
+    pool = classification.subsample(ensemble.pool_split(prepared), c.train_fraction, cfg.seed)
+    folds = ensemble.make_folds(pool.labels, 3, 1, cfg.seed)
+    hp = {k: found["hparams"][k] for k in ("lr", "weight_decay")}
+    full = ensemble.fit_folds(ensemble.recipe(c, best["recipe"]), pool, 2, folds, hp, "cpu")
+    model = load_model(c.checkpoint)[0]
+    for member, fit in zip(model.members, full):  # completing the chosen one = its full cross-validation
+        assert all(torch.equal(v, fit["state"][k]) for k, v in member.state_dict().items())
+    assert cv["cv_auc"] == ensemble.cv_scores(pool.labels, ensemble.out_of_fold(pool, full, 2))["cv_auc"]
+    assert load_model(c.checkpoint)[1]["metrics"]["cv_auc"] == cv["cv_auc"]  # the registry's figure: every fold
 
 
 def _fit(cfg, dataset, **changes):

@@ -1,21 +1,17 @@
 """Stage `classify`: a recipe chosen by cross-validation on train+val, its fold models as the served ensemble.
 
 Inputs : data/prepared/<flag>.npz; classify.encoder_checkpoint when classify.pretrained=encoder.
-Outputs: classify.checkpoint (an EnsembleClassifier: the chosen candidate's cv_folds x seeds fold models
-         averaged over the classify.tta views, calibrated, with an input guard (medgen.guard), written with
-         medgen.training.save_model; config holds n_classes, class_names, input_shape [C, S, S], the stem, the
-         recipe, its members, the calibrator and the guard's method and threshold), classify.metrics
-         (`served`: test metrics of exactly that model with 95% intervals, its calibration before/after and the
-         guard on test and OOD sets; per member mean, std and interval of
-         the mean, medgen.stats; the chosen candidate's CV scores), classify.details (every candidate's CV
-         scores, the members, per-member test figures), classify.plots_dir (history.csv, confusion.json,
-         roc.csv, PNGs). Test is scored once, after the choice.
-         Wall-clock timings go to MLflow and the log only: a metrics file is a function of its inputs.
-         MLflow experiment medgen/<flag>/classify: one child run per candidate (its CV scores and recipe).
-Candidates: the recipes named in classify.recipes, in order (fixed trials of the Optuna study, so the choice
-is resumable and deterministic), then Optuna draws of (recipe, lr, weight_decay) up to classify.n_trials.
-The model, its fit and its scoring live in medgen.classification and medgen.ensemble (augment trains
-through them too).
+Outputs: classify.checkpoint (an EnsembleClassifier: the chosen candidate's cv_folds x seeds fold models averaged
+         over the classify.tta views, calibrated, with an input guard (medgen.guard), written with
+         medgen.training.save_model; config: n_classes, class_names, input_shape [C, S, S], stem, recipe, members,
+         calibrator, the guard's method and threshold), classify.metrics (`served`: test metrics of exactly that
+         model with 95% intervals, its calibration before/after, the guard on test and OOD sets; per member mean,
+         std and interval of the mean, medgen.stats; `cv`: the chosen candidate's CV scores), classify.details
+         (every candidate's CV scores, the members, per-member test figures), classify.plots_dir (history.csv,
+         confusion.json, roc.csv, PNGs). Test is scored once, after the choice. Wall-clock timings go to MLflow and
+         the log only. MLflow experiment medgen/<flag>/classify: one child run per candidate.
+Candidates: classify.recipes in order (fixed Optuna trials: resumable, deterministic), then Optuna draws of (recipe,
+lr, weight_decay) up to classify.n_trials, each scored on the first classify.cv_screen folds; the best fits the rest.
 """
 
 from __future__ import annotations
@@ -39,8 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def study_spec(cfg: Config) -> dict[str, Any]:
-    """What defines the search: every classify setting that changes a CV score (the repeats included; not the
-    views, jobs, calibration, guard or paths), so an ablation never resumes another's trials."""
+    """Every classify setting that changes a CV score (repeats too): an ablation never resumes another's trials."""
     ignored = ("tta", "jobs", "calibration", "ood_keep")  # fitted after the choice, from its out-of-fold predictions
     return search.definition(cfg, "classify", ignore=ignored, repeats=cfg.classify.seeds, scheme="cv")
 
@@ -57,7 +52,7 @@ def search_recipes(cfg: Config, dataset: data.Dataset, device, parent_run_id: st
     c = cfg.classify
     pool = subsample(ensemble.pool_split(dataset), c.train_fraction, cfg.seed)
     folds = ensemble.make_folds(pool.labels, c.cv_folds, c.seeds, cfg.seed)
-    names = ensemble.candidates(cfg.classify)[0]
+    names, screen = ensemble.candidates(cfg.classify)[0], ensemble.screened(folds, c.cv_screen)
     kept: dict[int, list[dict]] = {}
 
     def objective(trial) -> float:
@@ -68,7 +63,7 @@ def search_recipes(cfg: Config, dataset: data.Dataset, device, parent_run_id: st
         }
         chosen = ensemble.recipe(cfg.classify, name)
         mlflow.log_params({f"recipe.{k}": v for k, v in (c.recipes.get(name) or {}).items()})
-        fits = ensemble.fit_folds(chosen, pool, dataset.n_classes, folds, hp, device, f"cv {name} #{trial.number}")
+        fits = ensemble.fit_folds(chosen, pool, dataset.n_classes, screen, hp, device, f"cv {name} #{trial.number}")
         scores = ensemble.cv_scores(pool.labels, ensemble.out_of_fold(pool, fits, dataset.n_classes))
         mlflow.log_metrics(scores)
         for key, value in scores.items():
@@ -93,18 +88,23 @@ def search_recipes(cfg: Config, dataset: data.Dataset, device, parent_run_id: st
         "study": study.study_name,
         "candidates": table,
         "pool": len(pool),
+        "screen_folds": len(screen),  # the candidates' cv_* are out-of-fold scores on these first folds
+        "folds": len(folds),
     }
     return found, kept.get(done[best].number, {}).get("fits"), pool, folds
 
 
 def members_for(cfg, dataset, found, fits, pool, folds, device) -> list[dict]:
-    """The chosen candidate's fold fits: those this process made, else refitted (the same seeds give the same
-    weights: a resumed or fanned-out study ends with the model an uninterrupted run makes)."""
-    if fits is not None:
-        return fits
-    hp = {k: found["hparams"][k] for k in ("lr", "weight_decay")}
-    chosen = ensemble.recipe(cfg.classify, found["hparams"]["recipe"])
-    return ensemble.fit_folds(chosen, pool, dataset.n_classes, folds, hp, device, "refit chosen")
+    """The chosen candidate's fit of every fold: its screening fits made here, then the other folds' (all refitted
+    when none were made here: the same seeds give the same weights, so a resumed or fanned-out study ends with the
+    model an uninterrupted run makes). Sets found["chosen_cv"]: its out-of-fold scores on every fold."""
+    have, hp = list(fits or []), {k: found["hparams"][k] for k in ("lr", "weight_decay")}
+    if rest := folds[len(have) :]:
+        chosen = ensemble.recipe(cfg.classify, found["hparams"]["recipe"])
+        label = f"chosen: the other {len(rest)} folds" if have else "refit chosen"
+        have += ensemble.fit_folds(chosen, pool, dataset.n_classes, rest, hp, device, label)
+    found["chosen_cv"] = ensemble.cv_scores(pool.labels, ensemble.out_of_fold(pool, have, dataset.n_classes))
+    return have
 
 
 def write_plots(cfg: Config, dataset: data.Dataset, fits: list[dict], member_probs: list, served, raw) -> list[Path]:
@@ -175,6 +175,7 @@ def run(cfg: Config) -> dict[str, Any]:
         found, kept, pool, folds = search_recipes(cfg, dataset, device, stage.info.run_id)
         mlflow.log_params({f"chosen.{k}": v for k, v in found["hparams"].items()})
         fits = members_for(cfg, dataset, found, kept, pool, folds, device)
+        mlflow.log_metrics({f"chosen_{k}": v for k, v in found["chosen_cv"].items()})
         raw_model, kwargs = ensemble.assemble(fits, cfg.classify.tta)
         model, kwargs, fitted = guard.fit(cfg, raw_model, kwargs, pool, folds, dataset.n_classes, device)
         mlflow.log_params(
