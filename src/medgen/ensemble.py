@@ -14,16 +14,14 @@ On CUDA the processes share the GPU: a 28 px ResNet-18 step is launch-bound, so 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import signal
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from medgen import data, metrics
+from medgen import data, metrics, workers
 from medgen.config import ClassifyConfig
 from medgen.progress import Progress
 
@@ -99,11 +97,6 @@ def _fit_fold(
     }
 
 
-def _worker_init(threads: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the workers
-    torch.set_num_threads(max(1, threads))
-
-
 def fit_folds(
     cfg: ClassifyConfig,
     pool: data.Split,
@@ -113,7 +106,8 @@ def fit_folds(
     device: torch.device | str,
     label: str = "folds",
 ) -> list[dict[str, Any]]:
-    """Every fold's fit, in fold order; in `cfg.jobs` processes when more than one (on CPU or sharing a GPU)."""
+    """Every fold's fit, in fold order; in `cfg.jobs` processes (medgen.workers: they die with the stage, kill -9
+    included, and are terminated and reaped when it stops) when more than one, on CPU or sharing a GPU."""
     device = str(device)
     jobs = min(cfg.jobs, len(folds))
     results: dict[int, dict] = {}
@@ -123,9 +117,7 @@ def fit_folds(
                 results[i] = _fit_fold(cfg, pool, n_classes, fold, hparams, device)
                 progress.update(len(results), repeat=fold.repeat, fold=fold.fold)
         else:
-            context = multiprocessing.get_context("spawn")
-            executor = ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(cfg.threads,))
-            try:
+            with workers.process_pool(jobs, max(1, cfg.threads)) as executor:  # one thread each unless set
                 pending = {
                     executor.submit(_fit_fold, cfg, pool, n_classes, f, hparams, device): i for i, f in enumerate(folds)
                 }
@@ -134,12 +126,6 @@ def fit_folds(
                     for future in done:
                         results[pending.pop(future)] = future.result()
                         progress.update(len(results))
-            except BaseException:
-                for process in list(getattr(executor, "_processes", {}).values()):
-                    process.terminate()  # a stopped stage leaves no fold fit running
-                executor.shutdown(wait=False, cancel_futures=True)
-                raise
-            executor.shutdown(wait=True)
     return [results[i] for i in range(len(folds))]
 
 
