@@ -1,5 +1,4 @@
-"""Worker processes for a stage's independent pieces of work (classify's fold fits, generate's diffusion model
-beside its GAN).
+"""Worker processes for a stage's independent pieces of work (generate's diffusion model beside its GAN).
 
 `process_pool(jobs, threads)` is a spawned `ProcessPoolExecutor` whose workers ignore SIGINT (the stage's
 process handles Ctrl-C), die with that process (Linux: kill -9 included), run `threads` torch threads each
