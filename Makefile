@@ -11,7 +11,7 @@ ifneq ($(SHARED_NPZ),)
 export MEDGEN_DATA_SOURCE ?= $(SHARED_NPZ)
 endif
 
-.PHONY: help setup lint test run report repro-check power lock ui serve bench-serve load-serve bench-backpressure container-check container-check-pipeline security-scan cluster-up cluster-down bench-cluster
+.PHONY: help setup lint test test-gpu run report repro-check power lock ui serve bench-serve load-serve bench-backpressure container-check container-check-pipeline security-scan cluster-up cluster-down bench-cluster
 
 .DEFAULT_GOAL := help
 
@@ -30,6 +30,9 @@ lint:  ## ruff: lint (pycodestyle, pyflakes, import order) and format check, lin
 
 test:  ## the whole suite (unit, data, integration on the smoke profile, serving)
 	$(BIN)/python -m pytest -q --durations=30
+
+test-gpu:  ## checks that need a CUDA GPU (tests/gpu; skipped without one): seeded fits on it repeat bit for bit
+	$(BIN)/python -m pytest -q -rs tests/gpu
 
 run:  ## the main job: the DVC pipeline with the defaults in params.yaml
 	$(BIN)/dvc repro
