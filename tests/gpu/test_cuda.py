@@ -10,21 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from medgen import data, ensemble
+from medgen import ensemble
 from medgen.config import ClassifyConfig
+from tests.unit.test_ensemble import _pool  # the CPU test's pool: 1/4 minority, a learnable half
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
     pytest.mark.usefixtures("one_thread"),
 ]
-
-
-def _pool(n=240, size=28, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = np.array([0] * (n // 4) + [1] * (n - n // 4))
-    images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
-    images[labels == 1, :, : size // 2] //= 3  # something to learn
-    return data.Split(images, labels)
 
 
 def _differences(a, b):
@@ -35,7 +28,7 @@ def _differences(a, b):
 
 @pytest.mark.parametrize("stem", ["pool", "cifar"])
 def test_cuda_fold_fits_repeat_and_parallel_workers_equal_the_serial_fits(stem):
-    pool = _pool()
+    pool = _pool(240, 28)
     folds = ensemble.make_folds(pool.labels, 3, 1, seed=0)
     cfg = replace(ClassifyConfig(), stem=stem, batch_size=32, search_epochs=3, threads=1)
     first = ensemble.fit_folds(replace(cfg, jobs=1), pool, 2, folds, {}, "cuda")
