@@ -21,7 +21,8 @@ pytestmark = [
 
 
 def _differences(a, b):
-    weights = max(float((x["state"][k] - y["state"][k]).abs().max()) for x, y in zip(a, b) for k in x["state"])
+    """Largest |difference| of two fold-fit lists: (weights, held-out probabilities)."""
+    weights = max(_largest_difference(x["state"], y["state"]) for x, y in zip(a, b))
     probs = max(float(np.abs(x["probs"] - y["probs"]).max()) for x, y in zip(a, b))
     return weights, probs
 
@@ -40,6 +41,10 @@ def test_cuda_fold_fits_repeat_and_parallel_workers_equal_the_serial_fits(stem):
     assert _differences(first, parallel) == (0.0, 0.0)
 
 
+def _largest_difference(a, b):
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
 def _twice(make_and_train):
     """Two runs of `make_and_train(device)` from the same seed: their returned state dicts."""
     from medgen.training import set_seed
@@ -49,10 +54,6 @@ def _twice(make_and_train):
         set_seed(0)
         states.append({k: v.detach().cpu().clone() for k, v in make_and_train("cuda").items()})
     return states
-
-
-def _largest_difference(a, b):
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
 def test_gan_training_on_cuda_repeats_exactly():
