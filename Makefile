@@ -28,8 +28,9 @@ lint:  ## ruff: lint (pycodestyle, pyflakes, import order) and format check, lin
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test:  ## the whole suite (unit, data, integration on the smoke profile, serving)
-	$(BIN)/python -m pytest -q --durations=30
+TEST_WORKERS ?= 2
+test:  ## the whole suite (unit, data, integration on the smoke profile, serving) in TEST_WORKERS processes, a file each
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
 
 test-gpu:  ## checks that need a CUDA GPU (tests/gpu; skipped without one): seeded fits on it repeat bit for bit
 	$(BIN)/python -m pytest -q -rs tests/gpu

@@ -15,6 +15,7 @@ from medgen.training import load_model
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow
 def test_augment_smoke_end_to_end(smoke_cfg, workdir, caplog, monkeypatch):
     monkeypatch.setenv("MEDGEN_PROGRESS", "log")
     caplog.set_level(logging.INFO, logger="medgen.progress")

@@ -111,6 +111,7 @@ def test_smoke_end_to_end_and_checkpoint_reproduces_test_predictions(smoke_cfg, 
     assert {"plots/curves.png", "plots/confusion.png", "plots/roc.png", "plots/history.csv"} <= artifacts
 
 
+@pytest.mark.slow
 def test_a_rerun_reuses_the_study_and_refits_the_same_ensemble(smoke_cfg, prepared):
     """The second run finds every candidate scored, so it refits the chosen one's folds: the same weights."""
     cfg = smoke_cfg()
@@ -122,6 +123,7 @@ def test_a_rerun_reuses_the_study_and_refits_the_same_ensemble(smoke_cfg, prepar
     assert all(torch.equal(weights[k], again[k]) for k in weights)
 
 
+@pytest.mark.slow
 def test_screening_scores_candidates_on_the_first_folds_and_completes_only_the_chosen(smoke_cfg, prepared, caplog):
     """classify.cv_screen=1 of 3 folds: each candidate fits one fold; the chosen one then fits the other two,
     and its members are the weights a full cross-validation of that candidate makes."""

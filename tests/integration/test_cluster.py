@@ -38,6 +38,7 @@ OVERRIDES = [
 ]
 
 
+@pytest.mark.slow
 def test_search_only_then_run_finishes_from_the_study(smoke_cfg, one_thread):
     cfg = smoke_cfg("classify.n_trials=3")
     stages.get("prepare")(cfg)
@@ -122,6 +123,7 @@ def _kill_a_running_trial(storage: str, deadline: float) -> tuple[int, int]:
     raise AssertionError("no running trial to kill")
 
 
+@pytest.mark.slow
 def test_fanout_on_two_workers_adds_up_and_retries_a_killed_workers_trial(cluster):
     folder, env = cluster
     listed = _prefect(env, "deployment", "ls")

@@ -46,6 +46,7 @@ def run_flow(workdir, npz, *overrides, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_flow_runs_every_stage_writes_dvc_outputs_and_nests_runs(prefect_harness, workdir, breastmnist_npz):
     state = run_flow(workdir, breastmnist_npz)
     assert state.is_completed(), state.message

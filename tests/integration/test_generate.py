@@ -29,6 +29,7 @@ def _runs(cfg, stage):
     return mlflow.search_runs([experiment.experiment_id], output_format="list")
 
 
+@pytest.mark.slow
 def test_generate_smoke_end_to_end(smoke_cfg, workdir):
     cfg = smoke_cfg()
     prepare.run(cfg)
@@ -78,6 +79,7 @@ def test_generate_smoke_end_to_end(smoke_cfg, workdir):
     assert len(trials) == cfg.generate.n_trials + cfg.generate.ddpm_trials
 
 
+@pytest.mark.slow
 def test_diffusion_in_a_worker_process_changes_nothing(smoke_cfg, workdir):
     """generate.jobs = 2 (the diffusion model trained and its judge's sampling shared with a worker process)
     writes what one process writes: the same metrics file, samples and checkpoint; the worker's study trials

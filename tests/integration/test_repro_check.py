@@ -59,6 +59,7 @@ def test_the_check_fails_when_the_kill_point_is_never_reached(tmp_path, breastmn
     assert "again: " in done.stdout  # first and again agreed before that
 
 
+@pytest.mark.slow
 def test_the_smoke_pipeline_is_reproducible_run_again_and_killed(tmp_path, breastmnist_npz):
     done = check(tmp_path, breastmnist_npz, "--keep")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

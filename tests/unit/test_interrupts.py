@@ -54,16 +54,20 @@ def test_a_second_signal_while_one_is_held_raises_at_once():
 
 
 def test_sigint_is_held_too_when_pythons_handler_is_installed():
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    call = _client_function(
-        "    os.kill(os.getpid(), signal.SIGINT)\n    _spin(0.3)\n    log.append('client returned')\n"
-    )
-    log: list[str] = []
-    with pytest.raises(Interrupted) as raised, interrupts.unwinding_signals():
-        call(log)
-        _spin(1.0)
-    assert log == ["client returned"] and raised.value.signal_name == "SIGINT"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    # Python's own handler, as in any `python` process (a pytest-xdist worker starts with SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        call = _client_function(
+            "    os.kill(os.getpid(), signal.SIGINT)\n    _spin(0.3)\n    log.append('client returned')\n"
+        )
+        log: list[str] = []
+        with pytest.raises(Interrupted) as raised, interrupts.unwinding_signals():
+            call(log)
+            _spin(1.0)
+        assert log == ["client returned"] and raised.value.signal_name == "SIGINT"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _InterruptedInAFinaliser:
