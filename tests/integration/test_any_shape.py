@@ -97,6 +97,9 @@ def test_smoke_pipeline_on_other_shapes(workdir, one_thread, name, size, channel
     results = run_pipeline(cfg)
     assert results["prepare"]["n"] == {"train": 60, "val": 20, "test": 20}
     check_outputs(cfg, (channels, size, size), stem)
+    # the configured stem as the stage saw it: with "auto", stem_used above is the size rule's choice, not the
+    # smoke profile's own standard stem passing through
+    assert load_checkpoint(cfg.classify.checkpoint)["config"]["stem"] == (stem_override or "standard")
 
 
 # ------------------------------------------------------------------- CIFAR-10 from its native files
