@@ -187,8 +187,11 @@ def numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
 def register_onnx(onnx_path: Path, name: str, extra_files: list[Path] = ()) -> str:
     """Log an ONNX file as an MLflow model of the active run and register it as a new version of `name`;
     returns that version. Which alias it gets (`champion` or `candidate`) is medgen.registry's decision.
+    Its requirements are given, not inferred: the ONNX flavour's pins (onnx, onnxruntime) and numpy, the list
+    MLflow's inference finds, without its subprocess that loads the model (~4 s a model on 2 cores).
     """
     import mlflow
+    import numpy
     import onnx
 
     from medgen.io import readable
@@ -198,6 +201,7 @@ def register_onnx(onnx_path: Path, name: str, extra_files: list[Path] = ()) -> s
         name=Path(onnx_path).stem,
         registered_model_name=name,
         save_as_external_data=False,
+        pip_requirements=[*mlflow.onnx.get_default_pip_requirements(), f"numpy=={numpy.__version__}"],
         extra_files=[str(readable(p)) for p in extra_files],
     )
     return str(info.registered_model_version)

@@ -158,5 +158,11 @@ def test_the_registry_champion_serves_a_denoiser(workdir, monkeypatch, exported)
     model = runtime._from_mlflow("generator", "champion")
     assert model.denoiser and model.family == "diffusion" and model.version == version
     assert model.source == "mlflow:models:/medgen-generator@champion" and model.info()["variant"] == "ddpm"
+    # requirements given, not inferred (medgen.tracking.register_onnx): this environment's pins
+    from importlib.metadata import version as installed
+
+    pins = Path(mlflow.artifacts.download_artifacts(f"models:/medgen-generator/{version}/requirements.txt"))
+    wanted = {f"{name}=={installed(name)}" for name in ("onnx", "onnxruntime", "numpy", "mlflow")}
+    assert wanted <= set(pins.read_text().split()), pins.read_text()
     local = exported[1]  # the same checkpoint exported to files
     assert np.array_equal(runtime.generate(model, 0, 2, seed=1), runtime.generate(local, 0, 2, seed=1))
