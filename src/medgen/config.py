@@ -584,6 +584,15 @@ class AugmentConfig(Section):
 
 
 @dataclass(frozen=True)
+class GuardConfig(Section):
+    """The out-of-distribution material classify chooses and reports the input guard on (medgen.ood_sets)."""
+
+    section: ClassVar[str] = "guard"
+    # images per OOD set (far sets, each fold's and test's corruptions), evenly spaced; 0 = every image
+    ood_max: int = rule(0, ge=0, note="0 = every image")
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str = "full"
     seed: int = 42
@@ -592,6 +601,7 @@ class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     represent: RepresentConfig = field(default_factory=RepresentConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -87,15 +87,17 @@ def _auroc(inside: np.ndarray, outside: np.ndarray) -> float:
 def fit(cfg, model: EnsembleClassifier, kwargs: dict, pool: data.Split, folds: list, n_classes: int, device) -> tuple:
     """The calibrated, guarded ensemble (eval mode), its constructor kwargs, and what was fitted:
     {"calibrator": ..., "guard": {"method", "threshold", "keep", "selection": {candidate: mean AUROC}}}."""
-    shape = data.image_shape(pool.images)
-    far = ood_sets.far(shape, "selection")
+    shape, limit = data.image_shape(pool.images), cfg.guard.ood_max
+    far = ood_sets.capped(ood_sets.far(shape, "selection"), limit)
     near = ood_sets.corruptions(pool.images)
     outs, oof_logp, oof_labels = [], [], []
     for m, fold in enumerate(folds):
         held = fold.held_out
         outs.append({"pool": member_outputs(model, m, pool.images, device)})
         outs[m].update({name: member_outputs(model, m, imgs, device) for name, imgs in far.items()})
-        outs[m].update({name: member_outputs(model, m, imgs[held], device) for name, imgs in near.items()})
+        outs[m].update(
+            {name: member_outputs(model, m, ood_sets.spaced(imgs[held], limit), device) for name, imgs in near.items()}
+        )
         oof_logp.append(outs[m]["pool"]["log_probs"][held])
         oof_labels.append(pool.labels[held])
     kinds = calibration.KINDS if cfg.classify.calibration == "auto" else (cfg.classify.calibration,)
@@ -148,12 +150,13 @@ def predict(model: EnsembleClassifier, images: np.ndarray, device, batch: int = 
     return probs, torch.cat([o[1] for o in outs]).double().cpu().numpy()
 
 
-def evaluate(model: EnsembleClassifier, test: data.Split, threshold: float, device) -> dict[str, Any]:
+def evaluate(model: EnsembleClassifier, test: data.Split, threshold: float, device, limit: int = 0) -> dict[str, Any]:
     """The guard on test (share flagged) and on the report half of every OOD set: AUROC against test, share
-    flagged, size. Far sets (digits, patches, constant, noise) and corruptions of the test images."""
+    flagged, size. Far sets (digits, patches, constant, noise) and corruptions of the test images, each cut to
+    `limit` images when limit > 0 (ood_sets.capped)."""
     test_scores = predict(model, test.images, device)[1]
     shape = data.image_shape(test.images)
-    sets = {**ood_sets.far(shape, "report"), **ood_sets.corruptions(test.images)}
+    sets = ood_sets.capped({**ood_sets.far(shape, "report"), **ood_sets.corruptions(test.images)}, limit)
     report = {}
     for name, images in sets.items():
         scores = predict(model, images, device)[1]
@@ -166,7 +169,15 @@ def evaluate(model: EnsembleClassifier, test: data.Split, threshold: float, devi
     return {"test_flagged": float(np.mean(test_scores > threshold)), "sets": report}
 
 
-def report(model: EnsembleClassifier, test: data.Split, raw: np.ndarray, served: np.ndarray, fitted: dict, device):
+def report(
+    model: EnsembleClassifier,
+    test: data.Split,
+    raw: np.ndarray,
+    served: np.ndarray,
+    fitted: dict,
+    device,
+    limit: int = 0,
+) -> dict:
     """The `served` block's calibration and guard entries (test scored once): ece/brier/nll with intervals,
     calibrated and not; the ECE perfectly calibrated probabilities would show here and the observed one's p-value;
     acc/auc/balanced acc before calibration; the calibrator; the guard on test and OOD."""
@@ -181,5 +192,5 @@ def report(model: EnsembleClassifier, test: data.Split, raw: np.ndarray, served:
         **calibration.scores(test.labels, raw, "_uncalibrated", weights),
         **{f"test_{k.replace('_ci95', '')}_uncalibrated{'_ci95' * k.endswith('_ci95')}": v for k, v in before.items()},
         "calibrator": fitted["calibrator"],
-        "ood": {**fitted["guard"], **evaluate(model, test, fitted["guard"]["threshold"], device)},
+        "ood": {**fitted["guard"], **evaluate(model, test, fitted["guard"]["threshold"], device, limit)},
     }

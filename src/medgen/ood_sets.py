@@ -11,6 +11,8 @@ training rows as the in-distribution side) and a *report* half (scored once agai
 Corruptions of given images (selection: held-out training rows; report: test): colour inversion, heavy
 Gaussian blur (sigma = side / 9), rotation by 90 degrees.
 Every set is uint8 in the layout of the data (N, S, S) for grey or (N, S, S, C), grey replicated to C.
+`guard.ood_max` > 0 cuts every set (and each fold's or test's corruptions) to that many images, evenly spaced
+(`capped`): the smoke profile's 64 keeps the guard's cost small for tests; the default 0 uses every image.
 """
 
 from __future__ import annotations
@@ -75,6 +77,18 @@ def far(shape: tuple[int, int, int], part: str) -> dict[str, np.ndarray]:
         "noise": noise,
     }
     return {name: _layout(images, channels) for name, images in sets.items()}
+
+
+def spaced(images: np.ndarray, limit: int) -> np.ndarray:
+    """At most `limit` of the images, evenly spaced through the set (first and last kept); all when limit is 0."""
+    if limit <= 0 or len(images) <= limit:
+        return images
+    return images[np.linspace(0, len(images) - 1, limit).round().astype(np.int64)]
+
+
+def capped(sets: dict[str, np.ndarray], limit: int) -> dict[str, np.ndarray]:
+    """Every set cut to at most `limit` images (`spaced`); unchanged when limit is 0."""
+    return {name: spaced(images, limit) for name, images in sets.items()}
 
 
 def corruptions(images: np.ndarray) -> dict[str, np.ndarray]:

@@ -80,6 +80,8 @@ def test_smoke_end_to_end_and_checkpoint_reproduces_test_predictions(smoke_cfg, 
     assert ood["method"] == max(ood["selection"], key=lambda name: round(ood["selection"][name], 6))
     assert set(ood["sets"]) == {"digits", "patches", "constant", "noise", "inverted", "blur", "rot90"}
     assert all(0.0 <= s["auroc"] <= 1.0 and 0.0 <= s["flagged"] <= 1.0 and s["n"] > 0 for s in ood["sets"].values())
+    # the smoke profile's guard.ood_max: digits (~900 a half) and corruptions of 156 test images are cut to it
+    assert smoke_cfg().guard.ood_max == 64 and ood["sets"]["digits"]["n"] == ood["sets"]["blur"]["n"] == 64
     assert 0.0 <= ood["test_flagged"] <= 1.0 and ood["keep"] == c.ood_keep
     reliability = json.loads((Path(c.plots_dir) / "reliability.json").read_text())
     assert sum(b["n"] for b in reliability["served"]) == len(prepared.test)

@@ -115,6 +115,15 @@ def test_ood_sets_have_the_data_layout_and_disjoint_halves(shape):
     assert np.array_equal(corrupted["inverted"], 255 - base) and corrupted["blur"].std() < base.std() / 2
 
 
+def test_capped_sets_keep_evenly_spaced_images_and_zero_keeps_all():
+    images = np.arange(100, dtype=np.uint8)[:, None, None] * np.ones((1, 4, 4), np.uint8)
+    kept = ood_sets.spaced(images, 5)[:, 0, 0]
+    assert kept.tolist() == [0, 25, 50, 74, 99]  # first and last kept, even steps (rounded)
+    assert ood_sets.spaced(images, 0) is images and ood_sets.spaced(images, 100) is images
+    capped = ood_sets.capped(ood_sets.far((1, 28, 28), "selection"), 64)
+    assert {len(v) for k, v in capped.items() if k != "constant"} == {64} and len(capped["constant"]) == 16
+
+
 def _guarded(score: str, calibration_kind: str = "temperature") -> EnsembleClassifier:
     torch.manual_seed(0)
     spec = {"score": score, "level": 1, "dim": 128} if score == "mahalanobis" else {"score": score}

@@ -185,7 +185,7 @@ def run(cfg: Config) -> dict[str, Any]:
         served, raw = predict_proba(model, dataset.test, device), predict_proba(raw_model, dataset.test, device)
         member_probs = [predict_proba(m, dataset.test, device) for m in model.members]
         summary = classification.summarize_ensemble(cfg, dataset, served, member_probs, found)
-        summary["served"] |= guard.report(model, dataset.test, raw, served, fitted, device)
+        summary["served"] |= guard.report(model, dataset.test, raw, served, fitted, device, cfg.guard.ood_max)
         classification.save_ensemble(cfg, dataset, model, kwargs, found, ensemble.members(fits), summary)
         write_json(cfg.classify.metrics, summary)
         write_json(cfg.classify.details, classification.ensemble_details(dataset, found, fits, served, member_probs))
