@@ -45,7 +45,7 @@ from cluster_procs import (
     postgres_cmd,
     spawn,
     started_at,
-    stop,
+    stop_together,
     wait_until,
 )
 
@@ -93,12 +93,22 @@ class Stack:
         _write_private(self.folder / "state.json", json.dumps(state, indent=2))
 
     def stop_all(self) -> None:
-        for entry in reversed(self.procs):
-            started = time.monotonic()
-            stop(entry)
-            seconds = time.monotonic() - started
-            print(f"cluster: {entry['name']} (pid {entry['pid']}) stopped in {seconds:.1f} s", flush=True)
+        stop_in_order(self.procs, report=True)
         (self.folder / "state.json").unlink(missing_ok=True)
+
+
+def stop_in_order(procs: list[dict[str, Any]], report: bool = False) -> None:
+    """The Prefect workers (workers and control) together, then the servers one by one, last started first."""
+    workers = [e for e in procs if e["name"] == "control" or e["name"].startswith("worker-")]
+    groups = [workers] if workers else []
+    groups += [[e] for e in reversed(procs) if e not in workers]
+    for group in groups:
+        started = time.monotonic()
+        stop_together(group)
+        seconds = time.monotonic() - started
+        if report:
+            names = ", ".join(f"{e['name']} (pid {e['pid']})" for e in group)
+            print(f"cluster: {names} stopped in {seconds:.1f} s", flush=True)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -357,8 +367,7 @@ def cmd_down(args: argparse.Namespace) -> int:
             time.sleep(0.5)
         print("cluster: stopped")
     else:  # the supervisor died (kill -9): stop what it recorded
-        for entry in reversed(state["processes"]):
-            stop(entry)
+        stop_in_order(state["processes"])
         (folder / "state.json").unlink(missing_ok=True)
         print("cluster: stopped (supervisor was gone)")
     if args.purge and folder.exists():

@@ -59,19 +59,27 @@ def spawn(name: str, cmd: list[str], env: dict[str, str], logs: Path, cwd: Path,
 def stop(entry: dict[str, Any], grace_s: float = 20.0) -> None:
     """SIGTERM (PostgreSQL: SIGINT, its fast shutdown) to the process group led by the recorded PID, then
     SIGKILL after `grace_s`; a PID that now belongs to another process is left alone."""
-    if not alive(entry):
-        return
-    first = signal.SIGINT if entry["name"] == "postgres" else signal.SIGTERM
-    for sig in (first, signal.SIGKILL):
-        try:
-            os.killpg(entry["pid"], sig)
-        except ProcessLookupError:
-            return
+    stop_together([entry], grace_s)
+
+
+def stop_together(entries: list[dict[str, Any]], grace_s: float = 20.0) -> None:
+    """`stop` for several processes at once: each gets its first signal, then those still running after
+    `grace_s` get SIGKILL together (Prefect workers that have run flows sit out the whole grace after SIGTERM:
+    one after another, three of them took 60 s)."""
+    running = [e for e in entries if alive(e)]
+    for sig in ("first", signal.SIGKILL):
+        for entry in list(running):
+            first = signal.SIGINT if entry["name"] == "postgres" else signal.SIGTERM
+            try:
+                os.killpg(entry["pid"], first if sig == "first" else sig)
+            except ProcessLookupError:
+                running.remove(entry)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            if not alive(entry) or _reaped(entry["pid"]):
-                return
+        while running and time.monotonic() < deadline:
+            running = [e for e in running if alive(e) and not _reaped(e["pid"])]
             time.sleep(0.2)
+        if not running:
+            return
 
 
 def _reaped(pid: int) -> bool:

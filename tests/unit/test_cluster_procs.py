@@ -66,3 +66,15 @@ def test_worker_count_must_be_positive(workers, tmp_path):
         [*CLUSTER, "up", "--dir", str(tmp_path), "--workers", workers], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2 and "--workers must be >= 1" in done.stderr
+
+
+def test_processes_stopped_together_share_one_grace_period(tmp_path):
+    # each ignores SIGTERM (as Prefect workers that ran flows do for the whole grace): one after another, three
+    # would take 3 x 2 s before their SIGKILLs; together they take one grace period
+    stubborn = ["bash", "-c", "trap '' TERM; sleep 60"]
+    sleepers = [cluster_procs.spawn(f"worker-{i}", stubborn, dict(os.environ), tmp_path, tmp_path) for i in range(3)]
+    time.sleep(0.5)  # let bash install its trap
+    started = time.monotonic()
+    cluster_procs.stop_together(sleepers, grace_s=2)
+    assert 2 <= time.monotonic() - started < 5
+    assert not any(cluster_procs.alive(e) for e in sleepers)
