@@ -64,14 +64,14 @@ def stop(entry: dict[str, Any], grace_s: float = 20.0) -> None:
 
 def stop_together(entries: list[dict[str, Any]], grace_s: float = 20.0) -> None:
     """`stop` for several processes at once: each gets its first signal, then those still running after
-    `grace_s` get SIGKILL together (Prefect workers that have run flows sit out the whole grace after SIGTERM:
-    one after another, three of them took 60 s)."""
+    `grace_s` get SIGKILL together (Prefect workers that have run flows did not exit within the grace after
+    SIGTERM: one after another, three of them took 60 s)."""
     running = [e for e in entries if alive(e)]
-    for sig in ("first", signal.SIGKILL):
+    for last in (False, True):
         for entry in list(running):
-            first = signal.SIGINT if entry["name"] == "postgres" else signal.SIGTERM
+            sig = signal.SIGKILL if last else signal.SIGINT if entry["name"] == "postgres" else signal.SIGTERM
             try:
-                os.killpg(entry["pid"], first if sig == "first" else sig)
+                os.killpg(entry["pid"], sig)
             except ProcessLookupError:
                 running.remove(entry)
         deadline = time.monotonic() + grace_s
